@@ -1,0 +1,50 @@
+# airflow-privacy developer entry points. `make demo` and `make test` are all a new user needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
+export AIRFLOW_PRIVACY_DEMO_ROOT ?= file://$(AIRFLOW_HOME)/demo-data
+
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast airflow bench lint clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	PYTHON=$(PYTHON) bash scripts/bootstrap.sh $(VENV)
+	touch $@
+
+## Run the example pipeline on an embedded Airflow (SQLite) for a few logical dates.
+demo: $(STAMP)
+	$(PY) -m airflow_privacy.demo
+
+## Run the whole test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The fast subset, for iterating.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## Airflow web UI on http://localhost:8080 with the demo's home and DAGs.
+airflow: $(STAMP)
+	@echo "Admin password: $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (created on first start)"
+	$(VENV)/bin/airflow standalone
+
+## Benchmarks: each prints our figure next to a baseline measured in the same run.
+bench: $(STAMP)
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check airflow_privacy dags tests bench
+
+clean:
+	rm -rf $(VENV) .airflow .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

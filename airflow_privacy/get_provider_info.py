@@ -1,0 +1,49 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+Kept as plain data: Airflow validates it against ``provider_info.schema.json`` and lists
+it under ``airflow providers list``. Each capability adds its operators, hooks and
+connection types here when it lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_privacy import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-privacy",
+        "name": "Privacy",
+        "description": "Privacy-preserving data pipelines: encryption, de-identification, "
+        "differential privacy under a persistent budget, secure sum, federated learning.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Privacy",
+                "external-doc-url": "https://github.com/airflow-privacy/airflow-privacy",
+                "tags": ["software"],
+            }
+        ],
+        "operators": [],
+        "hooks": [],
+        "connection-types": [],
+        "extra-links": [],
+        "plugins": [],
+        "config": {
+            "privacy": {
+                "description": "airflow-privacy settings.",
+                "options": {
+                    "default_accountant": {
+                        "description": "Composition accountant used for new datasets: "
+                        "pld (tight, default), rdp or basic.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "rdp",
+                        "default": "pld",
+                    },
+                },
+            }
+        },
+    }

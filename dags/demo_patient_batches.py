@@ -1,0 +1,54 @@
+"""Generate and validate the day's synthetic patient-visit batches for every site.
+
+The first DAG of the demo: every other example DAG reads what this one writes, one Parquet
+file per site and logical date under ``<demo root>/raw/site=<site>/date=<ds>.parquet``
+(the demo root is ``$AIRFLOW_PRIVACY_DEMO_ROOT``, default ``$AIRFLOW_HOME/demo-data``).
+Only paths, row counts and summary statistics travel through XCom -- never rows.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+from airflow_privacy.demo import SITES, demo_root
+
+RAW_BATCHES = Asset(f"{demo_root()}/raw/")
+
+
+@dag(
+    dag_id="demo_patient_batches",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["privacy", "demo"],
+    doc_md=__doc__,
+)
+def demo_patient_batches():
+    @task(map_index_template="{{ site }}")
+    def generate(site: str, ds: str | None = None) -> dict:
+        from airflow_privacy.core.io import write_batch
+        from airflow_privacy.demo.data import generate_batch
+
+        uri = f"{demo_root()}/raw/site={site}/date={ds}.parquet"
+        rows = write_batch(generate_batch(site, ds), uri)
+        return {"site": site, "output": uri, "rows": rows}
+
+    @task(outlets=[RAW_BATCHES])
+    def validate(batches: list[dict]) -> dict:
+        from airflow_privacy.core.io import read_batch
+        from airflow_privacy.demo.data import validate_batch
+
+        summary = {}
+        for batch in batches:
+            stats = validate_batch(read_batch(batch["output"]))
+            if stats["rows"] != batch["rows"]:
+                raise ValueError(f"{batch['output']}: wrote {batch['rows']} rows, read {stats['rows']}")
+            summary[batch["site"]] = stats
+        return {"rows": sum(s["rows"] for s in summary.values()), "sites": summary}
+
+    validate(generate.expand(site=list(SITES)))
+
+
+demo_patient_batches()

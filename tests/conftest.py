@@ -1,0 +1,52 @@
+"""Test session setup: a throw-away embedded Airflow (SQLite) shared by the whole run.
+
+The environment must be set before anything imports ``airflow``, which reads its config at
+import time -- hence module level, not a fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_HOME = Path(tempfile.mkdtemp(prefix="airflow-privacy-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"] = f"file://{_HOME}/demo-data"
+os.environ.pop("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", None)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_db(airflow_home: Path) -> Path:
+    """A migrated SQLite metadata DB (``airflow db migrate`` in a subprocess, once)."""
+    airflow = Path(sys.executable).parent / "airflow"
+    proc = subprocess.run(
+        [str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return airflow_home
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture
+def demo_root() -> str:
+    return os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"]
