@@ -1,0 +1,331 @@
+"""The privacy budget ledger: every charge against every dataset, in one SQL store.
+
+The ledger is the source of truth for privacy spend (DESIGN §4). It lives in its own
+database (any SQLAlchemy URL: SQLite file embedded, Postgres distributed) so it survives
+XCom clearing and resets of Airflow's metadata DB.
+
+Guarantees
+    * **Never overspent.** :meth:`PrivacyLedger.charge` composes the dataset's recorded
+      mechanism events plus the new ones with the dataset's accountant (PLD by default) at
+      the cap's δ and inserts the charge only if the result is within the cap -- in one
+      transaction that holds the dataset's write lock (``BEGIN IMMEDIATE`` on SQLite,
+      ``SELECT ... FOR UPDATE`` on Postgres), so concurrent charges serialize.
+    * **Idempotent.** A charge is keyed by ``(dataset, release_id)``; charging an id again
+      returns the stored charge (``replayed=True``) and spends nothing.
+    * Callers charge *before* drawing noise; if the charge fails nothing may be released.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost, compose_epsilon
+from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
+from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, PrivacyError
+
+SCHEMA_VERSION = 1
+_TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
+
+metadata = sa.MetaData()
+schema_table = sa.Table(
+    "privacy_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+datasets_table = sa.Table(
+    "privacy_datasets", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("cap_epsilon", sa.Float, nullable=False),
+    sa.Column("cap_delta", sa.Float, nullable=False),
+    sa.Column("accountant", sa.String(16), nullable=False),
+    sa.Column("spent_epsilon", sa.Float, nullable=False, default=0.0),
+    sa.Column("spent_delta", sa.Float, nullable=False, default=0.0),
+    sa.Column("releases", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+charges_table = sa.Table(
+    "privacy_charges", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset", sa.String(200), sa.ForeignKey("privacy_datasets.name"), nullable=False),
+    sa.Column("release_id", sa.String(1000), nullable=False),
+    sa.Column("epsilon", sa.Float, nullable=False),
+    sa.Column("delta", sa.Float, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),
+    sa.Column("spent_epsilon", sa.Float, nullable=False),
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("task_id", sa.String(250)),
+    sa.Column("map_index", sa.Integer),
+    sa.Column("output", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("dataset", "release_id", name="uq_privacy_charge_release"),
+)
+
+_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn)}
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    dataset: str
+    cap_epsilon: float
+    cap_delta: float
+    spent_epsilon: float
+    spent_delta: float
+    remaining_epsilon: float
+    accountant: str
+    releases: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One recorded release; ``replayed`` is True when :meth:`charge` found it already there."""
+
+    dataset: str
+    release_id: str
+    epsilon: float
+    delta: float
+    events: list[dict[str, Any]]
+    spent_epsilon: float
+    output: str | None
+    status: str
+    created_at: dt.datetime
+    dag_id: str | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int | None = None
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _check_name(dataset: str) -> str:
+    if not isinstance(dataset, str) or not dataset.strip() or len(dataset) > 200:
+        raise InvalidParameterError("dataset", dataset, "expected a non-empty name of at most 200 characters")
+    return dataset
+
+
+class PrivacyLedger:
+    """Persistent, atomic, idempotent privacy budget per dataset.
+
+    :param url: SQLAlchemy URL, e.g. ``sqlite:////path/budget.db`` or
+        ``postgresql+psycopg2://user:pw@host/privacy``.
+    """
+
+    _init_lock = threading.Lock()
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        if not isinstance(url, str) or "://" not in url:
+            raise InvalidParameterError("url", url, "expected a SQLAlchemy URL such as sqlite:///budget.db")
+        self.url = url
+        self._sqlite = url.startswith("sqlite")
+        if self._sqlite:
+            engine_kwargs.setdefault("connect_args", {"timeout": 60})
+        self.engine = sa.create_engine(url, **engine_kwargs)
+        if self._sqlite:
+            # pysqlite's implicit BEGIN is DEFERRED; take the write lock at BEGIN instead so a
+            # read-compose-insert sequence cannot interleave with another writer.
+            @sa.event.listens_for(self.engine, "connect")
+            def _no_implicit_begin(dbapi_conn, _record):
+                dbapi_conn.isolation_level = None
+
+            @sa.event.listens_for(self.engine, "begin")
+            def _begin_immediate(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"PrivacyLedger({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # -- schema -----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._init_lock, self.engine.begin() as conn:
+            insp = sa.inspect(conn)
+            current = 0
+            if insp.has_table("privacy_schema"):
+                current = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0
+            if current > SCHEMA_VERSION:
+                raise PrivacyError(f"ledger schema v{current} is newer than this package (v{SCHEMA_VERSION}); upgrade airflow-privacy")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[version](conn)
+                conn.execute(schema_table.insert().values(version=version, applied_at=_now()))
+
+    # -- caps -------------------------------------------------------------------------------
+    def set_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0, accountant: str | None = None) -> BudgetStatus:
+        """Create a dataset's cap or change it. A new cap must still cover what was spent."""
+        _check_name(dataset)
+        epsilon, delta = check_epsilon(epsilon), check_delta(delta)
+        if accountant is not None and accountant not in ACCOUNTANTS:
+            raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
+        with self.engine.begin() as conn:
+            row = self._lock_dataset(conn, dataset)
+            now = _now()
+            if row is None:
+                conn.execute(datasets_table.insert().values(
+                    name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant=accountant or "pld",
+                    spent_epsilon=0.0, spent_delta=0.0, releases=0, created_at=now, updated_at=now))
+            else:
+                acc = accountant or row.accountant
+                events = self._events(conn, dataset)
+                spent = compose_epsilon(events, delta, acc)
+                if spent > epsilon * (1 + _TOLERANCE):
+                    raise BudgetExceededError(
+                        f"cannot set the cap of dataset {dataset!r} to epsilon={epsilon}, delta={delta}: "
+                        f"already spent epsilon={spent:.6g} at that delta")
+                conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
+                    cap_epsilon=epsilon, cap_delta=delta, accountant=acc, spent_epsilon=spent, updated_at=now))
+        return self.status(dataset)
+
+    def ensure_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0) -> BudgetStatus:
+        """Create the cap if missing; if it exists it must equal ``(epsilon, delta)``.
+
+        This is what a DAG may do; raising an existing cap is a deliberate runbook action
+        (:meth:`set_budget`, ``airflow-privacy budget set``).
+        """
+        epsilon, delta = check_epsilon(epsilon, "budget_cap epsilon"), check_delta(delta, "budget_cap delta")
+        try:
+            current = self.status(dataset)
+        except KeyError:
+            try:
+                return self.set_budget(dataset, epsilon=epsilon, delta=delta)
+            except sa.exc.IntegrityError:  # created concurrently
+                current = self.status(dataset)
+        if not (math.isclose(current.cap_epsilon, epsilon) and math.isclose(current.cap_delta, delta)):
+            raise InvalidParameterError(
+                "budget_cap", (epsilon, delta),
+                f"dataset {dataset!r} already has cap epsilon={current.cap_epsilon}, delta={current.cap_delta}; "
+                "change it deliberately with `airflow-privacy budget set`")
+        return current
+
+    # -- charging ---------------------------------------------------------------------------
+    def charge(
+        self,
+        dataset: str,
+        *,
+        release_id: str,
+        cost: PrivacyCost,
+        output: str | None = None,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        map_index: int | None = None,
+    ) -> Charge:
+        """Record a release's cost if it fits under the cap; idempotent on ``release_id``.
+
+        :raises BudgetExceededError: the composed spend would exceed the cap (nothing written).
+        :raises KeyError: the dataset has no cap.
+        """
+        _check_name(dataset)
+        if not isinstance(release_id, str) or not release_id:
+            raise InvalidParameterError("release_id", release_id, "expected a non-empty string")
+        if not isinstance(cost, PrivacyCost):
+            raise InvalidParameterError("cost", type(cost).__name__, "expected a PrivacyCost")
+        with self.engine.begin() as conn:
+            row = self._lock_dataset(conn, dataset)
+            if row is None:
+                raise KeyError(f"dataset {dataset!r} has no privacy budget; create one with "
+                               f"`airflow-privacy budget set {dataset} --epsilon E --delta D`")
+            existing = self._charge_row(conn, dataset, release_id)
+            if existing is not None:
+                return self._to_charge(existing, replayed=True)
+            events = self._events(conn, dataset) + list(cost.events)
+            spent = compose_epsilon(events, row.cap_delta, row.accountant)
+            if spent > row.cap_epsilon * (1 + _TOLERANCE):
+                remaining = max(row.cap_epsilon - row.spent_epsilon, 0.0)
+                raise BudgetExceededError(
+                    f"privacy budget of dataset {dataset!r} exceeded: this release needs epsilon={cost.epsilon:.6g} "
+                    f"(delta={cost.delta:.3g}) but only {remaining:.6g} of the cap epsilon={row.cap_epsilon:.6g} "
+                    f"(delta={row.cap_delta:.3g}, {row.accountant}) remains; nothing was released")
+            now = _now()
+            conn.execute(charges_table.insert().values(
+                dataset=dataset, release_id=release_id, epsilon=cost.epsilon, delta=cost.delta,
+                events=json.dumps(cost.events), spent_epsilon=spent, dag_id=dag_id, run_id=run_id,
+                task_id=task_id, map_index=map_index, output=output, status="charged", created_at=now))
+            conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
+                spent_epsilon=spent, spent_delta=row.spent_delta + cost.delta,
+                releases=row.releases + 1, updated_at=now))
+            return self._to_charge(self._charge_row(conn, dataset, release_id), replayed=False)
+
+    def mark_released(self, dataset: str, release_id: str, output: str | None = None) -> None:
+        """Record that a charged release was published (and where)."""
+        with self.engine.begin() as conn:
+            values: dict[str, Any] = {"status": "released"}
+            if output is not None:
+                values["output"] = output
+            conn.execute(charges_table.update().where(
+                (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id)).values(**values))
+
+    # -- reading ----------------------------------------------------------------------------
+    def status(self, dataset: str) -> BudgetStatus:
+        """Cap, spend and remaining ε of ``dataset`` (``KeyError`` if it has no cap)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(datasets_table).where(datasets_table.c.name == dataset)).first()
+        if row is None:
+            raise KeyError(f"dataset {dataset!r} has no privacy budget")
+        return BudgetStatus(
+            dataset=row.name, cap_epsilon=row.cap_epsilon, cap_delta=row.cap_delta,
+            spent_epsilon=row.spent_epsilon, spent_delta=row.spent_delta,
+            remaining_epsilon=max(row.cap_epsilon - row.spent_epsilon, 0.0),
+            accountant=row.accountant, releases=row.releases)
+
+    def datasets(self) -> list[BudgetStatus]:
+        with self.engine.connect() as conn:
+            names = conn.execute(sa.select(datasets_table.c.name).order_by(datasets_table.c.name)).scalars().all()
+        return [self.status(n) for n in names]
+
+    def history(self, dataset: str) -> list[Charge]:
+        """The charges of ``dataset``, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(charges_table).where(charges_table.c.dataset == dataset)
+                                .order_by(charges_table.c.id)).all()
+        return [self._to_charge(r) for r in rows]
+
+    def get_release(self, dataset: str, release_id: str) -> Charge | None:
+        with self.engine.connect() as conn:
+            row = self._charge_row(conn, dataset, release_id)
+        return None if row is None else self._to_charge(row)
+
+    # -- internals --------------------------------------------------------------------------
+    def _lock_dataset(self, conn: sa.Connection, dataset: str):
+        query = sa.select(datasets_table).where(datasets_table.c.name == dataset)
+        if not self._sqlite:  # SQLite already holds the database write lock (BEGIN IMMEDIATE)
+            query = query.with_for_update()
+        return conn.execute(query).first()
+
+    @staticmethod
+    def _charge_row(conn: sa.Connection, dataset: str, release_id: str):
+        return conn.execute(sa.select(charges_table).where(
+            (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id))).first()
+
+    @staticmethod
+    def _events(conn: sa.Connection, dataset: str) -> list[dict[str, Any]]:
+        rows = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == dataset)).scalars()
+        return [ev for text in rows for ev in json.loads(text)]
+
+    @staticmethod
+    def _to_charge(row, replayed: bool = False) -> Charge:
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.timezone.utc)
+        return Charge(
+            dataset=row.dataset, release_id=row.release_id, epsilon=row.epsilon, delta=row.delta,
+            events=json.loads(row.events), spent_epsilon=row.spent_epsilon, output=row.output,
+            status=row.status, created_at=created, dag_id=row.dag_id, run_id=row.run_id,
+            task_id=row.task_id, map_index=row.map_index, replayed=replayed)

@@ -1,0 +1,498 @@
+"""``dp_aggregate``: differentially private group-by statistics over a DataFrame.
+
+Guarantee
+    The released table (group keys and metric values) is (ε, δ)-differentially private
+    under the **add/remove-one-privacy-unit** neighbouring relation: two inputs are
+    neighbours when one is the other plus all rows of one unit (``privacy_unit`` column;
+    each row is its own unit when it is ``None``). ``result.cost`` lists the mechanisms that
+    ran and their tightly composed ε at the requested δ (≤ the requested ε).
+
+Construction
+    1. Rows outside ``public_groups`` are dropped (when given); then contributions are bounded
+       (:mod:`.bounding`): ≤ L0 groups per unit, ≤ Linf rows per (unit, group).
+    2. Values are clamped to their declared ``bounds``; NaN values are left out of that
+       column's sum, mean, variance and quantiles (they still count as rows).
+    3. The budget is split **equally** over the primitive queries the metrics need -- row
+       count, unit count, per-column value count, per-column normalized sum, per-column
+       normalized sum of squares, per-(column, q) quantile -- plus private partition
+       selection when there are no public groups. Queries shared by metrics (a mean and a
+       variance of one column share its count and sum) are run once. δ goes to partition
+       selection (Laplace) or is split between selection and the Gaussian queries.
+    4. Counts and fixed-point sums get exact discrete Laplace (or discrete Gaussian) noise
+       (CKS20, :mod:`.noise`). Sums are computed in int64 on a power-of-two grid γ chosen so
+       the noise spans ~2^10 grid steps; sensitivities are counted in grid steps, so rounding
+       can never increase them. Mean and variance use the normalized-sum construction (values
+       shifted by the bounds' midpoint; mean = S/N + m, variance = Q/N − (S/N)²) with a noisy
+       count N -- never a "public n".
+    5. Quantiles: exponential mechanism over the intervals between sorted clamped values
+       (Smith, STOC 2011; as in Google's DP library), utility −|rank − q·n|, sensitivity Linf,
+       ε/L0 per group. The interval is drawn by the Gumbel-max trick in floating point; see
+       Ilvento, CCS 2020 for the exact base-2 alternative.
+    6. Private partition selection: a group is released when its noisy unit count
+       (discrete Laplace, L1 sensitivity L0) reaches the integer threshold
+       ``T = 1 + ceil(ln(δ(1+p)/L0) / ln p)``, p = e^{-1/scale}, so a group with a single
+       unit appears with probability ≤ δ/L0 (Korolova et al. 2009; Wilson et al. 2020).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_privacy.core.dp.accounting import PrivacyCost, compose_epsilon
+from airflow_privacy.core.dp.bounding import bound_contributions, rank_within
+from airflow_privacy.core.dp.calibration import (
+    check_delta,
+    check_epsilon,
+    discrete_gaussian_sigma,
+)
+from airflow_privacy.core.dp.noise import (
+    RandomSource,
+    default_random_source,
+    discrete_gaussian,
+    discrete_gaussian_variance,
+    discrete_laplace,
+    discrete_laplace_variance,
+    numpy_generator,
+    rational_at_least,
+)
+from airflow_privacy.core.errors import InvalidParameterError, SchemaError
+
+METRICS = ("count", "count_units", "sum", "mean", "variance", "std", "quantile", "median")
+MECHANISMS = ("laplace", "gaussian")
+_GRID_STEPS = 1 << 10  # noise spans about this many grid steps
+
+
+@dataclass(frozen=True)
+class DPResult:
+    """A differentially private release.
+
+    :ivar table: group columns + one column per metric.
+    :ivar cost: the mechanisms that ran and their composed (ε, δ).
+    :ivar noise_sd: standard deviation of the noise added to each primitive query, in the
+        metric's unit -- data-independent, safe to publish as an error bar.
+    """
+
+    table: pd.DataFrame
+    cost: PrivacyCost
+    noise_sd: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    kind: str
+    column: str | None = None
+    q: float | None = None
+
+
+def _parse_metrics(metrics: Mapping[str, Any]) -> list[_Metric]:
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise InvalidParameterError("metrics", metrics, "expected a non-empty dict {output_name: spec}")
+    out = []
+    for name, spec in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidParameterError("metrics", name, "output names must be non-empty strings")
+        parts = (spec,) if isinstance(spec, str) else tuple(spec) if isinstance(spec, (list, tuple)) else None
+        if not parts or parts[0] not in METRICS:
+            raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected a kind in {METRICS}")
+        kind = parts[0]
+        if kind in ("count", "count_units"):
+            if len(parts) != 1:
+                raise InvalidParameterError(f"metrics[{name!r}]", spec, f"'{kind}' takes no column")
+            out.append(_Metric(name, kind))
+            continue
+        if len(parts) < 2 or not isinstance(parts[1], str):
+            raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected ('{kind}', column[, ...])")
+        if kind == "median":
+            kind, parts = "quantile", ("quantile", parts[1], 0.5)
+        if kind == "quantile":
+            q = parts[2] if len(parts) == 3 else None
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
+                raise InvalidParameterError(f"metrics[{name!r}]", spec, "expected ('quantile', column, q) with 0 < q < 1")
+            out.append(_Metric(name, kind, parts[1], float(q)))
+        else:
+            if len(parts) != 2:
+                raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected ('{kind}', column)")
+            out.append(_Metric(name, kind, parts[1]))
+    return out
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidParameterError(name, value, f"expected an integer >= {minimum}")
+    return int(value)
+
+
+def _check_bounds(bounds: Mapping[str, Any] | None, columns: set[str]) -> dict[str, tuple[float, float]]:
+    bounds = dict(bounds or {})
+    out = {}
+    for col in sorted(columns):
+        if col not in bounds:
+            raise InvalidParameterError("bounds", bounds, f"column {col!r} needs declared bounds (lo, hi)")
+        b = bounds[col]
+        try:
+            lo, hi = (float(x) for x in b)
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"bounds[{col!r}]", b, "expected a pair (lo, hi) of numbers") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise InvalidParameterError(f"bounds[{col!r}]", b, "expected finite lo < hi")
+        out[col] = (lo, hi)
+    return out
+
+
+def _public_frame(public_groups: Any, by: list[str]) -> pd.DataFrame:
+    if isinstance(public_groups, pd.DataFrame):
+        missing = [c for c in by if c not in public_groups.columns]
+        if missing:
+            raise InvalidParameterError("public_groups", list(public_groups.columns), f"must have the group columns {by}")
+        frame = public_groups[by].drop_duplicates()
+    elif isinstance(public_groups, Mapping):
+        if sorted(public_groups) != sorted(by):
+            raise InvalidParameterError("public_groups", sorted(public_groups), f"keys must be exactly {by}")
+        frame = pd.MultiIndex.from_product([list(public_groups[c]) for c in by], names=by).to_frame(index=False)
+    else:
+        raise InvalidParameterError("public_groups", type(public_groups).__name__, "expected a DataFrame or {column: values}")
+    if frame.empty:
+        raise InvalidParameterError("public_groups", public_groups, "expected at least one group")
+    return frame.reset_index(drop=True)
+
+
+def _grid(noise_scale: float) -> float:
+    """Power-of-two grid step γ so that the noise scale spans ~2^10 steps."""
+    return 2.0 ** math.floor(math.log2(noise_scale / _GRID_STEPS))
+
+
+@dataclass(frozen=True)
+class _NoiseSpec:
+    """Calibrated noise for one integer query: decided from parameters only, before any draw."""
+
+    event: dict[str, Any]
+    scale: Fraction | None = None  # discrete Laplace
+    sigma2: Fraction | None = None  # discrete Gaussian
+
+    @classmethod
+    def calibrate(cls, mechanism: str, eps: float, delta: float, sensitivity: int) -> _NoiseSpec:
+        if mechanism == "laplace":
+            scale = rational_at_least(sensitivity / eps)
+            return cls({"kind": "discrete_laplace", "parameter": float(1 / scale), "sensitivity": sensitivity}, scale=scale)
+        sigma2 = rational_at_least(discrete_gaussian_sigma(eps, delta, sensitivity) ** 2)
+        event = {"kind": "discrete_gaussian", "sigma": math.sqrt(float(sigma2)), "sensitivity": sensitivity,
+                 "epsilon": eps, "delta": delta}
+        return cls(event, sigma2=sigma2)
+
+    def draw(self, rng: RandomSource, size: int) -> np.ndarray:
+        if self.scale is not None:
+            return discrete_laplace(rng, self.scale, size)
+        return discrete_gaussian(rng, self.sigma2, size)
+
+    @property
+    def sd(self) -> float:
+        if self.scale is not None:
+            return math.sqrt(discrete_laplace_variance(self.scale))
+        return math.sqrt(discrete_gaussian_variance(self.sigma2))
+
+
+def _sum_grid(mechanism: str, l0: int, linf: int, magnitude: float, eps: float) -> float:
+    """Power-of-two grid step for a fixed-point sum whose per-row magnitude is ``magnitude``."""
+    if mechanism == "laplace":
+        return _grid(l0 * linf * magnitude / eps)
+    # Gaussian: keep the integer sensitivity near 64 steps (its exact PLD stays cheap).
+    return 2.0 ** math.ceil(math.log2(linf * magnitude / 64))
+
+
+def dp_aggregate(
+    df: pd.DataFrame,
+    *,
+    epsilon: float,
+    delta: float = 0.0,
+    metrics: Mapping[str, Any],
+    by: Sequence[str] = (),
+    privacy_unit: str | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    max_groups_per_unit: int = 1,
+    max_rows_per_group: int = 1,
+    public_groups: pd.DataFrame | Mapping[str, Sequence[Any]] | None = None,
+    mechanism: str = "laplace",
+    random_source: RandomSource | int | None = None,
+    on_cost: Callable[[PrivacyCost], Any] | None = None,
+) -> DPResult:
+    """Release differentially private statistics of ``df``, grouped by ``by``.
+
+    :param df: input rows.
+    :param epsilon: total ε of this release (> 0, finite).
+    :param delta: total δ of this release, in [0, 1); must be > 0 for private partition
+        selection (``by`` given and ``public_groups`` None) or ``mechanism="gaussian"``.
+    :param metrics: ``{output column: spec}``; spec is ``"count"``, ``"count_units"``,
+        ``("sum"|"mean"|"variance"|"std", column)``, ``("quantile", column, q)`` or
+        ``("median", column)``.
+    :param by: group-by columns (empty: one global row).
+    :param privacy_unit: column identifying the protected individual; ``None`` protects rows.
+    :param bounds: ``{column: (lo, hi)}`` for every value column; values are clamped.
+    :param max_groups_per_unit: L0 bound (ignored, = 1, when ``privacy_unit`` is None).
+    :param max_rows_per_group: Linf bound (ignored, = 1, when ``privacy_unit`` is None).
+    :param public_groups: known group keys (DataFrame with the ``by`` columns, or
+        ``{column: values}`` for their product). Every public group appears in the output,
+        other groups are dropped, no δ is needed for selection.
+    :param mechanism: ``"laplace"`` (discrete Laplace, pure DP for the values) or
+        ``"gaussian"`` (discrete Gaussian; requires δ > 0 and ``max_groups_per_unit == 1``).
+    :param random_source: tests only -- a seeded ``random.Random`` or an int seed; the
+        default is the operating system's CSPRNG.
+    :param on_cost: called with the release's :class:`PrivacyCost` after validation and
+        planning but *before any noise is drawn* -- the budget ledger charges here; if it
+        raises, nothing is computed or released.
+    :returns: :class:`DPResult`.
+    :raises InvalidParameterError: a parameter is out of range (message names it).
+    :raises SchemaError: a named column is missing or not numeric.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
+    epsilon = check_epsilon(epsilon)
+    delta = check_delta(delta)
+    specs = _parse_metrics(metrics)
+    if isinstance(by, str):
+        by = [by]
+    by = list(by)
+    if len(set(by)) != len(by):
+        raise InvalidParameterError("by", by, "group columns must be distinct")
+    if mechanism not in MECHANISMS:
+        raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
+    l0 = _check_int("max_groups_per_unit", max_groups_per_unit)
+    linf = _check_int("max_rows_per_group", max_rows_per_group)
+    if privacy_unit is None:
+        l0 = linf = 1
+    value_cols = {m.column for m in specs if m.column is not None}
+    needed = set(by) | value_cols | ({privacy_unit} if privacy_unit else set())
+    missing = sorted(c for c in needed if c not in df.columns)
+    if missing:
+        raise SchemaError(f"input lacks column(s) {missing}; it has {list(df.columns)}")
+    col_bounds = _check_bounds(bounds, value_cols)
+    for col in value_cols:
+        if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
+            raise SchemaError(f"column {col!r} must be numeric for {sorted(m.kind for m in specs if m.column == col)}, got {df[col].dtype}")
+    private_selection = bool(by) and public_groups is None
+    if private_selection and delta == 0:
+        raise InvalidParameterError(
+            "delta", delta, "private partition selection (by without public_groups) needs delta > 0; "
+            "pass public_groups to release a known set of groups with delta = 0"
+        )
+    if mechanism == "gaussian":
+        if delta == 0:
+            raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
+        if l0 != 1:
+            raise InvalidParameterError("max_groups_per_unit", l0, "mechanism='gaussian' supports only 1")
+    if public_groups is not None and not by:
+        raise InvalidParameterError("public_groups", public_groups, "only meaningful with `by` columns")
+
+    rng = default_random_source(random_source)
+    nprng = numpy_generator(rng)
+
+    # -- groups and bounding ----------------------------------------------------------------
+    data = df[list(needed)]
+    if public_groups is not None:
+        groups = _public_frame(public_groups, by)
+        keys = pd.MultiIndex.from_frame(groups)
+        row_keys = pd.MultiIndex.from_frame(data[by])
+        group_codes = keys.get_indexer(row_keys)
+        inside = group_codes >= 0
+        data, group_codes = data[inside], group_codes[inside]
+    elif by:
+        group_codes, uniques = pd.MultiIndex.from_frame(data[by]).factorize()
+        groups = uniques.to_frame(index=False)
+        groups.columns = by
+    else:
+        groups = pd.DataFrame(index=[0])
+        group_codes = np.zeros(len(data), dtype=np.int64)
+    n_groups = len(groups)
+    group_codes = np.asarray(group_codes, dtype=np.int64)
+    if privacy_unit is None:
+        unit_codes = np.arange(len(data), dtype=np.int64)
+    else:
+        unit_codes, _ = pd.factorize(data[privacy_unit], use_na_sentinel=False)
+    kept = bound_contributions(unit_codes, group_codes, l0, linf, nprng)
+    data = data.iloc[kept]
+    gcodes = group_codes[kept]
+    ucodes = np.asarray(unit_codes, dtype=np.int64)[kept]
+
+    # -- the primitive queries and the budget split -----------------------------------------
+    queries: list[tuple] = []
+    kinds = {m.kind for m in specs}
+    if "count" in kinds:
+        queries.append(("rows",))
+    if "count_units" in kinds and not private_selection:
+        queries.append(("units",))
+    for m in specs:
+        if m.kind in ("sum", "mean", "variance", "std"):
+            if m.kind != "sum":
+                queries.append(("n", m.column))
+            queries.append(("sum" if m.kind == "sum" else "normsum", m.column))
+            if m.kind in ("variance", "std"):
+                queries.append(("normsq", m.column))
+        elif m.kind == "quantile":
+            queries.append(("quantile", m.column, m.q))
+    queries = list(dict.fromkeys(queries))
+    n_parts = len(queries) + (1 if private_selection else 0)
+    eps_each = epsilon / n_parts
+    n_gauss = len([q for q in queries if q[0] != "quantile"]) if mechanism == "gaussian" else 0
+    # Selection keeps 0.1 % of its δ share unused: PLD accounting of an (ε, δ) event needs a
+    # sliver of slack above δ for its tail truncation, or the composed ε is infinite.
+    delta_sel = (delta if n_gauss == 0 else delta / 2) * 0.999 if private_selection else 0.0
+    delta_gauss = (delta - delta_sel) / n_gauss if n_gauss else 0.0
+    # -- plan: every noise parameter and accounting event, from parameters only -------------
+    specs_by_query: dict[tuple, _NoiseSpec] = {}
+    grids: dict[tuple, tuple[float, float, float]] = {}  # query -> (gamma, magnitude, offset)
+    events: list[dict[str, Any]] = []
+    sel_scale = None
+    if private_selection:
+        sel_scale = rational_at_least(l0 / eps_each)
+        events.append({"kind": "approx", "epsilon": eps_each, "delta": delta_sel})
+    for q in queries:
+        kind = q[0]
+        if kind == "quantile":
+            events.append({"kind": "exponential", "epsilon": eps_each})
+            continue
+        if kind in ("rows", "n"):
+            sensitivity = l0 * linf
+        elif kind == "units":
+            sensitivity = l0
+        else:
+            lo, hi = col_bounds[q[1]]
+            half = (hi - lo) / 2
+            magnitude, offset = {"sum": (max(abs(lo), abs(hi)), 0.0), "normsum": (half, 0.0),
+                                 "normsq": (half * half / 2, half * half / 2)}[kind]
+            gamma = _sum_grid(mechanism, l0, linf, magnitude, eps_each)
+            grids[q] = (gamma, magnitude, offset)
+            sensitivity = l0 * linf * math.ceil(magnitude / gamma)
+        specs_by_query[q] = _NoiseSpec.calibrate(mechanism, eps_each, delta_gauss, sensitivity)
+        events.append(specs_by_query[q].event)
+    cost = PrivacyCost(epsilon=compose_epsilon(events, delta, "pld"), delta=delta, events=events)
+    if on_cost is not None:
+        on_cost(cost)  # e.g. the ledger's atomic check-and-charge; raising aborts the release
+
+    # -- private partition selection --------------------------------------------------------
+    answers: dict[tuple, Any] = {}
+    noise_sd: dict[str, float] = {}
+    release = np.ones(n_groups, dtype=bool)
+    if private_selection:
+        pairs = np.unique(ucodes * n_groups + gcodes)
+        units = np.bincount(pairs % n_groups, minlength=n_groups).astype(np.int64)
+        noisy_units = units + discrete_laplace(rng, sel_scale, n_groups)
+        p = math.exp(-1 / float(sel_scale))
+        threshold = 1 + math.ceil(math.log(delta_sel * (1 + p) / l0) / math.log(p))
+        release = noisy_units >= threshold
+        answers[("units",)] = noisy_units.astype(float)
+        noise_sd["count_units"] = math.sqrt(discrete_laplace_variance(sel_scale))
+
+    # -- counts and fixed-point sums --------------------------------------------------------
+    for q, spec in specs_by_query.items():
+        kind = q[0]
+        if kind == "rows":
+            exact = np.bincount(gcodes, minlength=n_groups).astype(np.int64)
+            answers[q], noise_sd["count"] = (exact + spec.draw(rng, n_groups)).astype(float), spec.sd
+        elif kind == "units":
+            pairs = np.unique(ucodes * n_groups + gcodes)
+            exact = np.bincount(pairs % n_groups, minlength=n_groups).astype(np.int64)
+            answers[q], noise_sd["count_units"] = (exact + spec.draw(rng, n_groups)).astype(float), spec.sd
+        elif kind == "n":
+            valid = data[q[1]].notna().to_numpy()
+            exact = np.bincount(gcodes[valid], minlength=n_groups).astype(np.int64)
+            answers[q], noise_sd[f"count({q[1]})"] = (exact + spec.draw(rng, n_groups)).astype(float), spec.sd
+        else:
+            col = q[1]
+            lo, hi = col_bounds[col]
+            mid = (lo + hi) / 2
+            gamma, magnitude, offset = grids[q]
+            vals = data[col].to_numpy(dtype=float, na_value=np.nan)
+            valid = ~np.isnan(vals)
+            v = np.clip(vals[valid], lo, hi)
+            x = {"sum": v, "normsum": v - mid, "normsq": (v - mid) ** 2 - offset}[kind] if len(v) else v
+            fixed = np.clip(np.rint(x / gamma), -math.ceil(magnitude / gamma), math.ceil(magnitude / gamma)).astype(np.int64)
+            exact = _int_group_sums(fixed, gcodes[valid], n_groups)
+            noisy = (exact + spec.draw(rng, n_groups)) * gamma
+            answers[q] = (noisy, offset) if kind == "normsq" else noisy
+            noise_sd[f"{kind}({col})"] = spec.sd * gamma
+
+    # -- quantiles (exponential mechanism) --------------------------------------------------
+    for q in queries:
+        if q[0] == "quantile":
+            col, qq = q[1], q[2]
+            answers[q] = _dp_quantiles(data[col].to_numpy(dtype=float, na_value=np.nan), gcodes, n_groups,
+                                       col_bounds[col], qq, eps_each / l0, linf, nprng)
+
+    # -- assemble the table (post-processing only) ------------------------------------------
+    out = groups.copy() if by else pd.DataFrame(index=range(1))
+    for m in specs:
+        if m.kind == "count":
+            out[m.name] = np.maximum(np.rint(answers[("rows",)]), 0).astype(np.int64)
+        elif m.kind == "count_units":
+            out[m.name] = np.maximum(np.rint(answers[("units",)]), 0).astype(np.int64)
+        elif m.kind == "sum":
+            out[m.name] = answers[("sum", m.column)]
+        elif m.kind == "quantile":
+            out[m.name] = answers[("quantile", m.column, m.q)]
+        else:
+            lo, hi = col_bounds[m.column]
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            n = np.maximum(answers[("n", m.column)], 1.0)
+            mean_c = np.clip(answers[("normsum", m.column)] / n, -half, half)
+            if m.kind == "mean":
+                out[m.name] = mean_c + mid
+            else:
+                sq, offset = answers[("normsq", m.column)]
+                var = np.clip((sq / n + offset) - mean_c**2, 0.0, half * half)
+                out[m.name] = var if m.kind == "variance" else np.sqrt(var)
+    out = out[release].reset_index(drop=True) if by else out
+    return DPResult(table=out, cost=cost, noise_sd=noise_sd)
+
+
+def _int_group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Exact int64 per-group sums (float bincount is exact while |total| < 2^53)."""
+    if len(values) == 0:
+        return np.zeros(n_groups, dtype=np.int64)
+    if len(values) * int(np.abs(values).max()) < 2**53:
+        return np.rint(np.bincount(codes, weights=values, minlength=n_groups)).astype(np.int64)
+    sums = np.zeros(n_groups, dtype=np.int64)
+    np.add.at(sums, codes, values)
+    return sums
+
+
+def _dp_quantiles(
+    values: np.ndarray,
+    gcodes: np.ndarray,
+    n_groups: int,
+    bounds: tuple[float, float],
+    q: float,
+    eps_group: float,
+    linf: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Per-group ε_group-DP quantile by the exponential mechanism (vectorized Gumbel-max)."""
+    lo, hi = bounds
+    valid = ~np.isnan(values)
+    v, g = np.clip(values[valid], lo, hi), gcodes[valid]
+    order = np.lexsort((v, g))
+    v, g = v[order], g[order]
+    n_per = np.bincount(g, minlength=n_groups)
+    # Intervals of group k: [lo, x1], [x1, x2], ..., [xn, hi] -> n_k + 1 intervals.
+    starts = np.r_[0, np.cumsum(n_per)[:-1]]
+    lower = np.insert(v, starts, lo)
+    upper = np.insert(v, starts + n_per, hi)
+    ig = np.repeat(np.arange(n_groups), n_per + 1)
+    rank = rank_within(ig)
+    utility = -np.abs(rank - q * n_per[ig])
+    with np.errstate(divide="ignore"):
+        score = np.log(upper - lower) + eps_group * utility / (2 * linf)
+    score = score + rng.gumbel(size=len(score))
+    best = np.full(n_groups, -np.inf)
+    np.maximum.at(best, ig, score)
+    is_best = score == best[ig]
+    chosen = np.full(n_groups, -1, dtype=np.int64)
+    chosen[ig[is_best][::-1]] = np.flatnonzero(is_best)[::-1]
+    out = lower[chosen] + rng.random(n_groups) * (upper[chosen] - lower[chosen])
+    return np.clip(out, lo, hi)

@@ -1,0 +1,142 @@
+"""Exact samplers for discrete Laplace and discrete Gaussian noise on the integers.
+
+Canonne, Kamath, Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS 2020
+(arXiv:2004.00010), Algorithms 1-3. Every step uses integer arithmetic on rational
+parameters and uniform integers from the random source, so the output distribution is
+*exactly* the stated one: no floating-point transcendental, hence none of the holes that
+make textbook floating-point Laplace noise leak the true value (Mironov, CCS 2012).
+
+Parameters are rationals: ``scale = Fraction(n, d)`` for discrete Laplace
+(``P[X=x] ∝ exp(-|x|/scale)``) and ``sigma2 = Fraction(n, d)`` for the discrete Gaussian
+(``P[X=x] ∝ exp(-x²/(2 sigma2))``). Callers round a float scale *up* to such a rational with
+:func:`rational_at_least`, so the noise is never smaller than calibrated.
+
+The random source defaults to the operating system's CSPRNG (``secrets.SystemRandom``);
+tests pass a seeded ``random.Random``. Only ``randrange`` is used.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from fractions import Fraction
+from typing import Protocol
+
+import numpy as np
+
+from airflow_privacy.core.errors import InvalidParameterError
+
+
+class RandomSource(Protocol):
+    def randrange(self, start: int, stop: int | None = ..., step: int = ...) -> int: ...
+
+    def getrandbits(self, k: int) -> int: ...
+
+
+def default_random_source(random_source: RandomSource | int | None = None) -> RandomSource:
+    """The CSPRNG unless a test passes a source or an integer seed."""
+    if random_source is None:
+        return secrets.SystemRandom()
+    if isinstance(random_source, bool):
+        raise InvalidParameterError("random_source", random_source, "expected None, an int seed or a random.Random")
+    if isinstance(random_source, int):
+        return random.Random(random_source)
+    if not hasattr(random_source, "randrange") or not hasattr(random_source, "getrandbits"):
+        raise InvalidParameterError(
+            "random_source", random_source, "expected None, an int seed or a random.Random-like object"
+        )
+    return random_source
+
+
+def numpy_generator(source: RandomSource) -> np.random.Generator:
+    """A fast numpy generator seeded with 128 bits from ``source`` (for bounding/sampling)."""
+    return np.random.default_rng(source.getrandbits(128))
+
+
+def rational_at_least(x: float, max_denominator: int = 1 << 16) -> Fraction:
+    """The smallest fraction with denominator ``max_denominator`` that is ``>= x``."""
+    if not math.isfinite(x) or x <= 0:
+        raise InvalidParameterError("scale", x, "expected a finite positive number")
+    exact = Fraction(x)
+    return Fraction(math.ceil(exact * max_denominator), max_denominator)
+
+
+def _bernoulli(rng: RandomSource, num: int, den: int) -> bool:
+    """Bernoulli(num/den), 0 <= num <= den."""
+    return rng.randrange(den) < num
+
+
+def _bernoulli_exp_le1(rng: RandomSource, num: int, den: int) -> bool:
+    """Bernoulli(exp(-num/den)) for 0 <= num/den <= 1 (CKS20 Algorithm 1, first part)."""
+    k = 1
+    while _bernoulli(rng, num, den * k):
+        k += 1
+    return k % 2 == 1
+
+
+def bernoulli_exp(rng: RandomSource, gamma: Fraction) -> bool:
+    """Bernoulli(exp(-gamma)) for rational gamma >= 0 (CKS20 Algorithm 1)."""
+    num, den = gamma.numerator, gamma.denominator
+    while num > den:  # exp(-gamma) = exp(-1)^floor(gamma) * exp(-(gamma - floor(gamma)))
+        if not _bernoulli_exp_le1(rng, 1, 1):
+            return False
+        num -= den
+    return _bernoulli_exp_le1(rng, num, den)
+
+
+def sample_discrete_laplace(rng: RandomSource, scale: Fraction) -> int:
+    """One draw with ``P[X=x] ∝ exp(-|x|/scale)`` (CKS20 Algorithm 2)."""
+    s, t = scale.denominator, scale.numerator  # scale = t/s
+    while True:
+        u = rng.randrange(t)
+        if not bernoulli_exp(rng, Fraction(u, t)):
+            continue
+        v = 0
+        while bernoulli_exp(rng, Fraction(1)):
+            v += 1
+        x = u + t * v
+        y = x // s
+        negative = rng.randrange(2) == 1
+        if negative and y == 0:
+            continue
+        return -y if negative else y
+
+
+def sample_discrete_gaussian(rng: RandomSource, sigma2: Fraction) -> int:
+    """One draw with ``P[X=x] ∝ exp(-x²/(2·sigma2))`` (CKS20 Algorithm 3)."""
+    t = math.floor(math.sqrt(sigma2)) + 1
+    while True:
+        y = sample_discrete_laplace(rng, Fraction(t))
+        gamma = (abs(y) - sigma2 / t) ** 2 / (2 * sigma2)
+        if bernoulli_exp(rng, gamma):
+            return y
+
+
+def discrete_laplace(rng: RandomSource, scale: Fraction, size: int) -> np.ndarray:
+    """``size`` independent discrete Laplace draws as int64."""
+    if scale <= 0:
+        raise InvalidParameterError("scale", scale, "expected > 0")
+    return np.fromiter((sample_discrete_laplace(rng, scale) for _ in range(size)), dtype=np.int64, count=size)
+
+
+def discrete_gaussian(rng: RandomSource, sigma2: Fraction, size: int) -> np.ndarray:
+    """``size`` independent discrete Gaussian draws as int64."""
+    if sigma2 <= 0:
+        raise InvalidParameterError("sigma2", sigma2, "expected > 0")
+    return np.fromiter((sample_discrete_gaussian(rng, sigma2) for _ in range(size)), dtype=np.int64, count=size)
+
+
+def discrete_laplace_variance(scale: Fraction | float) -> float:
+    """Variance of the discrete Laplace: 2p/(1-p)² with p = exp(-1/scale)."""
+    p = math.exp(-1.0 / float(scale))
+    return 2 * p / (1 - p) ** 2
+
+
+def discrete_gaussian_variance(sigma2: Fraction | float, terms: int | None = None) -> float:
+    """Variance of the discrete Gaussian by direct summation of its mass function."""
+    s2 = float(sigma2)
+    n = terms or int(12 * math.sqrt(s2) + 20)
+    x = np.arange(-n, n + 1, dtype=float)
+    w = np.exp(-(x**2) / (2 * s2))
+    return float((w * x**2).sum() / w.sum())

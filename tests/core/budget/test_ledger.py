@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+
+import pytest
+
+from airflow_privacy.core.budget import PrivacyLedger
+from airflow_privacy.core.dp import PrivacyCost, compose_epsilon
+from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError
+
+
+def _cost(eps: float) -> PrivacyCost:
+    return PrivacyCost(eps, 0.0, [{"kind": "discrete_laplace", "parameter": eps, "sensitivity": 1}])
+
+
+@pytest.fixture
+def ledger(tmp_path) -> PrivacyLedger:
+    led = PrivacyLedger(f"sqlite:///{tmp_path}/budget.db")
+    led.set_budget("patients", epsilon=1.0, delta=1e-6)
+    return led
+
+
+def test_charge_status_history(ledger):
+    c = ledger.charge("patients", release_id="d/r1/t/-1", cost=_cost(0.25), dag_id="d", run_id="r1")
+    assert not c.replayed and c.status == "charged"
+    st = ledger.status("patients")
+    assert st.spent_epsilon == pytest.approx(0.25, rel=1e-4) and st.remaining_epsilon == pytest.approx(0.75, rel=1e-4)
+    assert st.releases == 1
+    ledger.charge("patients", release_id="d/r2/t/-1", cost=_cost(0.25))
+    assert [h.release_id for h in ledger.history("patients")] == ["d/r1/t/-1", "d/r2/t/-1"]
+
+
+def test_idempotent_on_release_id(ledger):
+    first = ledger.charge("patients", release_id="x", cost=_cost(0.5), output="file:///o.parquet")
+    again = ledger.charge("patients", release_id="x", cost=_cost(0.5))
+    assert again.replayed and again.output == "file:///o.parquet" and again.created_at == first.created_at
+    assert ledger.status("patients").spent_epsilon == pytest.approx(0.5, rel=1e-4)
+
+
+def test_over_cap_raises_and_changes_nothing(ledger):
+    ledger.charge("patients", release_id="a", cost=_cost(0.75))
+    with pytest.raises(BudgetExceededError, match=r"patients.*0\.5.*0\.25"):
+        ledger.charge("patients", release_id="b", cost=_cost(0.5))
+    assert ledger.status("patients").releases == 1
+    assert ledger.get_release("patients", "b") is None
+
+
+def test_spent_is_pld_composition_of_all_events(tmp_path):
+    led = PrivacyLedger(f"sqlite:///{tmp_path}/b.db")
+    led.set_budget("d", epsilon=10.0, delta=1e-6)
+    events = []
+    for i in range(40):
+        c = _cost(0.2)
+        led.charge("d", release_id=str(i), cost=c)
+        events += c.events
+    assert led.status("d").spent_epsilon == pytest.approx(compose_epsilon(events, 1e-6, "pld"), rel=1e-9)
+    assert led.status("d").spent_epsilon < 40 * 0.2  # tighter than summing epsilons
+    led.set_budget("r", epsilon=5.0, delta=1e-6, accountant="rdp")
+    led.charge("r", release_id="1", cost=_cost(0.2))
+    assert led.status("r").accountant == "rdp"
+
+
+def test_cap_changes(ledger):
+    ledger.charge("patients", release_id="a", cost=_cost(0.75))
+    with pytest.raises(BudgetExceededError):
+        ledger.set_budget("patients", epsilon=0.5, delta=1e-6)
+    assert ledger.set_budget("patients", epsilon=2.0, delta=1e-6).remaining_epsilon == pytest.approx(1.25, rel=1e-4)
+    with pytest.raises(InvalidParameterError, match="budget_cap"):
+        ledger.ensure_budget("patients", epsilon=3.0, delta=1e-6)
+    assert ledger.ensure_budget("patients", epsilon=2.0, delta=1e-6).cap_epsilon == 2.0
+    assert ledger.ensure_budget("new", epsilon=1.0).cap_epsilon == 1.0
+
+
+def test_validation(ledger):
+    with pytest.raises(InvalidParameterError, match="epsilon"):
+        ledger.set_budget("x", epsilon=0)
+    with pytest.raises(InvalidParameterError, match="dataset"):
+        ledger.set_budget("", epsilon=1)
+    with pytest.raises(KeyError, match="no privacy budget"):
+        ledger.charge("unknown", release_id="a", cost=_cost(0.1))
+    with pytest.raises(InvalidParameterError, match="url"):
+        PrivacyLedger("budget.db")
+
+
+def test_concurrent_threads_never_exceed_cap(ledger):
+    errors, ok = [], []
+
+    def worker(i):
+        try:
+            ok.append(ledger.charge("patients", release_id=f"t{i}", cost=_cost(0.1)))
+        except BudgetExceededError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(25)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ok) == 10 and len(errors) == 15
+    assert ledger.status("patients").spent_epsilon <= 1.0 + 1e-9
+
+
+def _charge_in_process(url: str, i: int, q) -> None:
+    led = PrivacyLedger(url)
+    try:
+        led.charge("patients", release_id=f"p{i}", cost=_cost(0.1))
+        q.put("ok")
+    except BudgetExceededError:
+        q.put("over")
+
+
+def test_concurrent_processes_never_exceed_cap(ledger):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_charge_in_process, args=(ledger.url, i, q)) for i in range(14)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert results.count("ok") == 10 and results.count("over") == 4
+    assert ledger.status("patients").releases == 10

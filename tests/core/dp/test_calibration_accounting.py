@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import common
+from dp_accounting.pld import privacy_loss_distribution as pld
+
+from airflow_privacy.core.dp import analytic_gaussian_sigma, compose_epsilon
+from airflow_privacy.core.dp.calibration import discrete_gaussian_sigma
+from airflow_privacy.core.errors import InvalidParameterError
+
+
+def test_analytic_gaussian_matches_reference_value():
+    assert analytic_gaussian_sigma(1.0, 1e-6, 1.0) == pytest.approx(4.225, abs=5e-4)
+
+
+def test_analytic_gaussian_is_tight_per_dp_accounting():
+    sigma = analytic_gaussian_sigma(0.5, 1e-5, 3.0)
+    acc = dp_accounting.pld.PLDAccountant()
+    acc.compose(dp_accounting.GaussianDpEvent(sigma / 3.0))
+    assert acc.get_epsilon(1e-5) == pytest.approx(0.5, rel=2e-3)
+
+
+def test_discrete_gaussian_sigma_meets_target_exactly():
+    sigma = discrete_gaussian_sigma(1.0, 1e-6, 1)
+    eps = pld.from_discrete_gaussian_mechanism(sigma, sensitivity=1).get_epsilon_for_delta(1e-6)
+    assert eps <= 1.0 and sigma < 4.24
+
+
+def test_pld_composition_equals_independent_dp_accounting():
+    events = [
+        {"kind": "discrete_laplace", "parameter": 0.1, "sensitivity": 2, "count": 5},
+        {"kind": "discrete_gaussian", "sigma": 8.0, "sensitivity": 1, "epsilon": 0.7, "delta": 1e-6, "count": 3},
+        {"kind": "approx", "epsilon": 0.1, "delta": 1e-7, "count": 2},
+    ]
+    ref = pld.from_discrete_laplace_mechanism(0.1, sensitivity=2).self_compose(5)
+    ref = ref.compose(pld.from_discrete_gaussian_mechanism(8.0, sensitivity=1).self_compose(3))
+    ref = ref.compose(pld.from_privacy_parameters(common.DifferentialPrivacyParameters(0.1, 1e-7)).self_compose(2))
+    assert compose_epsilon(events, 1e-5, "pld") == pytest.approx(ref.get_epsilon_for_delta(1e-5), rel=1e-9)
+
+
+def test_pld_is_tighter_than_basic_and_rdp_is_valid():
+    events = [{"kind": "discrete_laplace", "parameter": 0.05, "sensitivity": 1, "count": 200}]
+    basic = compose_epsilon(events, 1e-6, "basic")
+    assert basic == pytest.approx(10.0)
+    pld_eps = compose_epsilon(events, 1e-6, "pld")
+    rdp_eps = compose_epsilon(events, 1e-6, "rdp")
+    assert pld_eps < rdp_eps and pld_eps < basic
+    assert pld_eps > 0.05 * math.sqrt(200)  # cannot beat the CLT-scale lower bound
+
+
+def test_delta_too_small_is_infinite():
+    events = [{"kind": "approx", "epsilon": 0.1, "delta": 1e-5}]
+    assert compose_epsilon(events, 1e-6, "basic") == math.inf
+    assert compose_epsilon(events, 1e-6, "rdp") == math.inf
+    assert compose_epsilon(events, 1e-6, "pld") == math.inf
+
+
+def test_bad_accountant_and_delta():
+    with pytest.raises(InvalidParameterError, match="accountant"):
+        compose_epsilon([{"kind": "pure", "epsilon": 1.0}], 0.0, "moments")
+    with pytest.raises(InvalidParameterError, match="delta"):
+        analytic_gaussian_sigma(1.0, 0.0)
