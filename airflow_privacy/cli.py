@@ -31,10 +31,66 @@ def _print(obj, as_json: bool) -> None:
         print(obj)
 
 
+def _ledger(args):
+    from airflow_privacy.core.budget import PrivacyLedger
+
+    if args.url:
+        return PrivacyLedger(args.url)
+    from airflow_privacy.hooks.budget import PrivacyBudgetHook
+
+    return PrivacyBudgetHook(args.conn_id).get_ledger()
+
+
+def _budget_show(args) -> int:
+    ledger = _ledger(args)
+    rows = [ledger.status(args.dataset)] if args.dataset else ledger.datasets()
+    _print([r.to_dict() for r in rows] if rows else "no datasets have a privacy budget yet", args.json)
+    return 0
+
+
+def _budget_set(args) -> int:
+    status = _ledger(args).set_budget(args.dataset, epsilon=args.epsilon, delta=args.delta, accountant=args.accountant)
+    _print(status.to_dict(), args.json)
+    return 0
+
+
+def _budget_history(args) -> int:
+    ledger = _ledger(args)
+    ledger.status(args.dataset)
+    charges = [c.to_dict() for c in ledger.history(args.dataset)]
+    if not args.json:
+        keep = ("created_at", "release_id", "epsilon", "delta", "spent_epsilon", "status", "output")
+        charges = [{k: c[k] for k in keep} for c in charges]
+    _print(charges or f"dataset {args.dataset!r} has no releases yet", args.json)
+    return 0
+
+
+def _add_budget(sub) -> None:
+    budget = sub.add_parser("budget", help="inspect and set privacy budgets (the ledger)")
+    bsub = budget.add_subparsers(dest="command", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conn-id", default="privacy_budget_default", help="privacy_budget connection id")
+    common.add_argument("--url", help="SQLAlchemy URL of the ledger (overrides --conn-id)")
+    common.add_argument("--json", action="store_true", help="JSON output")
+    show = bsub.add_parser("show", parents=[common], help="cap, spent and remaining budget")
+    show.add_argument("dataset", nargs="?")
+    show.set_defaults(func=_budget_show)
+    st = bsub.add_parser("set", parents=[common], help="create or change a dataset's cap")
+    st.add_argument("dataset")
+    st.add_argument("--epsilon", type=float, required=True)
+    st.add_argument("--delta", type=float, default=0.0)
+    st.add_argument("--accountant", choices=["pld", "rdp", "basic"])
+    st.set_defaults(func=_budget_set)
+    hist = bsub.add_parser("history", parents=[common], help="every release charged to a dataset")
+    hist.add_argument("dataset")
+    hist.set_defaults(func=_budget_history)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-privacy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"airflow-privacy {__version__}")
-    parser.add_subparsers(dest="group", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND")
+    _add_budget(sub)
     return parser
 
 
@@ -49,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # runbook users need the message, not a traceback
         from airflow_privacy.core.errors import PrivacyError
 
-        if isinstance(exc, PrivacyError):
+        if isinstance(exc, (PrivacyError, KeyError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

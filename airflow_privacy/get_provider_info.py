@@ -26,9 +26,19 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["software"],
             }
         ],
-        "operators": [],
-        "hooks": [],
-        "connection-types": [],
+        "operators": [
+            {"integration-name": "Privacy", "python-modules": ["airflow_privacy.operators.dp_aggregate"]},
+        ],
+        "hooks": [
+            {"integration-name": "Privacy", "python-modules": ["airflow_privacy.hooks.budget"]},
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_privacy.hooks.budget.PrivacyBudgetHook",
+                "connection-type": "privacy_budget",
+                "hook-name": "Privacy Budget Ledger",
+            },
+        ],
         "extra-links": [],
         "plugins": [],
         "config": {

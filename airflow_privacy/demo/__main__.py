@@ -17,6 +17,7 @@ import time
 #: Example DAGs in the order the demo runs them for each logical date.
 DEMO_DAGS: list[str] = [
     "demo_patient_batches",
+    "dp_daily_statistics",
 ]
 
 
@@ -56,6 +57,25 @@ def _budget_lines() -> list[str]:
     return budget_lines()
 
 
+def _start_fresh(home: str) -> None:
+    """The demo replays the same dates each time: start from an empty ledger and data dir,
+    or the second `make demo` would (rightly) find the demo budget already spent."""
+    import shutil
+
+    from airflow_privacy.core.io import resolve
+    from airflow_privacy.demo.data import demo_root
+
+    ledger = os.path.join(home, "privacy_budget.db")
+    if os.path.exists(ledger):
+        os.remove(ledger)
+    fs, root = resolve(demo_root())
+    if fs.exists(root):
+        if getattr(fs, "protocol", None) in ("file", ("file", "local")):
+            shutil.rmtree(root)
+        else:
+            fs.rm(root, recursive=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_privacy.demo", description=__doc__)
     parser.add_argument("--start", default="2026-01-01", help="first logical date (ISO)")
@@ -70,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(home, exist_ok=True)
     start = dt.date.fromisoformat(args.start)
     dates = [(start + dt.timedelta(days=i)).isoformat() for i in range(args.days)]
+    _start_fresh(home)
     log_path = os.path.join(home, "demo.log")
     t0 = time.monotonic()
     with open(log_path, "w") as log:

@@ -47,14 +47,32 @@ def bound_contributions(
     n_groups = int(group_codes.max()) + 1
     pair = unit_codes * n_groups + group_codes
 
-    # Linf: random rank of each row inside its (unit, group) pair.
-    order = np.lexsort((rng.random(n), pair))
-    keep_rows = order[rank_within(pair[order]) < max_rows_per_group]
+    # Linf: rows sorted by (pair, random priority); keep the first Linf of each pair.
+    order = _random_order_within(pair, rng)
+    sorted_pair = pair[order]
+    rank = rank_within(sorted_pair)
+    keep = rank < max_rows_per_group
+    # Distinct pairs appear in sorted order; the row with rank 0 starts each one.
+    starts = rank == 0
+    pair_index = np.cumsum(starts) - 1
+    pairs = sorted_pair[starts]
 
-    # L0: random rank of each distinct pair inside its unit.
-    pairs, inverse = np.unique(pair[keep_rows], return_inverse=True)
+    # L0: pairs sorted by (unit, random priority); keep the first L0 of each unit.
     pair_units = pairs // n_groups
-    porder = np.lexsort((rng.random(len(pairs)), pair_units))
+    porder = _random_order_within(pair_units, rng)
     kept_pair = np.zeros(len(pairs), dtype=bool)
     kept_pair[porder[rank_within(pair_units[porder]) < max_groups_per_unit]] = True
-    return np.sort(keep_rows[kept_pair[inverse]])
+    return np.sort(order[keep & kept_pair[pair_index]])
+
+
+def _random_order_within(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Permutation sorting ``keys`` ascending, ties in uniformly random order.
+
+    One int64 argsort of ``key << 31 | random`` when keys fit in 32 bits (the common case,
+    ~3x faster than a two-key lexsort); lexsort otherwise. Ties of the 31-bit priorities
+    are broken by position, a bias below 2^-31 per pair.
+    """
+    if len(keys) and int(keys.max()) < (1 << 32):
+        combined = (keys << 31) | rng.integers(0, 1 << 31, len(keys), dtype=np.int64)
+        return np.argsort(combined)
+    return np.lexsort((rng.random(len(keys)), keys))

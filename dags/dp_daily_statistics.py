@@ -1,0 +1,53 @@
+"""Daily differentially private statistics of patient visits, under a persistent budget.
+
+Each run reads the day's raw batches of all sites and releases, per site and diagnosis, the
+number of visits, the mean cost and the median age -- with user-level differential privacy
+(a patient's whole day is protected; one visit per patient and day is used).
+Every release is charged to the ``patients`` dataset's budget in the ledger; the cumulative
+spend is in each task's ``privacy_budget`` XCom. The demo cap (ε = 3) affords three daily
+releases at ε = 1: the fourth run fails cleanly with the budget message and writes nothing.
+Raise the cap deliberately with ``airflow-privacy budget set patients --epsilon ... --delta ...``.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag
+
+from airflow_privacy.demo import SITES, demo_root
+from airflow_privacy.demo.data import DIAGNOSES
+from airflow_privacy.operators.dp_aggregate import DPAggregateOperator
+
+
+@dag(
+    dag_id="dp_daily_statistics",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["privacy", "differential-privacy", "demo"],
+    doc_md=__doc__,
+)
+def dp_daily_statistics():
+    DPAggregateOperator(
+        task_id="visit_statistics",
+        source=[f"{demo_root()}/raw/site={site}/date={{{{ ds }}}}.parquet" for site in SITES],
+        destination=f"{demo_root()}/dp/visit_statistics/date={{{{ ds }}}}.parquet",
+        dataset="patients",
+        epsilon=1.0,
+        metrics={
+            "visits": "count",
+            "avg_cost": ("mean", "cost"),
+            "median_age": ("median", "age"),
+        },
+        by=["site", "diagnosis"],
+        public_groups={"site": list(SITES), "diagnosis": list(DIAGNOSES)},
+        privacy_unit="patient_id",
+        bounds={"cost": (0, 5000), "age": (0, 110)},
+        max_groups_per_unit=1,
+        max_rows_per_group=1,
+        budget_cap=(3.0, 1e-6),
+    )
+
+
+dp_daily_statistics()

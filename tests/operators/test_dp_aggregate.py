@@ -1,0 +1,86 @@
+"""DPAggregateOperator under real ``dag.test()`` runs, real SQLite ledger, real files."""
+
+from __future__ import annotations
+
+import json
+
+import pendulum
+import pytest
+
+from airflow_privacy.core.budget import PrivacyLedger
+from airflow_privacy.core.errors import InvalidParameterError
+from airflow_privacy.core.io import exists, read_batch, write_batch
+from airflow_privacy.demo.data import SITES, generate_batch
+from airflow_privacy.operators.dp_aggregate import DPAggregateOperator
+
+DATES = [pendulum.datetime(2026, 5, d, tz="UTC") for d in (1, 2, 3, 4)]
+
+
+@pytest.fixture
+def ledger_url(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", json.dumps({"conn_type": "privacy_budget", "host": url}))
+    return url
+
+
+@pytest.fixture
+def batches(demo_root):
+    for date in DATES:
+        for site in SITES:
+            uri = f"{demo_root}/raw/site={site}/date={date.date()}.parquet"
+            if not exists(uri):
+                write_batch(generate_batch(site, date.date()), uri)
+
+
+def _run(dag, date, run_after=None):
+    run = dag.test(logical_date=date, run_after=run_after or pendulum.now("UTC"))
+    ti = next(t for t in run.get_task_instances() if t.task_id == "visit_statistics")
+    return run, ti
+
+
+def test_budget_accumulates_retry_is_free_and_cap_fails_cleanly(dagbag, batches, ledger_url, demo_root):
+    dag = dagbag.get_dag("dp_daily_statistics")
+    fixed = pendulum.datetime(2026, 6, 1, tz="UTC")
+    spent, outputs = [], []
+    for date in DATES[:3]:
+        # the third run gets a fixed run_after, hence a run_id we can reproduce below
+        run, ti = _run(dag, date, run_after=fixed if date == DATES[2] else None)
+        assert run.state == "success"
+        ret = ti.xcom_pull(task_ids="visit_statistics")
+        pushed = ti.xcom_pull(task_ids="visit_statistics", key="privacy_budget")
+        assert pushed == ret["privacy"]
+        assert set(pushed) >= {"dataset", "release_id", "epsilon", "delta", "spent_epsilon", "spent_delta",
+                               "remaining_epsilon", "cap_epsilon", "cap_delta", "accountant"}
+        spent.append(pushed["spent_epsilon"])
+        outputs.append(ret["output"])
+        assert ret["rows"] == len(read_batch(ret["output"])) == 24  # 3 sites x 8 public diagnoses
+    assert spent[0] < spent[1] < spent[2] <= 3.0
+
+    ledger = PrivacyLedger(ledger_url)
+    before = ledger.status("patients")
+    assert before.releases == 3
+    assert [c.output for c in ledger.history("patients")] == outputs
+
+    # Clear-and-rerun of the third run (same run_id): the stored release, no new charge.
+    first = read_batch(outputs[2])
+    run, ti = _run(dag, DATES[2], run_after=fixed)
+    assert run.state == "success"
+    assert ti.xcom_pull(task_ids="visit_statistics", key="privacy_budget")["spent_epsilon"] == spent[2]
+    assert read_batch(ti.xcom_pull(task_ids="visit_statistics")["output"]).equals(first)
+    assert ledger.status("patients") == before
+
+    # A fourth release does not fit under the cap: the run fails, nothing is written or charged.
+    dest = f"{demo_root}/dp/visit_statistics/date={DATES[3].date()}.parquet"
+    run, ti = _run(dag, DATES[3])
+    assert run.state == "failed" and ti.state == "failed"
+    assert not exists(dest)
+    assert ledger.status("patients") == before
+    assert ledger.get_release("patients", f"dp_daily_statistics/{ti.run_id}/visit_statistics/-1") is None
+
+
+def test_parse_time_validation():
+    with pytest.raises(InvalidParameterError, match="epsilon"):
+        DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=0, metrics={"n": "count"})
+    with pytest.raises(InvalidParameterError, match="budget_cap"):
+        DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=1,
+                            metrics={"n": "count"}, budget_cap=(1.0,))
