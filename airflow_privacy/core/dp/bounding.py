@@ -24,6 +24,19 @@ def rank_within(segments: np.ndarray) -> np.ndarray:
     return np.arange(n, dtype=np.int64) - run_start
 
 
+def first_in_run(segments: np.ndarray, limit: int) -> np.ndarray:
+    """Mask of the first ``limit`` elements of each run of equal values (input sorted).
+
+    Element i is among its run's first ``limit`` iff the element ``limit`` places earlier
+    belongs to another run -- one vectorized comparison, no ranks materialized.
+    """
+    n = len(segments)
+    mask = np.ones(n, dtype=bool)
+    if limit < n:
+        mask[limit:] = segments[limit:] != segments[:-limit]
+    return mask
+
+
 def bound_contributions(
     unit_codes: np.ndarray,
     group_codes: np.ndarray,
@@ -31,7 +44,7 @@ def bound_contributions(
     max_rows_per_group: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Indices of the rows kept after L0/Linf bounding (vectorized, O(n log n)).
+    """Indices (ascending) of the rows kept after L0/Linf bounding; vectorized, O(n log n).
 
     :param unit_codes: int codes of each row's privacy unit.
     :param group_codes: int codes of each row's group.
@@ -50,19 +63,20 @@ def bound_contributions(
     # Linf: rows sorted by (pair, random priority); keep the first Linf of each pair.
     order = _random_order_within(pair, rng)
     sorted_pair = pair[order]
-    rank = rank_within(sorted_pair)
-    keep = rank < max_rows_per_group
-    # Distinct pairs appear in sorted order; the row with rank 0 starts each one.
-    starts = rank == 0
-    pair_index = np.cumsum(starts) - 1
+    keep = first_in_run(sorted_pair, max_rows_per_group)
+    # Sorting by pair also sorts by unit: the distinct pairs, in order, start each pair run.
+    starts = first_in_run(sorted_pair, 1)
     pairs = sorted_pair[starts]
 
     # L0: pairs sorted by (unit, random priority); keep the first L0 of each unit.
     pair_units = pairs // n_groups
     porder = _random_order_within(pair_units, rng)
     kept_pair = np.zeros(len(pairs), dtype=bool)
-    kept_pair[porder[rank_within(pair_units[porder]) < max_groups_per_unit]] = True
-    return np.sort(order[keep & kept_pair[pair_index]])
+    kept_pair[porder[first_in_run(pair_units[porder], max_groups_per_unit)]] = True
+    keep &= np.repeat(kept_pair, np.diff(np.r_[np.flatnonzero(starts), n]))
+    mask = np.zeros(n, dtype=bool)
+    mask[order[keep]] = True
+    return np.flatnonzero(mask)
 
 
 def _random_order_within(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,6 +87,6 @@ def _random_order_within(keys: np.ndarray, rng: np.random.Generator) -> np.ndarr
     are broken by position, a bias below 2^-31 per pair.
     """
     if len(keys) and int(keys.max()) < (1 << 32):
-        combined = (keys << 31) | rng.integers(0, 1 << 31, len(keys), dtype=np.int64)
-        return np.argsort(combined)
+        priority = (rng.bit_generator.random_raw(len(keys)) >> np.uint64(33)).astype(np.int64)
+        return np.argsort((keys << 31) | priority)
     return np.lexsort((rng.random(len(keys)), keys))

@@ -1,0 +1,48 @@
+"""Encryption at rest for batches: envelope-encrypted files and blobs, tokenized columns.
+
+Security guarantees (details and citations in each module):
+
+* :mod:`.envelope` -- files and blobs: a fresh 256-bit data key per blob, AES-256-GCM in
+  the segmented STREAM construction (Hoang-Reyhanitabar-Rogaway-Vizár 2015, as in Tink's
+  streaming AEAD), data key wrapped under a key ring's primary KEK. Confidentiality and
+  integrity of the whole stream: tampering, truncation, reordering, wrong key or wrong
+  associated data raise :class:`~airflow_privacy.core.errors.IntegrityError`, never
+  garbage output; file decryption publishes its output atomically. Key rotation re-wraps
+  the data key without touching the body (:func:`rewrap`).
+* :mod:`.columns` -- column tokens ``v1:<kek id>:<base64url>``: randomized AES-256-GCM (hides
+  everything but length) or deterministic AES-256-SIV (reveals equality, and only equality,
+  within a column under one key; joinable).
+* :mod:`.keyring` -- :class:`KeyRing`: named 256-bit KEKs, one primary; key bytes never
+  appear in ``repr`` or error messages.
+
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+from airflow_privacy.core.crypto.columns import decrypt_columns, encrypt_columns
+from airflow_privacy.core.crypto.envelope import (
+    DEFAULT_SEGMENT_SIZE,
+    RewrapResult,
+    decrypt_bytes,
+    decrypt_file,
+    encrypt_bytes,
+    encrypt_file,
+    inspect_header,
+    rewrap,
+)
+from airflow_privacy.core.crypto.keyring import KeyRing
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "KeyRing",
+    "RewrapResult",
+    "decrypt_bytes",
+    "decrypt_columns",
+    "decrypt_file",
+    "encrypt_bytes",
+    "encrypt_columns",
+    "encrypt_file",
+    "inspect_header",
+    "rewrap",
+]

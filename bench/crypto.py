@@ -1,0 +1,200 @@
+"""Benchmark of airflow_privacy.core.crypto, every comparison measured in the same run.
+
+1. Whole-file encryption: ``encrypt_file`` (streamed, segmented, disk to disk, atomic) on a
+   1 M-row Parquet batch vs one raw ``AESGCM.encrypt`` call on the same bytes in memory.
+   Target: >= 50 % of the raw throughput.
+2. Deterministic column tokens: ``encrypt_columns(deterministic=True)`` (factorize, one
+   AES-SIV call per distinct value, map back) vs a naive per-cell Python loop doing the
+   same AES-SIV call and token formatting for every row, on a column of unique values and
+   on a column with 10 % cardinality. Targets: no slower on unique, >= 5x faster on 10 %.
+   Both produce identical tokens (asserted), so the comparison is like for like.
+
+Run: ``python bench/crypto.py`` (about 20-40 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+
+from airflow_privacy.core.crypto import (
+    KeyRing,
+    decrypt_file,
+    encrypt_bytes,
+    encrypt_columns,
+    encrypt_file,
+)
+from airflow_privacy.core.io import read_bytes, write_bytes
+
+T = TypeVar("T")
+ROWS = 1_000_000
+REPEATS = 3
+
+
+def best_of(fn: Callable[[], object], repeats: int = REPEATS, fresh: Path | None = None) -> float:
+    """Fastest of ``repeats`` runs; ``fresh`` is deleted before each (untimed), so file
+    writers create a new file as a batch task does, rather than paying to free the old one."""
+    times = []
+    for _ in range(repeats):
+        if fresh is not None:
+            fresh.unlink(missing_ok=True)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def timed(fn: Callable[[], T], repeats: int = 2) -> tuple[float, T]:
+    """Fastest of ``repeats`` runs and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result  # type: ignore[return-value]
+
+
+def make_batch(rows: int) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    ids = np.char.add("patient-", np.arange(rows).astype("U7"))
+    return pd.DataFrame(
+        {
+            "patient_id": pd.array(ids, dtype="str"),
+            # 10 % cardinality: every value appears ~10 times
+            "clinic_code": pd.array(
+                np.char.add("clinic-", rng.integers(0, rows // 10, rows).astype("U7")), dtype="str"
+            ),
+            "age": rng.integers(0, 100, rows),
+            "charge": rng.gamma(2.0, 150.0, rows).round(2),
+            "admitted": pd.Timestamp("2024-01-01")
+            + pd.to_timedelta(rng.integers(0, 365 * 24 * 3600, rows), unit="s"),
+        }
+    )
+
+
+def naive_tokens(values: pd.Series, column: str, ring: KeyRing) -> pd.Series:
+    """What one would write without dedupe: one AES-SIV call per cell, in a Python loop."""
+    kek_id = ring.primary_id
+    col = column.encode()
+    siv = AESSIV(ring._subkey(kek_id, b"airflow-privacy/v1/column-aes-siv\x00" + col, length=64))
+    ad = [b"airflow-privacy/v1/column\x02" + kek_id.encode() + b"\x00" + col]
+    prefix = f"v1:{kek_id}:"
+    out = []
+    for value in values.tolist():
+        sealed = siv.encrypt(b"\x01" + value.encode("utf-8"), ad)
+        out.append(prefix + base64.urlsafe_b64encode(b"\x02" + sealed).decode())
+    return pd.Series(pd.array(out, dtype="str"), index=values.index, name=values.name)
+
+
+def main() -> None:
+    ring = KeyRing.generate()
+    df = make_batch(ROWS)
+    rows_out: list[tuple[str, str, str]] = []
+
+    with tempfile.TemporaryDirectory(prefix="bench-crypto-") as tmp:
+        src = Path(tmp) / "batch.parquet"
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src)
+        data = src.read_bytes()
+        mb = len(data) / 1e6
+        enc = Path(tmp) / "batch.parquet.enc"
+        dec = Path(tmp) / "batch.dec.parquet"
+
+        raw = AESGCM(AESGCM.generate_key(bit_length=256))
+        nonce = os.urandom(12)
+        raw_out = Path(tmp) / "batch.raw.enc"
+
+        def raw_with_io() -> None:
+            write_bytes(raw.encrypt(nonce, read_bytes(src), None), raw_out)
+
+        t_raw = best_of(lambda: raw.encrypt(nonce, data, None))
+        t_mem = best_of(lambda: encrypt_bytes(data, ring))
+        t_raw_io = best_of(raw_with_io, fresh=raw_out)
+        t_enc = best_of(lambda: encrypt_file(src, enc, ring), fresh=enc)
+        t_dec = best_of(lambda: decrypt_file(enc, dec, ring), fresh=dec)
+        assert dec.read_bytes() == data
+        rows_out += [
+            (
+                f"raw AESGCM.encrypt, one call in memory ({mb:.1f} MB)",
+                f"{mb / t_raw:,.0f} MB/s",
+                "",
+            ),
+            (
+                "encrypt_file (1 MiB segments, streamed disk->disk, atomic)",
+                f"{mb / t_enc:,.0f} MB/s",
+                f"{t_raw / t_enc:.0%} of raw in memory (target >= 50%)",
+            ),
+            (
+                "encrypt_bytes (1 MiB segments, in memory)",
+                f"{mb / t_mem:,.0f} MB/s",
+                f"{t_raw / t_mem:.0%} of raw in memory",
+            ),
+            (
+                "raw one-call AESGCM with the same I/O (read_bytes, write_bytes)",
+                f"{mb / t_raw_io:,.0f} MB/s",
+                "",
+            ),
+            ("encrypt_file vs raw with the same I/O", "", f"{t_raw_io / t_enc:.0%} of raw+I/O"),
+            (
+                "decrypt_file (1 MiB segments, streamed disk->disk, atomic)",
+                f"{mb / t_dec:,.0f} MB/s",
+                f"{t_raw / t_dec:.0%} of raw in memory",
+            ),
+        ]
+
+    for column, label, target in (
+        ("patient_id", "unique values", "target >= 1.0x"),
+        ("clinic_code", "10% cardinality", "target >= 5x"),
+    ):
+        sub = df[[column]]
+        t_ours, ours = timed(
+            lambda sub=sub, column=column: encrypt_columns(sub, [column], ring, deterministic=True)
+        )
+        t_naive, naive = timed(
+            lambda sub=sub, column=column: naive_tokens(sub[column], column, ring)
+        )
+        assert ours[column].equals(naive), "token mismatch between implementations"
+        distinct = sub[column].nunique()
+        rows_out += [
+            (
+                f"naive per-cell AES-SIV loop, {label} ({distinct:,} distinct)",
+                f"{ROWS / t_naive:,.0f} tokens/s",
+                "",
+            ),
+            (
+                f"encrypt_columns(deterministic), {label}",
+                f"{ROWS / t_ours:,.0f} tokens/s",
+                f"{t_naive / t_ours:.2f}x naive ({target})",
+            ),
+        ]
+
+    t_rand = best_of(lambda: encrypt_columns(df[["clinic_code"]], ["clinic_code"], ring), repeats=1)
+    rows_out.append(
+        ("encrypt_columns(randomized), per-cell AES-GCM", f"{ROWS / t_rand:,.0f} tokens/s", "")
+    )
+
+    width = max(len(r[0]) for r in rows_out)
+    print(f"airflow_privacy.core.crypto benchmark: {ROWS:,} rows, best of {REPEATS} (columns: 2)")
+    print(f"{'measurement':<{width}}  {'throughput':>18}  comparison")
+    print("-" * (width + 50))
+    for name, value, note in rows_out:
+        print(f"{name:<{width}}  {value:>18}  {note}")
+    print(
+        "note: encrypt_file reads and writes the file through the filesystem; the in-memory "
+        "raw call does neither,\n      so 'raw with the same I/O' is the like-for-like "
+        "baseline and encrypt_bytes isolates the cost of segmenting."
+    )
+
+
+if __name__ == "__main__":
+    main()
