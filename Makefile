@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 ## Airflow web UI on http://localhost:8080 with the demo's home and DAGs.
 airflow: $(STAMP)
 	@echo "Admin password: $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (created on first start)"
-	$(VENV)/bin/airflow standalone
+	$(PY) -m airflow_privacy.demo --standalone
 
 ## Benchmarks: each prints our figure next to a baseline measured in the same run.
 bench: $(STAMP)

@@ -86,11 +86,52 @@ def _add_budget(sub) -> None:
     hist.set_defaults(func=_budget_history)
 
 
+def _read_ring(path: str | None):
+    from airflow_privacy.core.crypto import KeyRing
+
+    text = sys.stdin.read() if path in (None, "-") else open(path).read()
+    return KeyRing.from_json(text)
+
+
+def _keys_generate(args) -> int:
+    from airflow_privacy.core.crypto import KeyRing
+
+    print(KeyRing.generate().to_json())
+    return 0
+
+
+def _keys_rotate(args) -> int:
+    print(_read_ring(args.ring).rotate().to_json())
+    return 0
+
+
+def _keys_inspect(args) -> int:
+    from airflow_privacy.core.crypto import inspect_header
+
+    _print(inspect_header(args.file), args.json)
+    return 0
+
+
+def _add_keys(sub) -> None:
+    keys = sub.add_parser("keys", help="generate and rotate key rings, inspect encrypted files")
+    ksub = keys.add_subparsers(dest="command", metavar="ACTION", required=True)
+    gen = ksub.add_parser("generate", help="print a new key ring JSON (paste it into a privacy_keys connection's password)")
+    gen.set_defaults(func=_keys_generate)
+    rot = ksub.add_parser("rotate", help="print the ring with a new primary key; old keys stay for decryption")
+    rot.add_argument("ring", nargs="?", default="-", help="key ring JSON file (default: stdin)")
+    rot.set_defaults(func=_keys_rotate)
+    ins = ksub.add_parser("inspect", help="header of an encrypted file (no secrets)")
+    ins.add_argument("file")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=_keys_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-privacy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"airflow-privacy {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     _add_budget(sub)
+    _add_keys(sub)
     return parser
 
 

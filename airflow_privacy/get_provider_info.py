@@ -27,16 +27,30 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "operators": [
-            {"integration-name": "Privacy", "python-modules": ["airflow_privacy.operators.dp_aggregate"]},
+            {
+                "integration-name": "Privacy",
+                "python-modules": [
+                    "airflow_privacy.operators.dp_aggregate",
+                    "airflow_privacy.operators.crypto",
+                ],
+            },
         ],
         "hooks": [
-            {"integration-name": "Privacy", "python-modules": ["airflow_privacy.hooks.budget"]},
+            {
+                "integration-name": "Privacy",
+                "python-modules": ["airflow_privacy.hooks.budget", "airflow_privacy.hooks.keys"],
+            },
         ],
         "connection-types": [
             {
                 "hook-class-name": "airflow_privacy.hooks.budget.PrivacyBudgetHook",
                 "connection-type": "privacy_budget",
                 "hook-name": "Privacy Budget Ledger",
+            },
+            {
+                "hook-class-name": "airflow_privacy.hooks.keys.PrivacyKeyHook",
+                "connection-type": "privacy_keys",
+                "hook-name": "Privacy Key Ring",
             },
         ],
         "extra-links": [],

@@ -3,7 +3,10 @@
 The first DAG of the demo: every other example DAG reads what this one writes, one Parquet
 file per site and logical date under ``<demo root>/raw/site=<site>/date=<ds>.parquet``
 (the demo root is ``$AIRFLOW_PRIVACY_DEMO_ROOT``, default ``$AIRFLOW_HOME/demo-data``).
-Only paths, row counts and summary statistics travel through XCom -- never rows.
+Each raw batch is also archived encrypted (``archive/site=<site>/date=<ds>.parquet.enc``,
+AES-256-GCM envelope under the ``privacy_keys_default`` key ring, bound to its site and date
+as associated data). Only paths, row counts and summary statistics travel through XCom --
+never rows, never keys.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 
 from airflow_privacy.demo import SITES, demo_root
+from airflow_privacy.operators.crypto import EncryptOperator
 
 RAW_BATCHES = Asset(f"{demo_root()}/raw/")
 
@@ -48,7 +52,19 @@ def demo_patient_batches():
             summary[batch["site"]] = stats
         return {"rows": sum(s["rows"] for s in summary.values()), "sites": summary}
 
-    validate(generate.expand(site=list(SITES)))
+    batches = generate.expand(site=list(SITES))
+    checked = validate(batches)
+    archive = EncryptOperator.partial(task_id="archive_encrypted").expand_kwargs(
+        [
+            {
+                "source": f"{demo_root()}/raw/site={site}/date={{{{ ds }}}}.parquet",
+                "destination": f"{demo_root()}/archive/site={site}/date={{{{ ds }}}}.parquet.enc",
+                "associated_data": f"site={site}/date={{{{ ds }}}}",
+            }
+            for site in SITES
+        ]
+    )
+    checked >> archive
 
 
 demo_patient_batches()

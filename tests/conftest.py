@@ -6,6 +6,7 @@ import time -- hence module level, not a fixture.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,13 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"] = f"file://{_HOME}/demo-data"
 os.environ.pop("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", None)
+# The test session's key ring: an ordinary env connection, like a secrets backend would give.
+from airflow_privacy.core.crypto import KeyRing  # noqa: E402
+
+TEST_KEYRING = KeyRing.generate()
+os.environ["AIRFLOW_CONN_PRIVACY_KEYS_DEFAULT"] = json.dumps(
+    {"conn_type": "privacy_keys", "password": TEST_KEYRING.to_json()}
+)
 
 import pytest  # noqa: E402
 
@@ -45,6 +53,11 @@ def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="session")
+def keyring() -> KeyRing:
+    return TEST_KEYRING
 
 
 @pytest.fixture

@@ -21,9 +21,28 @@ DEMO_DAGS: list[str] = [
 ]
 
 
+def demo_connections(home: str) -> dict[str, str]:
+    """Connection env vars of the demo: a key ring kept in ``$AIRFLOW_HOME/demo-keyring.json``
+    (created once, mode 0600). Real deployments keep the ring in a secrets backend."""
+    import json
+
+    from airflow_privacy.core.crypto import KeyRing
+
+    path = os.path.join(home, "demo-keyring.json")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(KeyRing.generate().to_json())
+    with open(path) as fh:
+        ring = fh.read()
+    conn = json.dumps({"conn_type": "privacy_keys", "password": ring})
+    return {"AIRFLOW_CONN_PRIVACY_KEYS_DEFAULT": conn}
+
+
 def _airflow(*args: str, log) -> None:
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-    proc = subprocess.run([airflow, *args], stdout=log, stderr=subprocess.STDOUT, check=False)
+    env = {**os.environ, **demo_connections(os.environ["AIRFLOW_HOME"])}
+    proc = subprocess.run([airflow, *args], stdout=log, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(
             f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); see {log.name}"
@@ -43,6 +62,9 @@ def _summary(dates: list[str]) -> str:
         by_kind.setdefault(kind, []).append(path)
     for kind, paths in by_kind.items():
         rows = sum(len(read_batch(p)) for p in paths if p.endswith(".parquet"))
+        if all(p.endswith(".enc") for p in paths):
+            lines.append(f"  {kind:<24} {len(paths):>4} files  (encrypted)")
+            continue
         lines.append(f"  {kind:<24} {len(paths):>4} files  {rows:>8} rows")
     lines.extend(_budget_lines())
     lines.append(f"Logical dates: {', '.join(dates)}")
@@ -81,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="2026-01-01", help="first logical date (ISO)")
     parser.add_argument("--days", type=int, default=3, help="number of consecutive dates")
     parser.add_argument("--dags", nargs="*", default=DEMO_DAGS, help="DAG ids to run")
+    parser.add_argument("--standalone", action="store_true",
+                        help="instead: start `airflow standalone` with the demo's connections")
     args = parser.parse_args(argv)
+    if args.standalone:
+        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+        os.execve(airflow, [airflow, "standalone"], {**os.environ, **demo_connections(os.environ["AIRFLOW_HOME"])})
     if args.days < 1:
         parser.error(f"--days must be >= 1, got {args.days}")
     home = os.environ.get("AIRFLOW_HOME")
