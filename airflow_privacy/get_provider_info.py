@@ -32,6 +32,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_privacy.operators.dp_aggregate",
                     "airflow_privacy.operators.crypto",
+                    "airflow_privacy.operators.secure_sum",
                 ],
             },
         ],

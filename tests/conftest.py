@@ -28,6 +28,11 @@ TEST_KEYRING = KeyRing.generate()
 os.environ["AIRFLOW_CONN_PRIVACY_KEYS_DEFAULT"] = json.dumps(
     {"conn_type": "privacy_keys", "password": TEST_KEYRING.to_json()}
 )
+SITE_KEYRINGS = {site: KeyRing.generate() for site in ("site_a", "site_b", "site_c")}
+for _site, _ring in SITE_KEYRINGS.items():
+    os.environ[f"AIRFLOW_CONN_PRIVACY_KEYS_{_site.upper()}"] = json.dumps(
+        {"conn_type": "privacy_keys", "password": _ring.to_json()}
+    )
 
 import pytest  # noqa: E402
 
@@ -58,6 +63,11 @@ def dagbag(airflow_db):
 @pytest.fixture(scope="session")
 def keyring() -> KeyRing:
     return TEST_KEYRING
+
+
+@pytest.fixture(scope="session")
+def site_keyrings() -> dict[str, KeyRing]:
+    return SITE_KEYRINGS
 
 
 @pytest.fixture

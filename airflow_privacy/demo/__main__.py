@@ -18,25 +18,29 @@ import time
 DEMO_DAGS: list[str] = [
     "demo_patient_batches",
     "dp_daily_statistics",
+    "cross_site_totals",
 ]
 
 
 def demo_connections(home: str) -> dict[str, str]:
-    """Connection env vars of the demo: a key ring kept in ``$AIRFLOW_HOME/demo-keyring.json``
-    (created once, mode 0600). Real deployments keep the ring in a secrets backend."""
+    """Connection env vars of the demo: key rings kept in ``$AIRFLOW_HOME/demo-keyring-*.json``
+    (created once, mode 0600) -- the default ring and one per site. Real deployments keep
+    them in a secrets backend, each site's only on that site's worker."""
     import json
 
     from airflow_privacy.core.crypto import KeyRing
 
-    path = os.path.join(home, "demo-keyring.json")
-    if not os.path.exists(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(KeyRing.generate().to_json())
-    with open(path) as fh:
-        ring = fh.read()
-    conn = json.dumps({"conn_type": "privacy_keys", "password": ring})
-    return {"AIRFLOW_CONN_PRIVACY_KEYS_DEFAULT": conn}
+    conns = {}
+    for name in ("default", "site_a", "site_b", "site_c"):
+        path = os.path.join(home, f"demo-keyring-{name}.json")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(KeyRing.generate().to_json())
+        with open(path) as fh:
+            ring = fh.read()
+        conns[f"AIRFLOW_CONN_PRIVACY_KEYS_{name.upper()}"] = json.dumps({"conn_type": "privacy_keys", "password": ring})
+    return conns
 
 
 def _airflow(*args: str, log) -> None:
@@ -61,11 +65,14 @@ def _summary(dates: list[str]) -> str:
         kind = path[len(root):].strip("/").split("/", 1)[0]
         by_kind.setdefault(kind, []).append(path)
     for kind, paths in by_kind.items():
-        rows = sum(len(read_batch(p)) for p in paths if p.endswith(".parquet"))
-        if all(p.endswith(".enc") for p in paths):
-            lines.append(f"  {kind:<24} {len(paths):>4} files  (encrypted)")
-            continue
-        lines.append(f"  {kind:<24} {len(paths):>4} files  {rows:>8} rows")
+        tables = [p for p in paths if p.endswith(".parquet")]
+        rows = sum(len(read_batch(p)) for p in tables)
+        extra = []
+        if any(p.endswith(".enc") for p in paths):
+            extra.append(f"{sum(p.endswith('.enc') for p in paths)} encrypted")
+        if any(p.endswith(".msg") for p in paths):
+            extra.append(f"{sum(p.endswith('.msg') for p in paths)} protocol messages")
+        lines.append(f"  {kind:<24} {len(tables):>4} tables {rows:>8} rows  {', '.join(extra)}".rstrip())
     lines.extend(_budget_lines())
     lines.append(f"Logical dates: {', '.join(dates)}")
     return "\n".join(lines)

@@ -1,0 +1,341 @@
+"""Secure sum across data sites as Airflow tasks (Bonawitz et al. 2017 double masking).
+
+``secure_sum_group(...)`` wires one round: per-site tasks (``SecureShareOperator``, each on
+its site's queue with its site's key ring) and aggregator tasks (``SecureSumOperator``)
+exchange messages through shared storage. Threat model: see
+:mod:`airflow_privacy.core.secure_sum`. What each party writes where:
+
+* shared storage (``shared_storage``): public keys, encrypted key shares, masked vectors,
+  unmask requests and revealed shares of the round -- and the released sum.
+* site storage (``site_storage``, per site): the site's round state (seeds, private keys),
+  envelope-encrypted under the site's own key ring (``privacy_keys_<site>``), so it is
+  useless to anyone without that site's key even if the storage is shared.
+* XCom: paths, counts, survivors. Never a vector, a state or a key.
+
+Dropouts: a site task that fails (or a site whose worker is gone) is simply absent from the
+next aggregator step, which runs with ``trigger_rule="all_done"``; the protocol removes the
+dropped site's masks from the survivors' shares. Fewer than ``threshold`` survivors fails
+the round and releases nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from airflow.sdk import BaseOperator, TaskGroup
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airflow_privacy.core import io
+from airflow_privacy.core.crypto import decrypt_bytes, encrypt_bytes
+from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
+from airflow_privacy.core.secure_sum import (
+    SecureSumConfig,
+    advertise_keys,
+    collect_keys,
+    mask_input,
+    request_unmask,
+    reveal_shares,
+    route_shares,
+    share_keys,
+    unmask_sum,
+)
+from airflow_privacy.hooks.keys import PrivacyKeyHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+SITE_STEPS = ("advertise", "share", "mask", "reveal")
+AGGREGATOR_STEPS = ("collect", "route", "request", "unmask")
+
+
+class _RoundMixin:
+    """Shared parameters and storage layout of one secure-sum round."""
+
+    def _init_round(self, sites, bounds, threshold, frac_bits, shared_storage, round_name) -> None:
+        self.sites = list(sites)
+        self.bounds = tuple(bounds)
+        self.threshold = threshold
+        self.frac_bits = frac_bits
+        self.shared_storage = shared_storage
+        self.round_name = round_name
+        # Validate the public parameters at parse time (round_id is filled in at run time).
+        self._config("parse-check")
+
+    def _config(self, round_id: str) -> SecureSumConfig:
+        return SecureSumConfig(round_id=round_id, sites=self.sites, bounds=self.bounds,
+                               threshold=self.threshold, frac_bits=self.frac_bits)
+
+    def _round_id(self, context: Context) -> str:
+        ti = context["ti"]
+        return f"{ti.dag_id}/{ti.run_id}/{self.round_name}"
+
+    def _msg(self, context: Context, step: str, site: str | None = None) -> str:
+        digest = hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
+        name = f"{site}.msg" if site else "aggregator.msg"
+        return f"{self.shared_storage.rstrip('/')}/{self.round_name}/{digest}/{step}/{name}"
+
+    def _read_present(self, context: Context, step: str) -> dict[str, bytes]:
+        out = {}
+        for site in self.sites:
+            path = self._msg(context, step, site)
+            if io.exists(path):
+                out[site] = io.read_bytes(path)
+        return out
+
+
+class SecureShareOperator(_RoundMixin, BaseOperator):
+    """One site's step of a secure-sum round; runs on the site's queue with its key ring.
+
+    :param step: ``advertise`` | ``share`` | ``mask`` | ``reveal``.
+    :param site: this site's name (one of ``sites``).
+    :param sites: the whole cohort.
+    :param source: for ``mask``: URI of the site's local vector (Parquet; every numeric
+        column, row-major, flattened), templated; ``{site}`` is replaced by the site name.
+    :param bounds: ``(lo, hi)`` clipping bounds of every coordinate.
+    :param threshold: survivors needed (default majority).
+    :param frac_bits: fixed-point precision of the encoding.
+    :param shared_storage: URI prefix every party can read (messages only).
+    :param site_storage: URI prefix only this site uses (its encrypted round state).
+    :param key_conn_id: the site's ``privacy_keys`` connection (default ``privacy_keys_<site>``).
+    :param round_name: name of the round within the DAG run (the task group id).
+    """
+
+    template_fields: Sequence[str] = ("source", "shared_storage", "site_storage")
+    ui_color = "#f5ecd5"
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        site: str,
+        sites: Sequence[str],
+        bounds: tuple[float, float],
+        shared_storage: str,
+        site_storage: str,
+        source: str | None = None,
+        threshold: int | None = None,
+        frac_bits: int = 20,
+        key_conn_id: str | None = None,
+        round_name: str = "secure_sum",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if step not in SITE_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {SITE_STEPS}")
+        if site not in sites:
+            raise InvalidParameterError("site", site, f"expected one of {list(sites)}")
+        if step == "mask" and not source:
+            raise InvalidParameterError("source", source, "the mask step needs the site's vector URI")
+        self.step = step
+        self.site = site
+        self.source = source.replace("{site}", site) if source else None
+        self.site_storage = site_storage
+        self.key_conn_id = key_conn_id or f"privacy_keys_{site}"
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name)
+
+    # -- site-local, encrypted state ----------------------------------------------------------
+    def _state_path(self, context: Context, step: str) -> str:
+        digest = hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
+        return f"{self.site_storage.rstrip('/')}/{self.round_name}/{digest}/{step}.state.enc"
+
+    def _save_state(self, context, ring, step: str, state: bytes) -> None:
+        io.write_bytes(encrypt_bytes(state, ring, associated_data=f"{self._round_id(context)}|{self.site}|{step}"),
+                       self._state_path(context, step))
+
+    def _load_state(self, context, ring, step: str) -> bytes:
+        path = self._state_path(context, step)
+        if not io.exists(path):
+            raise AirflowSkipException(f"site {self.site} has no state from step {step!r}: it dropped out earlier")
+        return decrypt_bytes(io.read_bytes(path), ring, associated_data=f"{self._round_id(context)}|{self.site}|{step}")
+
+    def _input(self, context: Context, step: str) -> bytes:
+        path = self._msg(context, step)
+        if not io.exists(path):
+            raise AirflowFailException(f"aggregator message of step {step!r} is missing at {path}")
+        return io.read_bytes(path)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
+        config = self._config(self._round_id(context))
+        try:
+            if self.step == "advertise":
+                published = self._msg(context, "advertise", self.site)
+                if io.exists(self._state_path(context, "advertise")) and io.exists(published):
+                    # A retry after publishing keeps the advertised keys; before publishing,
+                    # nobody has seen them, so fresh ones are as good.
+                    self.log.info("Site %s already advertised keys this round", self.site)
+                    return {"site": self.site, "step": self.step, "message": published}
+                out = advertise_keys(config, self.site)
+            elif self.step == "share":
+                roster = self._input(context, "collect")
+                out = share_keys(config, self._load_state(context, ring, "advertise"), roster)
+            elif self.step == "mask":
+                bundles = self._input(context, "route")
+                bundle = _bundle_for(bundles, self.site)
+                if bundle is None:
+                    raise AirflowSkipException(f"site {self.site} is not in this round's roster")
+                # On a retry start from this step's own saved state: it records a digest of
+                # what was sent, so a different input under the same masks is refused.
+                own = self._state_path(context, "mask")
+                state = self._load_state(context, ring, "mask" if io.exists(own) else "share")
+                vector = read_vector(self.source)
+                self.log.info("Site %s masks a vector of %d values", self.site, len(vector))
+                out = mask_input(config, state, bundle, vector)
+            else:
+                request = self._input(context, "request")
+                out = reveal_shares(config, self._load_state(context, ring, "mask"), request)
+        except PrivacyError as exc:
+            raise AirflowFailException(f"site {self.site}, step {self.step}: {exc}") from exc
+        # Persist the state before publishing: a retry then sees what was sent.
+        self._save_state(context, ring, self.step, out.state)
+        path = self._msg(context, self.step, self.site)
+        io.write_bytes(out.message, path)
+        return {"site": self.site, "step": self.step, "message": path}
+
+
+class SecureSumOperator(_RoundMixin, BaseOperator):
+    """An aggregator step of a secure-sum round; holds no secrets.
+
+    :param step: ``collect`` | ``route`` | ``request`` | ``unmask``.
+    :param destination: for ``unmask``: URI of the released sum (Parquet, column ``value``).
+    (other parameters as :class:`SecureShareOperator`)
+    """
+
+    template_fields: Sequence[str] = ("destination", "shared_storage")
+    ui_color = "#f5ecd5"
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        sites: Sequence[str],
+        bounds: tuple[float, float],
+        shared_storage: str,
+        destination: str | None = None,
+        threshold: int | None = None,
+        frac_bits: int = 20,
+        round_name: str = "secure_sum",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")  # dropped sites must not block the round
+        super().__init__(**kwargs)
+        if step not in AGGREGATOR_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {AGGREGATOR_STEPS}")
+        if step == "unmask" and not destination:
+            raise InvalidParameterError("destination", destination, "the unmask step writes the sum")
+        self.step = step
+        self.destination = destination
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self._config(self._round_id(context))
+        try:
+            if self.step == "collect":
+                adverts = self._read_present(context, "advertise")
+                self.log.info("Keys advertised by %s", sorted(adverts))
+                message = collect_keys(config, adverts.values())
+            elif self.step == "route":
+                shares = self._read_present(context, "share")
+                bundles = route_shares(config, io.read_bytes(self._msg(context, "collect")), shares.values())
+                message = _pack_bundles(bundles)
+            elif self.step == "request":
+                masked = self._read_present(context, "mask")
+                self.log.info("Masked inputs from %s; dropped: %s", sorted(masked),
+                              sorted(set(self.sites) - set(masked)))
+                message = request_unmask(config, masked.values())
+            else:
+                return self._unmask(context, config)
+        except PrivacyError as exc:
+            raise AirflowFailException(f"secure sum {self.step}: {exc}") from exc
+        path = self._msg(context, self.step)
+        io.write_bytes(message, path)
+        return {"step": self.step, "message": path}
+
+    def _unmask(self, context: Context, config: SecureSumConfig) -> dict[str, Any]:
+        result = unmask_sum(
+            config,
+            io.read_bytes(self._msg(context, "collect")),
+            io.read_bytes(self._msg(context, "request")),
+            self._read_present(context, "mask").values(),
+            self._read_present(context, "reveal").values(),
+        )
+        rows = io.write_batch(pd.DataFrame({"value": result.total}), self.destination)
+        self.log.info("Released the sum of %s (dropped: %s) to %s", result.survivors, result.dropped, self.destination)
+        return {"output": self.destination, "rows": rows, "survivors": result.survivors, "dropped": result.dropped}
+
+
+def read_vector(source: str) -> np.ndarray:
+    """A site's vector: every numeric column of the Parquet/CSV batch, row-major."""
+    df = io.read_batch(source)
+    numeric = df.select_dtypes("number")
+    if numeric.empty:
+        raise PrivacyError(f"{source} has no numeric column to sum")
+    return numeric.to_numpy(dtype=float).ravel()
+
+
+def _pack_bundles(bundles: dict[str, bytes]) -> bytes:
+    import json
+
+    return json.dumps({site: b.hex() for site, b in sorted(bundles.items())}).encode()
+
+
+def _bundle_for(packed: bytes, site: str) -> bytes | None:
+    import json
+
+    hexed = json.loads(packed).get(site)
+    return None if hexed is None else bytes.fromhex(hexed)
+
+
+def secure_sum_group(
+    group_id: str,
+    *,
+    sites: Sequence[str],
+    source: str,
+    destination: str,
+    bounds: tuple[float, float],
+    shared_storage: str,
+    site_storage: str,
+    threshold: int | None = None,
+    frac_bits: int = 20,
+    key_conn_id_template: str = "privacy_keys_{site}",
+) -> TaskGroup:
+    """One secure-sum round as a task group: write one line in a DAG.
+
+    :param group_id: task group id (also names the round).
+    :param sites: the cohort (>= 3); each site's tasks run on ``queue=<site>``.
+    :param source: URI template of each site's local vector; ``{site}`` is replaced.
+    :param destination: URI of the released sum.
+    :param bounds: clipping bounds of every coordinate.
+    :param shared_storage: URI prefix for protocol messages.
+    :param site_storage: URI template of each site's private storage; ``{site}`` replaced.
+    :param threshold: survivors needed (default majority).
+    :param frac_bits: fixed-point precision.
+    :param key_conn_id_template: each site's key ring connection.
+    """
+    common = dict(sites=list(sites), bounds=tuple(bounds), threshold=threshold, frac_bits=frac_bits,
+                  shared_storage=shared_storage, round_name=group_id)
+    with TaskGroup(group_id=group_id) as group:
+        previous = None
+        for site_step, agg_step in zip(SITE_STEPS, AGGREGATOR_STEPS, strict=True):
+            site_tasks = [
+                SecureShareOperator(
+                    task_id=f"{site_step}_{site}", step=site_step, site=site, queue=site,
+                    source=source if site_step == "mask" else None,
+                    site_storage=site_storage.replace("{site}", site),
+                    key_conn_id=key_conn_id_template.replace("{site}", site), **common,
+                )
+                for site in sites
+            ]
+            aggregate = SecureSumOperator(
+                task_id=agg_step, step=agg_step,
+                destination=destination if agg_step == "unmask" else None, **common,
+            )
+            if previous is not None:
+                previous >> site_tasks
+            site_tasks >> aggregate
+            previous = aggregate
+    return group
