@@ -8,6 +8,12 @@ storage, encrypted under its own key ring (``privacy_keys_<site>``). If a site d
 the keys were shared, the survivors' shares remove its masks and the sum of the others is
 still released (at least 2 of 3 sites must survive).
 
+Distributed differential privacy is on: each site keeps one random visit per patient (a
+patient then changes its vector by at most 1 visit and 5 k$ of cost, L2 <= sqrt(26)) and adds
+a discrete Gaussian noise share before masking (Kairouz-Liu-Steinke 2021), calibrated so
+that any 2 surviving shares give (1.0, 1e-7)-DP. The cost is charged to the ``patients``
+budget before any site masks; only the noisy sum ever exists in the clear.
+
 In the embedded demo every queue runs locally; in the distributed deployment each site's
 worker consumes only its own queue and holds only its own key connection.
 """
@@ -41,8 +47,11 @@ def cross_site_totals():
         sites=list(SITES),
         source=f"{SITE_STORAGE}/vectors/date={{{{ ds }}}}.parquet",
         destination=f"{demo_root()}/secure_sum/visits_and_cost_by_diagnosis/date={{{{ ds }}}}.parquet",
-        bounds=(0, 2_000_000),
+        bounds=(0, 100_000),
         frac_bits=8,
+        length=2 * len(DIAGNOSES),
+        dp={"epsilon": 1.0, "delta": 1e-7, "l2_sensitivity": 26**0.5, "dataset": "patients",
+            "budget_cap": (6.0, 1e-6)},
         shared_storage=f"{demo_root()}/secure_sum/messages",
         site_storage=SITE_STORAGE,
     )
@@ -55,9 +64,13 @@ def cross_site_totals():
 
             from airflow_privacy.core.io import read_batch, write_batch
 
-            df = read_batch(f"{demo_root()}/raw/site={site}/date={ds}.parquet", columns=["diagnosis", "cost"])
-            per_dx = df.groupby("diagnosis")["cost"].agg(["size", "sum"]).reindex(list(DIAGNOSES), fill_value=0)
-            vector = pd.DataFrame({"visits": per_dx["size"].astype(float), "cost": per_dx["sum"].round(2)})
+            df = read_batch(f"{demo_root()}/raw/site={site}/date={ds}.parquet",
+                            columns=["patient_id", "diagnosis", "cost"])
+            # Contribution bounding: one uniformly random visit per patient, cost in k$ <= 5.
+            df = df.sample(frac=1.0).drop_duplicates("patient_id")
+            df = df.assign(cost_k=df["cost"].clip(0, 5000) / 1000)
+            per_dx = df.groupby("diagnosis")["cost_k"].agg(["size", "sum"]).reindex(list(DIAGNOSES), fill_value=0)
+            vector = pd.DataFrame({"visits": per_dx["size"].astype(float), "cost_k": per_dx["sum"]})
             uri = SITE_STORAGE.replace("{site}", site) + f"/vectors/date={ds}.parquet"
             write_batch(vector, uri)
             return {"site": site, "values": int(vector.size)}

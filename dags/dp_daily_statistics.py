@@ -4,8 +4,9 @@ Each run reads the day's raw batches of all sites and releases, per site and dia
 number of visits, the mean cost and the median age -- with user-level differential privacy
 (a patient's whole day is protected; one visit per patient and day is used).
 Every release is charged to the ``patients`` dataset's budget in the ledger; the cumulative
-spend is in each task's ``privacy_budget`` XCom. The demo cap (ε = 3) affords three daily
-releases at ε = 1: the fourth run fails cleanly with the budget message and writes nothing.
+spend is in each task's ``privacy_budget`` XCom. The demo cap (ε = 6, δ = 1e-6) is shared
+with ``cross_site_totals`` (ε = 1 per day) and affords three days of both at ε = 1 + 1: on
+the fourth day the releases fail cleanly with the budget message and write nothing.
 Raise the cap deliberately with ``airflow-privacy budget set patients --epsilon ... --delta ...``.
 """
 
@@ -46,7 +47,7 @@ def dp_daily_statistics():
         bounds={"cost": (0, 5000), "age": (0, 110)},
         max_groups_per_unit=1,
         max_rows_per_group=1,
-        budget_cap=(3.0, 1e-6),
+        budget_cap=(6.0, 1e-6),
     )
 
 

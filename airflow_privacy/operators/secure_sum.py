@@ -21,6 +21,7 @@ the round and releases nothing.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,15 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_privacy.core import io
 from airflow_privacy.core.crypto import decrypt_bytes, encrypt_bytes
+from airflow_privacy.core.dp.accounting import PrivacyCost
+from airflow_privacy.core.dp.distributed import DistributedGaussian, calibrate_distributed_gaussian
+from airflow_privacy.core.dp.noise import default_random_source
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.core.secure_sum import (
     SecureSumConfig,
     advertise_keys,
     collect_keys,
+    default_threshold,
     mask_input,
     request_unmask,
     reveal_shares,
@@ -43,7 +48,9 @@ from airflow_privacy.core.secure_sum import (
     share_keys,
     unmask_sum,
 )
+from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
+from airflow_privacy.operators._release import privacy_summary
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,19 +62,31 @@ AGGREGATOR_STEPS = ("collect", "route", "request", "unmask")
 class _RoundMixin:
     """Shared parameters and storage layout of one secure-sum round."""
 
-    def _init_round(self, sites, bounds, threshold, frac_bits, shared_storage, round_name) -> None:
+    def _init_round(self, sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp) -> None:
         self.sites = list(sites)
         self.bounds = tuple(bounds)
         self.threshold = threshold
         self.frac_bits = frac_bits
         self.shared_storage = shared_storage
         self.round_name = round_name
+        self.length = length
+        self.dp = _check_dp(dp, length)
         # Validate the public parameters at parse time (round_id is filled in at run time).
         self._config("parse-check")
 
+    def _noise(self) -> DistributedGaussian | None:
+        if not self.dp:
+            return None
+        threshold = self.threshold or default_threshold(len(self.sites))
+        return calibrate_distributed_gaussian(
+            epsilon=self.dp["epsilon"], delta=self.dp["delta"], l2_sensitivity=self.dp["l2_sensitivity"],
+            dimension=self.length, min_shares=threshold, frac_bits=self.frac_bits)
+
     def _config(self, round_id: str) -> SecureSumConfig:
+        noise = self._noise()
         return SecureSumConfig(round_id=round_id, sites=self.sites, bounds=self.bounds,
-                               threshold=self.threshold, frac_bits=self.frac_bits)
+                               threshold=self.threshold, frac_bits=self.frac_bits, length=self.length,
+                               noise_bound=noise.noise_bound if noise else 0)
 
     def _round_id(self, context: Context) -> str:
         ti = context["ti"]
@@ -121,6 +140,8 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         frac_bits: int = 20,
         key_conn_id: str | None = None,
         round_name: str = "secure_sum",
+        length: int | None = None,
+        dp: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,7 +156,7 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         self.source = source.replace("{site}", site) if source else None
         self.site_storage = site_storage
         self.key_conn_id = key_conn_id or f"privacy_keys_{site}"
-        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name)
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp)
 
     # -- site-local, encrypted state ----------------------------------------------------------
     def _state_path(self, context: Context, step: str) -> str:
@@ -151,6 +172,22 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         if not io.exists(path):
             raise AirflowSkipException(f"site {self.site} has no state from step {step!r}: it dropped out earlier")
         return decrypt_bytes(io.read_bytes(path), ring, associated_data=f"{self._round_id(context)}|{self.site}|{step}")
+
+    def _noise_share(self, context: Context, ring) -> np.ndarray | None:
+        """This site's distributed-DP share: drawn once from the CSPRNG, kept encrypted in
+        site storage, and re-used verbatim by a retry (a fresh share would leak the
+        difference of two shares through two masked vectors)."""
+        noise = self._noise()
+        if noise is None:
+            return None
+        path = self._state_path(context, "noise")
+        if io.exists(path):
+            raw = decrypt_bytes(io.read_bytes(path), ring, associated_data=f"{self._round_id(context)}|{self.site}|noise")
+            return np.frombuffer(raw, dtype="<i8").astype(np.int64)
+        share = noise.draw(default_random_source())
+        io.write_bytes(encrypt_bytes(share.astype("<i8").tobytes(), ring,
+                                     associated_data=f"{self._round_id(context)}|{self.site}|noise"), path)
+        return share
 
     def _input(self, context: Context, step: str) -> bytes:
         path = self._msg(context, step)
@@ -184,7 +221,7 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
                 state = self._load_state(context, ring, "mask" if io.exists(own) else "share")
                 vector = read_vector(self.source)
                 self.log.info("Site %s masks a vector of %d values", self.site, len(vector))
-                out = mask_input(config, state, bundle, vector)
+                out = mask_input(config, state, bundle, vector, noise_share=self._noise_share(context, ring))
             else:
                 request = self._input(context, "request")
                 out = reveal_shares(config, self._load_state(context, ring, "mask"), request)
@@ -219,6 +256,8 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         threshold: int | None = None,
         frac_bits: int = 20,
         round_name: str = "secure_sum",
+        length: int | None = None,
+        dp: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")  # dropped sites must not block the round
@@ -229,7 +268,7 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
             raise InvalidParameterError("destination", destination, "the unmask step writes the sum")
         self.step = step
         self.destination = destination
-        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name)
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp)
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self._config(self._round_id(context))
@@ -239,6 +278,7 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
                 self.log.info("Keys advertised by %s", sorted(adverts))
                 message = collect_keys(config, adverts.values())
             elif self.step == "route":
+                self._charge(context)  # before any site draws noise or masks its input
                 shares = self._read_present(context, "share")
                 bundles = route_shares(config, io.read_bytes(self._msg(context, "collect")), shares.values())
                 message = _pack_bundles(bundles)
@@ -265,7 +305,49 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         )
         rows = io.write_batch(pd.DataFrame({"value": result.total}), self.destination)
         self.log.info("Released the sum of %s (dropped: %s) to %s", result.survivors, result.dropped, self.destination)
-        return {"output": self.destination, "rows": rows, "survivors": result.survivors, "dropped": result.dropped}
+        out = {"output": self.destination, "rows": rows, "survivors": result.survivors, "dropped": result.dropped}
+        if self.dp:
+            ledger = PrivacyBudgetHook(self.dp.get("budget_conn_id", PrivacyBudgetHook.default_conn_name)).get_ledger()
+            rid = self._release_id(context)
+            ledger.mark_released(self.dp["dataset"], rid, self.destination)
+            charge = ledger.get_release(self.dp["dataset"], rid)
+            out["privacy"] = privacy_summary(self.dp["dataset"], rid, charge.epsilon, charge.delta,
+                                             ledger.status(self.dp["dataset"]))
+            context["ti"].xcom_push(key="privacy_budget", value=out["privacy"])
+        return out
+
+    def _release_id(self, context: Context) -> str:
+        return self._round_id(context)
+
+    def _charge(self, context: Context) -> None:
+        noise = self._noise()
+        if noise is None:
+            return
+        ledger = PrivacyBudgetHook(self.dp.get("budget_conn_id", PrivacyBudgetHook.default_conn_name)).get_ledger()
+        ti = context["ti"]
+        try:
+            if self.dp.get("budget_cap"):
+                ledger.ensure_budget(self.dp["dataset"], epsilon=self.dp["budget_cap"][0], delta=self.dp["budget_cap"][1])
+            done = ledger.charge(self.dp["dataset"], release_id=self._release_id(context),
+                                 cost=PrivacyCost(noise.epsilon, noise.delta, [noise.event()]),
+                                 output=self.destination, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+        except (PrivacyError, KeyError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("Distributed DP: each site adds discrete Gaussian noise sigma=%.4g (fixed-point units); "
+                      "charged epsilon=%.4g delta=%.3g to %r%s", math.sqrt(float(noise.share_sigma2)), noise.epsilon,
+                      noise.delta, self.dp["dataset"], " (retry: already charged)" if done.replayed else "")
+
+
+def _check_dp(dp: dict[str, Any] | None, length: int | None) -> dict[str, Any] | None:
+    if dp is None:
+        return None
+    required = {"epsilon", "delta", "l2_sensitivity", "dataset"}
+    optional = {"budget_conn_id", "budget_cap"}
+    if not isinstance(dp, dict) or not required <= set(dp) or set(dp) - required - optional:
+        raise InvalidParameterError("dp", dp, f"expected keys {sorted(required)} (+ optional {sorted(optional)})")
+    if length is None:
+        raise InvalidParameterError("length", length, "distributed DP needs the declared vector length")
+    return dict(dp)
 
 
 def read_vector(source: str) -> np.ndarray:
@@ -302,6 +384,8 @@ def secure_sum_group(
     threshold: int | None = None,
     frac_bits: int = 20,
     key_conn_id_template: str = "privacy_keys_{site}",
+    length: int | None = None,
+    dp: dict[str, Any] | None = None,
 ) -> TaskGroup:
     """One secure-sum round as a task group: write one line in a DAG.
 
@@ -315,9 +399,14 @@ def secure_sum_group(
     :param threshold: survivors needed (default majority).
     :param frac_bits: fixed-point precision.
     :param key_conn_id_template: each site's key ring connection.
+    :param length: declared vector length (checked by every party; required with ``dp``).
+    :param dp: distributed differential privacy (Kairouz-Liu-Steinke 2021): ``{"epsilon",
+        "delta", "l2_sensitivity", "dataset"[, "budget_conn_id"]}``. The cost is charged to the
+        dataset's budget before any site masks; each site adds a discrete Gaussian share
+        calibrated for ``threshold`` survivors, so only the noisy sum is ever in the clear.
     """
     common = dict(sites=list(sites), bounds=tuple(bounds), threshold=threshold, frac_bits=frac_bits,
-                  shared_storage=shared_storage, round_name=group_id)
+                  shared_storage=shared_storage, round_name=group_id, length=length, dp=dp)
     with TaskGroup(group_id=group_id) as group:
         previous = None
         for site_step, agg_step in zip(SITE_STEPS, AGGREGATOR_STEPS, strict=True):

@@ -8,6 +8,7 @@ import pendulum
 import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
+from airflow_privacy.core.dp import PrivacyCost
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.io import exists, read_batch, write_batch
 from airflow_privacy.demo.data import SITES, generate_batch
@@ -40,6 +41,11 @@ def _run(dag, date, run_after=None):
 
 def test_budget_accumulates_retry_is_free_and_cap_fails_cleanly(dagbag, batches, ledger_url, demo_root):
     dag = dagbag.get_dag("dp_daily_statistics")
+    # The demo cap (6, 1e-6) is shared with cross_site_totals; spend half of it elsewhere so
+    # that exactly three daily releases (epsilon 1 each) fit.
+    ledger = PrivacyLedger(ledger_url)
+    ledger.set_budget("patients", epsilon=6.0, delta=1e-6)
+    ledger.charge("patients", release_id="elsewhere", cost=PrivacyCost(3.0, 0.0, [{"kind": "pure", "epsilon": 3.0}]))
     fixed = pendulum.datetime(2026, 6, 1, tz="UTC")
     spent, outputs = [], []
     for date in DATES[:3]:
@@ -54,12 +60,11 @@ def test_budget_accumulates_retry_is_free_and_cap_fails_cleanly(dagbag, batches,
         spent.append(pushed["spent_epsilon"])
         outputs.append(ret["output"])
         assert ret["rows"] == len(read_batch(ret["output"])) == 24  # 3 sites x 8 public diagnoses
-    assert spent[0] < spent[1] < spent[2] <= 3.0
+    assert 3.0 < spent[0] < spent[1] < spent[2] <= 6.0
 
-    ledger = PrivacyLedger(ledger_url)
     before = ledger.status("patients")
-    assert before.releases == 3
-    assert [c.output for c in ledger.history("patients")] == outputs
+    assert before.releases == 4
+    assert [c.output for c in ledger.history("patients")][1:] == outputs
 
     # Clear-and-rerun of the third run (same run_id): the stored release, no new charge.
     first = read_batch(outputs[2])

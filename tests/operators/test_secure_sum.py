@@ -1,20 +1,33 @@
-"""cross_site_totals under dag.test(): exact secure sum, a forced dropout, nothing leaks."""
+"""cross_site_totals under dag.test(): secure sum with distributed DP, a forced dropout,
+the budget charged once, nothing but masked data in shared storage."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import numpy as np
 import pendulum
 import pytest
 
+from airflow_privacy.core.budget import PrivacyLedger
+from airflow_privacy.core.dp import PrivacyCost
+from airflow_privacy.core.dp.distributed import calibrate_distributed_gaussian
 from airflow_privacy.core.errors import InvalidParameterError
-from airflow_privacy.core.io import read_batch, resolve, write_batch
-from airflow_privacy.demo.data import DIAGNOSES, SITES, generate_batch
-from airflow_privacy.operators.secure_sum import SecureShareOperator, secure_sum_group
+from airflow_privacy.core.io import exists, read_batch, resolve, write_batch
+from airflow_privacy.demo.data import SITES, generate_batch
+from airflow_privacy.operators.secure_sum import SecureShareOperator, read_vector, secure_sum_group
 
 
-def _plain_vector(df):
-    per = df.groupby("diagnosis")["cost"].agg(["size", "sum"]).reindex(list(DIAGNOSES), fill_value=0)
-    return np.column_stack([per["size"].to_numpy(float), per["sum"].round(2).to_numpy()]).ravel()
+@pytest.fixture
+def ledger_url(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", json.dumps({"conn_type": "privacy_budget", "host": url}))
+    return url
+
+
+def _site_vector(airflow_home, site, date):
+    return read_vector(f"file://{airflow_home}/site-private/{site}/vectors/date={date}.parquet")
 
 
 def _run(dagbag, date, sites_with_data, demo_root):
@@ -25,19 +38,35 @@ def _run(dagbag, date, sites_with_data, demo_root):
     return run, {(t.task_id, t.map_index): t for t in run.get_task_instances()}
 
 
-def test_secure_sum_equals_plain_sum(dagbag, demo_root):
+def _noise_sd(n_shares: int) -> float:
+    dp = calibrate_distributed_gaussian(epsilon=1.0, delta=1e-7, l2_sensitivity=26**0.5, dimension=16,
+                                        min_shares=2, frac_bits=8)
+    return math.sqrt(float(dp.share_sigma2) * n_shares) / 256
+
+
+def test_noisy_secure_sum_is_charged_once(dagbag, demo_root, airflow_home, ledger_url):
     run, tis = _run(dagbag, "2026-08-01", SITES, demo_root)
     assert run.state == "success"
-    out = tis[("secure_sum.unmask", -1)].xcom_pull(task_ids="secure_sum.unmask")
+    unmask = tis[("secure_sum.unmask", -1)]
+    out = unmask.xcom_pull(task_ids="secure_sum.unmask")
     assert out["survivors"] == list(SITES) and out["dropped"] == []
     total = read_batch(out["output"])["value"].to_numpy()
-    expected = sum(_plain_vector(generate_batch(s, "2026-08-01")) for s in SITES)
-    # 3 sites, frac_bits=8: error below 3 * 2^-8 per coordinate
-    assert np.abs(total - expected).max() < 3 * 2**-8
-    _assert_shared_storage_holds_no_vector(demo_root, [_plain_vector(generate_batch(s, "2026-08-01")) for s in SITES])
+    vectors = [_site_vector(airflow_home, s, "2026-08-01") for s in SITES]
+    exact = sum(vectors)
+    # the sum carries 3 discrete Gaussian shares: |error| < 6 sd (per coordinate, 16 coords)
+    err = total - exact
+    assert np.abs(err).max() < 6 * _noise_sd(3)
+    assert np.abs(err).max() > 0.01  # really noised
+    # the budget: one charge, mirrored in XCom
+    ledger = PrivacyLedger(ledger_url)
+    hist = ledger.history("patients")
+    assert len(hist) == 1 and hist[0].status == "released" and hist[0].epsilon <= 1.0
+    assert unmask.xcom_pull(task_ids="secure_sum.unmask", key="privacy_budget")["spent_epsilon"] == pytest.approx(
+        ledger.status("patients").spent_epsilon)
+    _assert_shared_storage_holds_no_vector(demo_root, vectors)
 
 
-def test_site_dropping_out_after_key_sharing_is_recovered(dagbag, demo_root):
+def test_site_dropping_out_after_key_sharing_is_recovered(dagbag, demo_root, airflow_home, ledger_url):
     # site_c has no batch that day: its local vector task fails after it shared its keys.
     run, tis = _run(dagbag, "2026-08-02", ["site_a", "site_b"], demo_root)
     assert tis[("local_vector_site_c", -1)].state == "failed"
@@ -47,8 +76,19 @@ def test_site_dropping_out_after_key_sharing_is_recovered(dagbag, demo_root):
     out = unmask.xcom_pull(task_ids="secure_sum.unmask")
     assert out["survivors"] == ["site_a", "site_b"] and out["dropped"] == ["site_c"]
     total = read_batch(out["output"])["value"].to_numpy()
-    expected = sum(_plain_vector(generate_batch(s, "2026-08-02")) for s in ("site_a", "site_b"))
-    assert np.abs(total - expected).max() < 2 * 2**-8
+    exact = sum(_site_vector(airflow_home, s, "2026-08-02") for s in ("site_a", "site_b"))
+    assert np.abs(total - exact).max() < 6 * _noise_sd(2)
+
+
+def test_over_budget_round_stops_before_masking(dagbag, demo_root, ledger_url):
+    ledger = PrivacyLedger(ledger_url)
+    ledger.set_budget("patients", epsilon=6.0, delta=1e-6)
+    ledger.charge("patients", release_id="spent", cost=PrivacyCost(5.5, 0.0, [{"kind": "pure", "epsilon": 5.5}]))
+    run, tis = _run(dagbag, "2026-08-03", SITES, demo_root)
+    assert tis[("secure_sum.route", -1)].state == "failed"
+    assert all(tis[(f"secure_sum.mask_{s}", -1)].state == "upstream_failed" for s in SITES)
+    assert not exists(f"{demo_root}/secure_sum/visits_and_cost_by_diagnosis/date=2026-08-03.parquet")
+    assert ledger.status("patients").releases == 1
 
 
 def _assert_shared_storage_holds_no_vector(demo_root, vectors):
@@ -67,9 +107,13 @@ def test_parameter_validation():
     with DAG("validation_only", schedule=None), pytest.raises(InvalidParameterError, match="sites"):
         secure_sum_group("g", sites=["a", "b"], source="s", destination="d", bounds=(0, 1),
                          shared_storage="x", site_storage="y")
+    kw = dict(task_id="t", sites=["a", "b", "c"], bounds=(0, 1), shared_storage="x", site_storage="y")
     with pytest.raises(InvalidParameterError, match="site"):
-        SecureShareOperator(task_id="t", step="advertise", site="z", sites=["a", "b", "c"], bounds=(0, 1),
-                            shared_storage="x", site_storage="y")
+        SecureShareOperator(step="advertise", site="z", **kw)
     with pytest.raises(InvalidParameterError, match="step"):
-        SecureShareOperator(task_id="t", step="nope", site="a", sites=["a", "b", "c"], bounds=(0, 1),
-                            shared_storage="x", site_storage="y")
+        SecureShareOperator(step="nope", site="a", **kw)
+    with pytest.raises(InvalidParameterError, match="length"):
+        SecureShareOperator(step="advertise", site="a", dp={"epsilon": 1, "delta": 1e-6, "l2_sensitivity": 1,
+                                                            "dataset": "d"}, **kw)
+    with pytest.raises(InvalidParameterError, match="dp"):
+        SecureShareOperator(step="advertise", site="a", length=3, dp={"epsilon": 1}, **kw)
