@@ -60,20 +60,9 @@ def cross_site_totals():
         @task(task_id=f"local_vector_{site}", queue=site)
         def local_vector(site: str = site, ds: str | None = None) -> dict:
             """Runs at the site: only the site's own batch is read; the vector stays local."""
-            import pandas as pd
+            from airflow_privacy.demo.vectors import write_site_vector
 
-            from airflow_privacy.core.io import read_batch, write_batch
-
-            df = read_batch(f"{demo_root()}/raw/site={site}/date={ds}.parquet",
-                            columns=["patient_id", "diagnosis", "cost"])
-            # Contribution bounding: one uniformly random visit per patient, cost in k$ <= 5.
-            df = df.sample(frac=1.0).drop_duplicates("patient_id")
-            df = df.assign(cost_k=df["cost"].clip(0, 5000) / 1000)
-            per_dx = df.groupby("diagnosis")["cost_k"].agg(["size", "sum"]).reindex(list(DIAGNOSES), fill_value=0)
-            vector = pd.DataFrame({"visits": per_dx["size"].astype(float), "cost_k": per_dx["sum"]})
-            uri = SITE_STORAGE.replace("{site}", site) + f"/vectors/date={ds}.parquet"
-            write_batch(vector, uri)
-            return {"site": site, "values": int(vector.size)}
+            return write_site_vector(site, ds, SITE_STORAGE.replace("{site}", site))
 
         local_vector() >> round_.children[f"secure_sum.mask_{site}"]
 

@@ -19,6 +19,7 @@ DEMO_DAGS: list[str] = [
     "demo_patient_batches",
     "dp_daily_statistics",
     "cross_site_totals",
+    "paillier_totals",
 ]
 
 
@@ -31,7 +32,7 @@ def demo_connections(home: str) -> dict[str, str]:
     from airflow_privacy.core.crypto import KeyRing
 
     conns = {}
-    for name in ("default", "site_a", "site_b", "site_c"):
+    for name in ("default", "site_a", "site_b", "site_c", "keyholder"):
         path = os.path.join(home, f"demo-keyring-{name}.json")
         if not os.path.exists(path):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -42,6 +42,10 @@ from airflow_privacy.core.secure_sum import (
     collect_keys,
     default_threshold,
     mask_input,
+    paillier_add,
+    paillier_decrypt,
+    paillier_encrypt,
+    paillier_keygen,
     request_unmask,
     reveal_shares,
     route_shares,
@@ -57,6 +61,10 @@ if TYPE_CHECKING:
 
 SITE_STEPS = ("advertise", "share", "mask", "reveal")
 AGGREGATOR_STEPS = ("collect", "route", "request", "unmask")
+PAILLIER_SITE_STEPS = ("encrypt",)
+PAILLIER_AGGREGATOR_STEPS = ("charge", "add")
+KEYHOLDER_STEPS = ("keygen", "decrypt")
+PROTOCOLS = ("masking", "paillier")
 
 
 class _RoundMixin:
@@ -145,11 +153,11 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if step not in SITE_STEPS:
-            raise InvalidParameterError("step", step, f"expected one of {SITE_STEPS}")
+        if step not in SITE_STEPS + PAILLIER_SITE_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {SITE_STEPS + PAILLIER_SITE_STEPS}")
         if site not in sites:
             raise InvalidParameterError("site", site, f"expected one of {list(sites)}")
-        if step == "mask" and not source:
+        if step in ("mask", "encrypt") and not source:
             raise InvalidParameterError("source", source, "the mask step needs the site's vector URI")
         self.step = step
         self.site = site
@@ -172,6 +180,17 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         if not io.exists(path):
             raise AirflowSkipException(f"site {self.site} has no state from step {step!r}: it dropped out earlier")
         return decrypt_bytes(io.read_bytes(path), ring, associated_data=f"{self._round_id(context)}|{self.site}|{step}")
+
+    def _paillier_encrypt(self, context: Context, config: SecureSumConfig, ring) -> dict[str, Any]:
+        public_key = self._input(context, "keygen")
+        vector = read_vector(self.source)
+        self.log.info("Site %s encrypts a vector of %d values under the key holder's Paillier key",
+                      self.site, len(vector))
+        message = paillier_encrypt(config, public_key, self.site, vector,
+                                   noise_share=self._noise_share(context, ring))
+        path = self._msg(context, "encrypt", self.site)
+        io.write_bytes(message, path)
+        return {"site": self.site, "step": self.step, "message": path}
 
     def _noise_share(self, context: Context, ring) -> np.ndarray | None:
         """This site's distributed-DP share: drawn once from the CSPRNG, kept encrypted in
@@ -199,6 +218,8 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
         config = self._config(self._round_id(context))
         try:
+            if self.step == "encrypt":
+                return self._paillier_encrypt(context, config, ring)
             if self.step == "advertise":
                 published = self._msg(context, "advertise", self.site)
                 if io.exists(self._state_path(context, "advertise")) and io.exists(published):
@@ -262,8 +283,8 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")  # dropped sites must not block the round
         super().__init__(**kwargs)
-        if step not in AGGREGATOR_STEPS:
-            raise InvalidParameterError("step", step, f"expected one of {AGGREGATOR_STEPS}")
+        if step not in AGGREGATOR_STEPS + PAILLIER_AGGREGATOR_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {AGGREGATOR_STEPS + PAILLIER_AGGREGATOR_STEPS}")
         if step == "unmask" and not destination:
             raise InvalidParameterError("destination", destination, "the unmask step writes the sum")
         self.step = step
@@ -282,6 +303,14 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
                 shares = self._read_present(context, "share")
                 bundles = route_shares(config, io.read_bytes(self._msg(context, "collect")), shares.values())
                 message = _pack_bundles(bundles)
+            elif self.step == "charge":
+                self._charge(context)
+                return {"step": self.step}
+            elif self.step == "add":
+                encrypted = self._read_present(context, "encrypt")
+                self.log.info("Adding the ciphertexts of %s; dropped: %s", sorted(encrypted),
+                              sorted(set(self.sites) - set(encrypted)))
+                message = paillier_add(config, self._input_msg(context, "keygen"), encrypted.values())
             elif self.step == "request":
                 masked = self._read_present(context, "mask")
                 self.log.info("Masked inputs from %s; dropped: %s", sorted(masked),
@@ -295,6 +324,12 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         io.write_bytes(message, path)
         return {"step": self.step, "message": path}
 
+    def _input_msg(self, context: Context, step: str) -> bytes:
+        path = self._msg(context, step)
+        if not io.exists(path):
+            raise AirflowFailException(f"message of step {step!r} is missing at {path}")
+        return io.read_bytes(path)
+
     def _unmask(self, context: Context, config: SecureSumConfig) -> dict[str, Any]:
         result = unmask_sum(
             config,
@@ -303,6 +338,9 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
             self._read_present(context, "mask").values(),
             self._read_present(context, "reveal").values(),
         )
+        return self._release(context, result)
+
+    def _release(self, context: Context, result) -> dict[str, Any]:
         rows = io.write_batch(pd.DataFrame({"value": result.total}), self.destination)
         self.log.info("Released the sum of %s (dropped: %s) to %s", result.survivors, result.dropped, self.destination)
         out = {"output": self.destination, "rows": rows, "survivors": result.survivors, "dropped": result.dropped}
@@ -336,6 +374,61 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         self.log.info("Distributed DP: each site adds discrete Gaussian noise sigma=%.4g (fixed-point units); "
                       "charged epsilon=%.4g delta=%.3g to %r%s", math.sqrt(float(noise.share_sigma2)), noise.epsilon,
                       noise.delta, self.dp["dataset"], " (retry: already charged)" if done.replayed else "")
+
+
+class PaillierKeyHolderOperator(SecureSumOperator):
+    """The Paillier key holder: makes the round's key pair and decrypts only the aggregate.
+
+    Runs on its own queue (``keyholder``) with its own key ring, which encrypts the Paillier
+    private key in the key holder's storage. It refuses to decrypt anything but an aggregate
+    of at least ``threshold`` sites, and decrypts once per round (a retry returns the
+    released result).
+
+    :param step: ``keygen`` | ``decrypt``.
+    :param keyholder_storage: URI prefix only the key holder uses.
+    :param key_conn_id: the key holder's ``privacy_keys`` connection.
+    :param key_bits: Paillier modulus size (>= 2048; 3072 for 128-bit security).
+    """
+
+    template_fields: Sequence[str] = ("destination", "shared_storage", "keyholder_storage")
+
+    def __init__(self, *, step: str, keyholder_storage: str, key_conn_id: str = "privacy_keys_keyholder",
+                 key_bits: int = 2048, **kwargs: Any) -> None:
+        if step not in KEYHOLDER_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {KEYHOLDER_STEPS}")
+        kwargs.setdefault("trigger_rule", "all_success" if step == "keygen" else "all_done")
+        super().__init__(step="unmask" if step == "decrypt" else "collect", **kwargs)
+        self.step = step
+        self.keyholder_storage = keyholder_storage
+        self.key_conn_id = key_conn_id
+        self.key_bits = key_bits
+
+    def _private_path(self, context: Context) -> str:
+        digest = hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
+        return f"{self.keyholder_storage.rstrip('/')}/{self.round_name}/{digest}/paillier.key.enc"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self._config(self._round_id(context))
+        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
+        aad = f"{self._round_id(context)}|keyholder"
+        try:
+            if self.step == "keygen":
+                public_path = self._msg(context, "keygen")
+                if io.exists(public_path) and io.exists(self._private_path(context)):
+                    return {"step": self.step, "message": public_path}
+                pair = paillier_keygen(self.key_bits)
+                io.write_bytes(encrypt_bytes(pair.private_key, ring, associated_data=aad), self._private_path(context))
+                io.write_bytes(pair.public_key, public_path)
+                self.log.info("Published a fresh %d-bit Paillier public key for this round", self.key_bits)
+                return {"step": self.step, "message": public_path}
+            if io.exists(self.destination):
+                self.log.info("The aggregate of this round was already decrypted to %s", self.destination)
+                return {"output": self.destination, "rows": len(io.read_batch(self.destination))}
+            private = decrypt_bytes(io.read_bytes(self._private_path(context)), ring, associated_data=aad)
+            result = paillier_decrypt(config, private, self._input_msg(context, "add"))
+        except PrivacyError as exc:
+            raise AirflowFailException(f"key holder, step {self.step}: {exc}") from exc
+        return self._release(context, result)
 
 
 def _check_dp(dp: dict[str, Any] | None, length: int | None) -> dict[str, Any] | None:
@@ -386,6 +479,9 @@ def secure_sum_group(
     key_conn_id_template: str = "privacy_keys_{site}",
     length: int | None = None,
     dp: dict[str, Any] | None = None,
+    protocol: str = "masking",
+    keyholder: str = "keyholder",
+    keyholder_storage: str | None = None,
 ) -> TaskGroup:
     """One secure-sum round as a task group: write one line in a DAG.
 
@@ -405,20 +501,38 @@ def secure_sum_group(
         dataset's budget before any site masks; each site adds a discrete Gaussian share
         calibrated for ``threshold`` survivors, so only the noisy sum is ever in the clear.
     """
+    if protocol not in PROTOCOLS:
+        raise InvalidParameterError("protocol", protocol, f"expected one of {PROTOCOLS}")
     common = dict(sites=list(sites), bounds=tuple(bounds), threshold=threshold, frac_bits=frac_bits,
                   shared_storage=shared_storage, round_name=group_id, length=length, dp=dp)
+
+    def site_task(step: str, site: str) -> SecureShareOperator:
+        return SecureShareOperator(
+            task_id=f"{step}_{site}", step=step, site=site, queue=site,
+            source=source if step in ("mask", "encrypt") else None,
+            site_storage=site_storage.replace("{site}", site),
+            key_conn_id=key_conn_id_template.replace("{site}", site), **common,
+        )
+
     with TaskGroup(group_id=group_id) as group:
+        if protocol == "paillier":
+            if not keyholder_storage:
+                raise InvalidParameterError("keyholder_storage", keyholder_storage, "the paillier protocol needs it")
+            keygen = PaillierKeyHolderOperator(task_id="keygen", step="keygen", queue=keyholder,
+                                               keyholder_storage=keyholder_storage,
+                                               key_conn_id=key_conn_id_template.replace("{site}", keyholder), **common)
+            charge = SecureSumOperator(task_id="charge", step="charge", trigger_rule="all_success", **common)
+            encrypts = [site_task("encrypt", site) for site in sites]
+            add = SecureSumOperator(task_id="add", step="add", **common)
+            decrypt = PaillierKeyHolderOperator(task_id="decrypt", step="decrypt", queue=keyholder,
+                                                destination=destination, keyholder_storage=keyholder_storage,
+                                                key_conn_id=key_conn_id_template.replace("{site}", keyholder),
+                                                **common)
+            keygen >> charge >> encrypts >> add >> decrypt
+            return group
         previous = None
         for site_step, agg_step in zip(SITE_STEPS, AGGREGATOR_STEPS, strict=True):
-            site_tasks = [
-                SecureShareOperator(
-                    task_id=f"{site_step}_{site}", step=site_step, site=site, queue=site,
-                    source=source if site_step == "mask" else None,
-                    site_storage=site_storage.replace("{site}", site),
-                    key_conn_id=key_conn_id_template.replace("{site}", site), **common,
-                )
-                for site in sites
-            ]
+            site_tasks = [site_task(site_step, site) for site in sites]
             aggregate = SecureSumOperator(
                 task_id=agg_step, step=agg_step,
                 destination=destination if agg_step == "unmask" else None, **common,

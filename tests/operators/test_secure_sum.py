@@ -117,3 +117,28 @@ def test_parameter_validation():
                                                             "dataset": "d"}, **kw)
     with pytest.raises(InvalidParameterError, match="dp"):
         SecureShareOperator(step="advertise", site="a", length=3, dp={"epsilon": 1}, **kw)
+
+
+def test_paillier_round_with_key_holder(dag_maker_paillier, demo_root, airflow_home, ledger_url):
+    run, tis = dag_maker_paillier
+    assert run.state == "success", {k: t.state for k, t in tis.items()}
+    out = tis[("paillier.decrypt", -1)].xcom_pull(task_ids="paillier.decrypt")
+    assert out["survivors"] == list(SITES)
+    total = read_batch(out["output"])["value"].to_numpy()
+    exact = sum(_site_vector(airflow_home, s, "2026-08-04") for s in SITES)
+    assert np.abs(total - exact).max() < 3 * 2**-8
+    # the Paillier private key never reaches shared storage
+    fs, root = resolve(f"{demo_root}/secure_sum/messages")
+    assert not [p for p in fs.find(root) if "key.enc" in p]
+
+
+@pytest.fixture
+def dag_maker_paillier(dagbag, demo_root, monkeypatch):
+    from airflow_privacy.core.crypto import KeyRing
+
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_KEYS_KEYHOLDER",
+                       json.dumps({"conn_type": "privacy_keys", "password": KeyRing.generate().to_json()}))
+    for site in SITES:
+        write_batch(generate_batch(site, "2026-08-04"), f"{demo_root}/raw/site={site}/date=2026-08-04.parquet")
+    run = dagbag.get_dag("paillier_totals").test(logical_date=pendulum.parse("2026-08-04"))
+    return run, {(t.task_id, t.map_index): t for t in run.get_task_instances()}
