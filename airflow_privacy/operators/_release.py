@@ -83,7 +83,7 @@ def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
     result = dp_aggregate(
         df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
         bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
-        public_groups=op.public_groups, mechanism=op.mechanism, on_cost=charge,
+        public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
     )
     rows = io.write_batch(result.table, op.destination)
     ledger.mark_released(op.dataset, rid, op.destination)

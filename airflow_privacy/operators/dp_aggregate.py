@@ -39,6 +39,7 @@ class DPAggregateOperator(BaseOperator):
     :param max_groups_per_unit: L0 contribution bound.
     :param max_rows_per_group: Linf contribution bound.
     :param public_groups: known group keys (``{column: values}``), or None for private selection.
+    :param bins: ``{column: edges}`` to release histograms (see ``dp_aggregate``).
     :param mechanism: ``"laplace"`` or ``"gaussian"``.
     :param budget_cap: ``(epsilon, delta)`` creating the dataset's cap when missing; must equal
         an existing cap (raise caps with ``airflow-privacy budget set``).
@@ -63,6 +64,7 @@ class DPAggregateOperator(BaseOperator):
         max_groups_per_unit: int = 1,
         max_rows_per_group: int = 1,
         public_groups: Mapping[str, Sequence[Any]] | None = None,
+        bins: Mapping[str, Sequence[float]] | None = None,
         mechanism: str = "laplace",
         budget_cap: tuple[float, float] | None = None,
         budget_conn_id: str = PrivacyBudgetHook.default_conn_name,
@@ -86,6 +88,7 @@ class DPAggregateOperator(BaseOperator):
         self.max_groups_per_unit = max_groups_per_unit
         self.max_rows_per_group = max_rows_per_group
         self.public_groups = public_groups
+        self.bins = bins
         self.mechanism = mechanism
         self.budget_cap = budget_cap
         self.budget_conn_id = budget_conn_id

@@ -164,6 +164,36 @@ def _public_frame(public_groups: Any, by: list[str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _apply_bins(df: pd.DataFrame, bins: Mapping[str, Sequence[float]], by: list[str], public_groups: Any):
+    """Replace binned ``by`` columns by their labels; make the labels public groups."""
+    if not isinstance(bins, Mapping):
+        raise InvalidParameterError("bins", bins, "expected {column: [edges...]}")
+    df = df.copy(deep=False)
+    labels_of: dict[str, list[str]] = {}
+    for col, edges in bins.items():
+        if col not in by:
+            raise InvalidParameterError("bins", col, "binned columns must be listed in `by`")
+        try:
+            e = np.asarray(edges, dtype=float)
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"bins[{col!r}]", edges, "expected increasing numeric edges") from None
+        if e.ndim != 1 or len(e) < 2 or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
+            raise InvalidParameterError(f"bins[{col!r}]", edges, "expected at least 2 finite, strictly increasing edges")
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            raise SchemaError(f"column {col!r} must be numeric to be binned, got {df[col].dtype}")
+        labels = [f"[{a:g}, {b:g})" for a, b in zip(e[:-1], e[1:])]
+        labels[-1] = labels[-1][:-1] + "]"
+        values = df[col].to_numpy(dtype=float, na_value=np.nan)
+        idx = np.clip(np.searchsorted(e, values, side="right") - 1, 0, len(labels) - 1)
+        df[col] = pd.Series(np.asarray(labels, dtype=object)[idx], index=df.index).where(~np.isnan(values))
+        labels_of[col] = labels
+    if public_groups is None and set(by) == set(labels_of):
+        public_groups = {c: labels_of[c] for c in by}
+    elif isinstance(public_groups, Mapping):
+        public_groups = {**{c: labels_of[c] for c in labels_of}, **public_groups}
+    return df, public_groups
+
+
 def _grid(noise_scale: float) -> float:
     """Power-of-two grid step γ so that the noise scale spans ~2^10 steps."""
     return 2.0 ** math.floor(math.log2(noise_scale / _GRID_STEPS))
@@ -219,6 +249,7 @@ def dp_aggregate(
     max_groups_per_unit: int = 1,
     max_rows_per_group: int = 1,
     public_groups: pd.DataFrame | Mapping[str, Sequence[Any]] | None = None,
+    bins: Mapping[str, Sequence[float]] | None = None,
     mechanism: str = "laplace",
     random_source: RandomSource | int | None = None,
     on_cost: Callable[[PrivacyCost], Any] | None = None,
@@ -240,6 +271,10 @@ def dp_aggregate(
     :param public_groups: known group keys (DataFrame with the ``by`` columns, or
         ``{column: values}`` for their product). Every public group appears in the output,
         other groups are dropped, no δ is needed for selection.
+    :param bins: ``{column: edges}`` -- histograms: each listed ``by`` column is replaced by
+        its bin label ``"[lo, hi)"`` (last bin closed; values outside the edges go to the
+        nearest end bin; NaN stays NaN). The bin labels are public, so a histogram over binned
+        columns alone (``by`` = binned columns) needs no δ: every bin is released.
     :param mechanism: ``"laplace"`` (discrete Laplace, pure DP for the values) or
         ``"gaussian"`` (discrete Gaussian; requires δ > 0 and ``max_groups_per_unit == 1``).
     :param random_source: tests only -- a seeded ``random.Random`` or an int seed; the
@@ -276,6 +311,8 @@ def dp_aggregate(
     for col in value_cols:
         if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
             raise SchemaError(f"column {col!r} must be numeric for {sorted(m.kind for m in specs if m.column == col)}, got {df[col].dtype}")
+    if bins:
+        df, public_groups = _apply_bins(df, bins, by, public_groups)
     private_selection = bool(by) and public_groups is None
     if private_selection and delta == 0:
         raise InvalidParameterError(

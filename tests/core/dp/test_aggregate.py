@@ -157,3 +157,17 @@ def test_schema_errors(visits):
         dp_aggregate(visits, epsilon=1.0, metrics={"m": ("mean", "nope")}, bounds={"nope": (0, 1)})
     with pytest.raises(SchemaError, match="numeric"):
         dp_aggregate(visits.assign(cost="x"), epsilon=1.0, metrics={"m": ("mean", "cost")}, bounds={"cost": (0, 1)})
+
+
+def test_histogram_over_binned_column_needs_no_delta(visits):
+    edges = [0, 30, 50, 70, 110]
+    res = dp_aggregate(visits, epsilon=1.0, metrics={"n": "count"}, by=["age"], bins={"age": edges},
+                       random_source=8)
+    assert list(res.table["age"]) == ["[0, 30)", "[30, 50)", "[50, 70)", "[70, 110]"]
+    exact = np.histogram(visits["age"], bins=edges)[0]
+    assert np.all(np.abs(res.table["n"].to_numpy() - exact) < 8 * res.noise_sd["count"])
+    assert res.cost.delta == 0.0
+    with pytest.raises(InvalidParameterError, match="bins"):
+        dp_aggregate(visits, epsilon=1.0, metrics={"n": "count"}, by=["age"], bins={"age": [5, 1]})
+    with pytest.raises(InvalidParameterError, match="bins"):
+        dp_aggregate(visits, epsilon=1.0, metrics={"n": "count"}, bins={"age": [0, 1]})
