@@ -1,0 +1,282 @@
+"""k-anonymity and distinct l-diversity, enforced by generalization and then suppression.
+
+Definitions
+-----------
+The released rows are grouped into *equivalence classes* by their quasi-identifier values
+(null is a value of its own). The release is
+
+* **k-anonymous** (Samarati 2001, "Protecting respondents' identities in microdata
+  release", IEEE TKDE 13(6); Sweeney 2002a, "k-anonymity: a model for protecting privacy",
+  IJUFKS 10(5)) when every class holds at least ``k`` distinct *entities*. With an
+  ``entity`` column (a patient with many visits) the entities are its distinct values --
+  ``k`` rows of one patient are one person, not ``k``; rows with a null entity count
+  together as a single entity (the conservative reading). Without one, every row is an
+  entity.
+* **distinct l-diverse** (Machanavajjhala, Kifer, Gehrke & Venkitasubramaniam 2007,
+  "l-diversity: privacy beyond k-anonymity", ACM TKDD 1(1); the "distinct l-diversity"
+  instance) when every class holds at least ``l`` distinct non-null values of the
+  sensitive column, so membership in a class does not pin down the sensitive value.
+
+Neither is a guarantee against an attacker who knows the data outside the quasi-identifiers
+listed, nor against composition of several releases; they are syntactic properties of this
+one release, verified on the output.
+
+Algorithm (generalize, then suppress, as in Datafly: Sweeney 2002b, "Achieving
+k-anonymity privacy protection using generalization and suppression", IJUFKS 10(5))
+----------------------------------------------------------------------------------
+Every quasi-identifier has a generalization hierarchy (:mod:`.generalize`) whose levels
+are nested, so climbing a level only merges classes. Let ``allowed = floor(max_suppression
+* rows)``.
+
+1. Start with every quasi-identifier at level 0 (what its rule releases).
+2. While the rows in violating classes (fewer than ``k`` entities, or fewer than ``l``
+   distinct sensitive values) exceed ``allowed``: for each quasi-identifier not yet at its
+   top, evaluate the state with that one attribute one level higher, and take the step that
+   leaves the fewest rows in violating classes -- the attribute that splits the small
+   classes most -- then, on a tie, the fewest violating classes (small classes merged
+   into fewer, larger ones is progress too), then Datafly's rule: the attribute with the
+   most distinct values at its current level, then the one listed first. If every
+   attribute is already at its top, stop with
+   :class:`~airflow_privacy.core.errors.PrivacyError` naming the constraint that fails and
+   by how much.
+3. Suppress (remove) the rows of the remaining violating classes -- at most ``allowed``.
+
+Termination: each iteration raises one level by one and levels are bounded, so there are at
+most ``sum(levels)`` iterations. Correctness: classes are disjoint and removing whole
+classes does not change the others, so every remaining class satisfies both constraints;
+monotonicity of nested hierarchies means the fully generalized state is the least violating
+one, so when it fails nothing else could succeed (short of suppressing more than allowed).
+
+Implementation: the search runs on the batch compressed to its distinct (quasi-identifier
+codes, entity, sensitive value) combinations with a row count each, so an evaluation costs
+a few integer factorizations over that table, independent of the number of rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_privacy.core.deid.generalize import Hierarchy
+from airflow_privacy.core.errors import PrivacyError
+
+__all__ = ["Enforcement", "enforce"]
+
+_INT_LIMIT = 2**62
+
+
+@dataclass
+class Enforcement:
+    """Outcome of :func:`enforce`."""
+
+    levels: list[int]
+    keep: np.ndarray | None  # row mask; None when nothing is suppressed
+    suppressed: int
+    k_achieved: int | None
+    l_achieved: int | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    classes: np.ndarray  # class id of every compressed row
+    bad: np.ndarray  # per class: violates k or l
+    bad_k: np.ndarray
+    bad_l: np.ndarray
+    rows: np.ndarray  # rows per class
+    entities: np.ndarray  # distinct entities per class
+    diversity: np.ndarray | None  # distinct sensitive values per class
+    violating_rows: int
+
+    @property
+    def violating_classes(self) -> int:
+        return int(self.bad.sum())
+
+
+def _dense(*columns: np.ndarray) -> np.ndarray:
+    """Dense ids (first-appearance order) of the tuples formed by integer columns >= -1."""
+    key = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64)
+    span = 1
+    for col in columns:
+        width = int(col.max()) + 2 if len(col) else 1
+        if span * width >= _INT_LIMIT:
+            key = np.asarray(pd.factorize(key)[0], dtype=np.int64)
+            span = int(key.max()) + 1 if len(key) else 1
+        key = key * width + (col.astype(np.int64) + 1)
+        span *= width
+    return np.asarray(pd.factorize(key)[0], dtype=np.int64)
+
+
+def _distinct_per_class(classes: np.ndarray, values: np.ndarray, n_classes: int) -> np.ndarray:
+    """Number of distinct ``values`` in every class (values >= -1; -1 is a value)."""
+    width = int(values.max()) + 2 if len(values) else 1
+    pairs = pd.unique(classes * width + (values.astype(np.int64) + 1))
+    return np.bincount(pairs // width, minlength=n_classes)
+
+
+class _Search:
+    def __init__(
+        self,
+        hierarchies: Sequence[Hierarchy],
+        entity: np.ndarray | None,
+        sensitive: np.ndarray | None,
+        k: int | None,
+        l_div: int | None,
+    ) -> None:
+        self.hierarchies = hierarchies
+        self.k = k
+        self.l_div = l_div
+        codes = [h.source.codes for h in hierarchies]
+        extra = [c for c in (entity, sensitive) if c is not None]
+        combo = _dense(*codes, *extra)
+        self.row_combo = combo
+        m = int(combo.max()) + 1 if len(combo) else 0
+        # Codes are assigned in order of first appearance: a row starts a new combination
+        # exactly where the running maximum grows.
+        running = np.maximum.accumulate(combo) if len(combo) else combo
+        first = np.flatnonzero(np.r_[True, running[1:] > running[:-1]]) if len(combo) else combo
+        self.weights = np.bincount(combo, minlength=m)
+        self.qi = [c[first] for c in codes]
+        self.entity = entity[first] if entity is not None else None
+        sens = sensitive[first] if sensitive is not None else None
+        self.sensitive = sens
+        self._maps: dict[tuple[int, int], np.ndarray] = {}
+
+    def _level_codes(self, j: int, level: int) -> np.ndarray:
+        mapping = self._maps.get((j, level))
+        if mapping is None:
+            # A trailing -1 sends null (code -1) to null at every level.
+            mapping = np.append(self.hierarchies[j].codes(level), -1).astype(np.int64)
+            self._maps[(j, level)] = mapping
+        return mapping[self.qi[j]]
+
+    def evaluate(self, levels: Sequence[int]) -> _State:
+        classes = _dense(*(self._level_codes(j, lv) for j, lv in enumerate(levels)))
+        n = int(classes.max()) + 1 if len(classes) else 0
+        rows = np.bincount(classes, weights=self.weights, minlength=n).astype(np.int64)
+        if self.entity is not None:
+            entities = _distinct_per_class(classes, self.entity, n)
+        else:
+            entities = rows
+        bad_k = entities < self.k if self.k is not None else np.zeros(n, dtype=bool)
+        diversity = None
+        bad_l = np.zeros(n, dtype=bool)
+        if self.sensitive is not None:
+            present = self.sensitive >= 0
+            diversity = _distinct_per_class(classes[present], self.sensitive[present], n)
+            if self.l_div is not None:
+                bad_l = diversity < self.l_div
+        bad = bad_k | bad_l
+        return _State(classes, bad, bad_k, bad_l, rows, entities, diversity, int(rows[bad].sum()))
+
+
+def enforce(
+    hierarchies: Sequence[Hierarchy],
+    names: Sequence[str],
+    *,
+    k: int | None,
+    l_div: int | None,
+    entity: np.ndarray | None,
+    sensitive: np.ndarray | None,
+    max_suppression: float,
+    entity_name: str | None = None,
+    sensitive_name: str | None = None,
+) -> Enforcement:
+    """Find generalization levels and the rows to suppress (see module docstring).
+
+    :param hierarchies: one per quasi-identifier; their ``source.codes`` are row codes.
+    :param names: the quasi-identifiers' names, for the trace and messages.
+    :param k: minimum distinct entities per class, or None (l-diversity only).
+    :param l_div: minimum distinct sensitive values per class, or None.
+    :param entity: per-row entity codes (-1 null) or None (each row its own entity).
+    :param sensitive: per-row sensitive value codes (-1 null) or None.
+    :param max_suppression: fraction of rows that may be suppressed, in [0, 1).
+    :raises PrivacyError: the constraints cannot hold within the suppression limit.
+    """
+    rows_in = len(hierarchies[0].source.codes) if hierarchies else 0
+    search = _Search(hierarchies, entity, sensitive, k, l_div)
+    allowed = math.floor(max_suppression * rows_in)
+    levels = [0] * len(hierarchies)
+    state = search.evaluate(levels)
+    steps: list[dict[str, Any]] = []
+    while state.violating_rows > allowed:
+        best: tuple[tuple[int, int, int, int], int, _State] | None = None
+        for j, h in enumerate(hierarchies):
+            if levels[j] >= h.top:
+                continue
+            trial = list(levels)
+            trial[j] += 1
+            candidate = search.evaluate(trial)
+            score = (
+                candidate.violating_rows,
+                candidate.violating_classes,
+                -h.classes(levels[j]),
+                j,
+            )
+            if best is None or score < best[0]:
+                best = (score, j, candidate)
+        if best is None:
+            raise PrivacyError(
+                _failure(state, rows_in, allowed, k, l_div, entity_name, sensitive_name)
+            )
+        _, j, state = best
+        levels[j] += 1
+        steps.append(
+            {
+                "column": names[j],
+                "level": levels[j],
+                "generalization": hierarchies[j].describe(levels[j]),
+                "violating_rows": state.violating_rows,
+            }
+        )
+    keep = None
+    suppressed = state.violating_rows
+    if suppressed:
+        keep = ~state.bad[state.classes[search.row_combo]]
+    good = ~state.bad
+    k_achieved = int(state.entities[good].min()) if good.any() else None
+    l_achieved = None
+    if state.diversity is not None and good.any():
+        l_achieved = int(state.diversity[good].min())
+    return Enforcement(levels, keep, suppressed, k_achieved, l_achieved, steps)
+
+
+def _failure(
+    state: _State,
+    rows: int,
+    allowed: int,
+    k: int | None,
+    l_div: int | None,
+    entity_name: str | None,
+    sensitive_name: str | None,
+) -> str:
+    def share(n: int) -> str:
+        return f"{n} of {rows} rows ({n / rows:.1%})" if rows else f"{n} rows"
+
+    problems = []
+    if k is not None and state.bad_k.any():
+        who = f"distinct {entity_name!r} values" if entity_name else "rows"
+        smallest = int(state.entities[state.bad_k].min())
+        problems.append(
+            f"k-anonymity k={k} fails: {share(int(state.rows[state.bad_k].sum()))} are in "
+            f"classes with fewer than {k} {who} (the smallest has {smallest}, "
+            f"{k - smallest} short)"
+        )
+    if l_div is not None and state.bad_l.any():
+        assert state.diversity is not None
+        smallest = int(state.diversity[state.bad_l].min())
+        problems.append(
+            f"l-diversity l={l_div} fails: {share(int(state.rows[state.bad_l].sum()))} are in "
+            f"classes with fewer than {l_div} distinct {sensitive_name!r} values (the smallest "
+            f"has {smallest}, {l_div - smallest} short)"
+        )
+    return (
+        "cannot de-identify within the suppression limit even with every quasi-identifier "
+        f"fully generalized: {'; '.join(problems)}; max_suppression allows suppressing "
+        f"{share(allowed)}"
+    )

@@ -1,0 +1,383 @@
+"""``deidentify``: per-column rules, then k-anonymity / l-diversity enforcement.
+
+Guarantee
+    The returned frame contains no dropped column, and every ruled column holds only its
+    rule's output (:mod:`.rules`). When ``k_anonymity`` is given, every equivalence class
+    of the returned rows over the quasi-identifiers holds at least ``k`` distinct entities;
+    with ``l_diversity``, at least ``l`` distinct non-null sensitive values (definitions,
+    citations and the search in :mod:`.anonymity`); the report's ``k_achieved`` and
+    ``l_achieved`` are measured on the returned rows. When the constraints cannot hold
+    within ``max_suppression``, nothing is returned and
+    :class:`~airflow_privacy.core.errors.PrivacyError` says which constraint fails and by
+    how much. These are syntactic guarantees about this release only -- not differential
+    privacy, and not robust to composition with other releases of the same people.
+
+Audit report (JSON-able, no data values, no key material)::
+
+    {"version", "rows_in", "rows_out", "suppressed", "k_achieved", "l_achieved",
+     "columns": {column: {"transform", "params"?, "key_id"?, "algorithm"?,
+                          "found"? (scrub_pii matches per entity),
+                          "nulled_without_entity"? (shift_dates rows without an entity),
+                          "generalization"?: {"level", "description"}}},
+     "k_anonymity"?: {"quasi_identifiers", "k", "entity", "max_suppression", "k_achieved",
+                      "levels": {qi: {"level", "description"}}, "steps": [...]},
+     "l_diversity"?: {"sensitive", "l", "l_achieved"}}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto.columns import ATTRS_KEY
+from airflow_privacy.core.deid.anonymity import Enforcement, enforce
+from airflow_privacy.core.deid.dedupe import distinct
+from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
+from airflow_privacy.core.deid.rules import Batch, Drop, Keep, Rule, parse_rule, parse_rules
+from airflow_privacy.core.errors import InvalidParameterError, SchemaError
+
+__all__ = ["REPORT_VERSION", "deidentify"]
+
+REPORT_VERSION = 1
+_UNLISTED = ("keep", "drop", "error")
+
+
+@dataclass(frozen=True)
+class _Anonymity:
+    quasi_identifiers: list[Hashable]
+    k: int | None
+    entity: Hashable | None
+    max_suppression: float
+    sensitive: Hashable | None
+    l_div: int | None
+
+
+def deidentify(
+    df: pd.DataFrame,
+    rules: Mapping[Hashable, Any],
+    *,
+    keyring: KeyRing | None = None,
+    k_anonymity: Mapping[str, Any] | None = None,
+    l_diversity: Mapping[str, Any] | None = None,
+    unlisted: str = "keep",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """De-identify a batch with per-column rules and optional k-anonymity / l-diversity.
+
+    Example::
+
+        out, report = deidentify(
+            df,
+            {"name": "drop", "email": {"hash": {}}, "patient_id": {"tokenize": {}},
+             "zip": {"generalize": {"prefix": 3}}, "age": {"bucket": {"width": 10}},
+             "visit_date": {"shift_dates": {"max_days": 30, "by": "patient_id"}},
+             "note": {"scrub_pii": {}}},
+            keyring=ring,
+            k_anonymity={"quasi_identifiers": ["age", "zip", "sex"], "k": 5,
+                         "entity": "patient_id", "max_suppression": 0.05},
+            l_diversity={"sensitive": "diagnosis", "l": 2},
+        )
+
+    :param df: the batch; it is not modified. Output rows keep their index labels.
+    :param rules: column name -> rule (see :mod:`airflow_privacy.core.deid.rules`).
+    :param keyring: key ring whose primary key derives the keys of ``hash``, ``tokenize``
+        and ``shift_dates``; required when one of them is used.
+    :param k_anonymity: ``{"quasi_identifiers": [...], "k": int >= 2, "entity": column
+        (optional: count distinct entities rather than rows), "max_suppression": fraction
+        of rows in [0, 1) that may be removed (default 0)}``.
+    :param l_diversity: ``{"sensitive": column, "l": int >= 2}``; its classes are those of
+        ``k_anonymity``'s quasi-identifiers (or its own ``"quasi_identifiers"``, and then
+        its own ``"max_suppression"``, when there is no ``k_anonymity``).
+    :param unlisted: what happens to columns without a rule: ``"keep"`` (default),
+        ``"drop"``, or ``"error"`` (every column must have a rule).
+    :return: the de-identified frame and the JSON-able audit report.
+    :raises InvalidParameterError: a bad rule, parameter or constraint.
+    :raises SchemaError: a column is missing, duplicated or of the wrong type for its rule.
+    :raises PrivacyError: k-anonymity / l-diversity cannot hold within ``max_suppression``.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
+    if not df.columns.is_unique:
+        duplicated = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise SchemaError(f"the batch has duplicated column names {duplicated}")
+    if unlisted not in _UNLISTED:
+        raise InvalidParameterError("unlisted", unlisted, f"expected one of {list(_UNLISTED)}")
+    parsed = parse_rules(rules, df)
+    missing = [c for c in df.columns if c not in parsed]
+    if missing and unlisted == "error":
+        raise SchemaError(f"columns {missing} have no rule (unlisted='error')")
+    for column in missing:
+        parsed[column] = parse_rule(column, unlisted)
+    keyed = [str(c) for c, r in parsed.items() if r.keyed]
+    if keyed and not isinstance(keyring, KeyRing):
+        raise InvalidParameterError(
+            "keyring",
+            type(keyring).__name__ if keyring is not None else None,
+            f"expected a KeyRing: the rules of columns {keyed} use keys",
+        )
+    anonymity = _check_anonymity(k_anonymity, l_diversity, parsed, df)
+
+    batch = Batch(df, keyring)
+    columns_report = {str(c): rule.report() for c, rule in parsed.items()}
+    released: dict[Hashable, pd.Series] = {}
+    extra: dict[Hashable, dict[str, Any]] = {}
+    anonymity_report: dict[str, Any] = {}
+    rows = None
+    k_achieved = l_achieved = None
+    if anonymity is not None:
+        # Phase 1, on all rows: what enforcement needs -- the released values of
+        # quasi-identifiers whose rule does not generalize, and of the sensitive column.
+        early = [
+            c
+            for c in anonymity.quasi_identifiers
+            if not parsed[c].generalizing and not isinstance(parsed[c], Keep)
+        ]
+        if anonymity.sensitive is not None and not isinstance(parsed[anonymity.sensitive], Keep):
+            early.append(anonymity.sensitive)
+        for column in early:
+            applied = parsed[column].apply(batch)
+            assert applied.series is not None
+            released[column] = applied.series
+            extra[column] = applied.report
+        hierarchies = [
+            _hierarchy(parsed[c], c, batch, released) for c in anonymity.quasi_identifiers
+        ]
+        names = [str(c) for c in anonymity.quasi_identifiers]
+        result = enforce(
+            hierarchies,
+            names,
+            k=anonymity.k,
+            l_div=anonymity.l_div,
+            entity=(
+                batch.distinct(anonymity.entity).codes if anonymity.entity is not None else None
+            ),
+            sensitive=_sensitive_codes(anonymity.sensitive, parsed, batch, released),
+            max_suppression=anonymity.max_suppression,
+            entity_name=None if anonymity.entity is None else str(anonymity.entity),
+            sensitive_name=None if anonymity.sensitive is None else str(anonymity.sensitive),
+        )
+        if result.keep is not None:
+            rows = np.flatnonzero(result.keep)
+        k_achieved, l_achieved = result.k_achieved, result.l_achieved
+        levels: dict[str, dict[str, Any]] = {}
+        for column, name, h, level in zip(
+            anonymity.quasi_identifiers, names, hierarchies, result.levels, strict=True
+        ):
+            released[column] = h.output(level, rows)
+            levels[name] = {"level": level, "description": h.describe(level)}
+            columns_report[name]["generalization"] = levels[name]
+        for column in early:
+            if column not in anonymity.quasi_identifiers and rows is not None:
+                released[column] = released[column].take(rows)
+            if rows is not None and {"found", "nulled_without_entity"} & set(extra[column]):
+                # counts were taken before suppression: recount on the released rows
+                extra[column] = parsed[column].apply(batch.select(rows)).report
+        anonymity_report = _anonymity_report(anonymity, names, levels, result)
+
+    # Phase 2, on the released rows only: every other column.
+    kept = batch.select(rows)
+    hints: dict[str, Any] = {}
+    outputs: dict[Hashable, pd.Series] = {}
+    for column, rule in parsed.items():
+        if column in released:
+            series, report = released[column], extra.get(column, {})
+        else:
+            applied = rule.apply(kept)
+            series, report = applied.series, applied.report
+        hint = report.pop("_hint", None)
+        if hint:
+            hints[str(column)] = hint
+        columns_report[str(column)].update(report)
+        if series is not None:
+            outputs[column] = series
+
+    out = pd.DataFrame(
+        {c: outputs[c] for c in df.columns if c in outputs}, index=kept.index, copy=False
+    )
+    attrs = dict(df.attrs)
+    if hints:
+        attrs[ATTRS_KEY] = {**attrs.get(ATTRS_KEY, {}), **hints}
+    out.attrs = attrs
+    report: dict[str, Any] = {
+        "version": REPORT_VERSION,
+        "rows_in": len(df),
+        "rows_out": len(out),
+        "suppressed": len(df) - len(out),
+        "k_achieved": k_achieved,
+        "l_achieved": l_achieved,
+        "columns": columns_report,
+    }
+    report.update(anonymity_report)
+    return out, report
+
+
+def _anonymity_report(
+    anonymity: _Anonymity,
+    names: list[str],
+    levels: dict[str, dict[str, Any]],
+    result: Enforcement,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    if anonymity.k is not None:
+        report["k_anonymity"] = {
+            "quasi_identifiers": names,
+            "k": anonymity.k,
+            "entity": None if anonymity.entity is None else str(anonymity.entity),
+            "max_suppression": anonymity.max_suppression,
+            "k_achieved": result.k_achieved,
+            "levels": levels,
+            "steps": result.steps,
+        }
+    if anonymity.l_div is not None:
+        report["l_diversity"] = {
+            "sensitive": str(anonymity.sensitive),
+            "l": anonymity.l_div,
+            "l_achieved": result.l_achieved,
+            "quasi_identifiers": names,
+        }
+        if anonymity.k is None:
+            report["l_diversity"].update(
+                {
+                    "max_suppression": anonymity.max_suppression,
+                    "levels": levels,
+                    "steps": result.steps,
+                }
+            )
+    return report
+
+
+def _hierarchy(
+    rule: Rule, column: Hashable, batch: Batch, outputs: Mapping[Hashable, pd.Series]
+) -> Hierarchy:
+    if rule.generalizing:
+        return rule.hierarchy(batch)
+    if isinstance(rule, Keep):
+        return default_hierarchy(batch.series(column), batch.distinct(column))
+    return default_hierarchy(outputs[column])
+
+
+def _sensitive_codes(
+    column: Hashable | None,
+    rules: Mapping[Hashable, Rule],
+    batch: Batch,
+    outputs: Mapping[Hashable, pd.Series],
+) -> np.ndarray | None:
+    # Diversity is counted on the values released, i.e. after the column's own rule.
+    if column is None:
+        return None
+    if isinstance(rules[column], Keep):
+        return batch.distinct(column).codes
+    return distinct(outputs[column]).codes
+
+
+def _check_anonymity(
+    k_anonymity: Any, l_diversity: Any, rules: Mapping[Hashable, Rule], df: pd.DataFrame
+) -> _Anonymity | None:
+    if k_anonymity is None and l_diversity is None:
+        return None
+    k_spec = _mapping(
+        k_anonymity, "k_anonymity", {"quasi_identifiers", "k", "entity", "max_suppression"}
+    )
+    l_spec = _mapping(
+        l_diversity, "l_diversity", {"sensitive", "l", "quasi_identifiers", "max_suppression"}
+    )
+    if k_anonymity is not None:
+        if "quasi_identifiers" in l_spec and l_spec["quasi_identifiers"] != k_spec.get(
+            "quasi_identifiers"
+        ):
+            raise InvalidParameterError(
+                "l_diversity.quasi_identifiers",
+                l_spec["quasi_identifiers"],
+                "must equal k_anonymity.quasi_identifiers (or be omitted)",
+            )
+        if "max_suppression" in l_spec:
+            raise InvalidParameterError(
+                "l_diversity.max_suppression",
+                l_spec["max_suppression"],
+                "set max_suppression in k_anonymity when both are given",
+            )
+        qi_spec, where, suppression_spec = k_spec, "k_anonymity", k_spec
+    else:
+        qi_spec, where, suppression_spec = l_spec, "l_diversity", l_spec
+    qis = qi_spec.get("quasi_identifiers")
+    if isinstance(qis, (str, bytes)) or not isinstance(qis, Sequence) or not qis:
+        raise InvalidParameterError(
+            f"{where}.quasi_identifiers", qis, "expected a non-empty list of column names"
+        )
+    qis = list(qis)
+    if len(set(qis)) != len(qis):
+        raise InvalidParameterError(f"{where}.quasi_identifiers", qis, "names must be unique")
+    for qi in qis:
+        if qi not in df.columns:
+            raise SchemaError(
+                f"{where}.quasi_identifiers: column {qi!r} is not in the batch; it has "
+                f"{list(df.columns)}"
+            )
+        if isinstance(rules[qi], Drop):
+            raise InvalidParameterError(
+                f"{where}.quasi_identifiers",
+                qi,
+                "this column is dropped by its rule; a quasi-identifier must be released",
+            )
+    suppression = suppression_spec.get("max_suppression", 0.0)
+    if (
+        isinstance(suppression, bool)
+        or not isinstance(suppression, (int, float))
+        or not math.isfinite(suppression)
+        or not 0 <= suppression < 1
+    ):
+        raise InvalidParameterError(
+            f"{where}.max_suppression", suppression, "expected a fraction of rows in [0, 1)"
+        )
+    k = entity = None
+    if k_anonymity is not None:
+        k = _at_least_two(k_spec.get("k"), "k_anonymity.k")
+        entity = k_spec.get("entity")
+        if entity is not None:
+            if entity not in df.columns:
+                raise SchemaError(f"k_anonymity.entity: column {entity!r} is not in the batch")
+            if entity in qis:
+                raise InvalidParameterError(
+                    "k_anonymity.entity", entity, "must not be one of the quasi-identifiers"
+                )
+    sensitive = l_div = None
+    if l_diversity is not None:
+        l_div = _at_least_two(l_spec.get("l"), "l_diversity.l")
+        sensitive = l_spec.get("sensitive")
+        if sensitive is None:
+            raise InvalidParameterError("l_diversity.sensitive", None, "a column is required")
+        if sensitive not in df.columns:
+            raise SchemaError(f"l_diversity.sensitive: column {sensitive!r} is not in the batch")
+        if sensitive in qis:
+            raise InvalidParameterError(
+                "l_diversity.sensitive", sensitive, "must not be one of the quasi-identifiers"
+            )
+        if isinstance(rules[sensitive], Drop):
+            raise InvalidParameterError(
+                "l_diversity.sensitive", sensitive, "this column is dropped by its rule"
+            )
+    return _Anonymity(qis, k, entity, float(suppression), sensitive, l_div)
+
+
+def _mapping(spec: Any, name: str, allowed: set[str]) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise InvalidParameterError(name, type(spec).__name__, "expected a mapping")
+    unknown = sorted(set(spec) - allowed, key=str)
+    if unknown:
+        raise InvalidParameterError(
+            f"{name}.{unknown[0]}", spec[unknown[0]], f"unknown key; expected {sorted(allowed)}"
+        )
+    return dict(spec)
+
+
+def _at_least_two(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise InvalidParameterError(name, value, "expected an integer >= 2")
+    return int(value)

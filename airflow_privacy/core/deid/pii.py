@@ -1,0 +1,280 @@
+"""Offline detection and replacement of PII in free text with validated regex recognizers.
+
+What it finds (``ENTITIES``) and how:
+
+* ``EMAIL`` -- ``local@domain.tld`` with Unicode letters and digits (RFC 5322 dot-atoms,
+  no quoted local parts).
+* ``CREDIT_CARD`` -- 13-19 digits, contiguous or grouped 4-4-4-x / 4-6-5 by one space or
+  dash character; accepted only when the first digit is 2-6 (the ISO/IEC 7812 major
+  industry identifiers used by card schemes) **and** the Luhn checksum holds (ISO/IEC
+  7812-1 Annex B). A 16-digit number failing Luhn is left alone.
+* ``SSN`` -- ``AAA-GG-SSSS`` (dashes or spaces), accepted only inside the ranges the Social
+  Security Administration issues: area not 000, 666 or 900-999, group not 00, serial not
+  0000. ``000-12-3456`` or ``912-34-5678`` (an ITIN) are left alone.
+* ``IP`` -- IPv4 dotted quads with every octet <= 255 (``999.1.1.1`` is left alone) and
+  IPv6 in any RFC 4291/5952 spelling (``::``, embedded IPv4), validated by
+  :mod:`ipaddress` (so times like ``10:30:15`` and MAC addresses are left alone).
+* ``DATE`` -- ISO 8601 dates (with an optional time part), US numeric dates
+  (``1/5/2026``, ``01-05-26``) and month-name dates (``Jan 5, 2026``, ``5 January 2026``,
+  ``March 2026``); months 1-12 and days 1-31 are enforced by the pattern.
+* ``PHONE`` -- US numbers in the North American Numbering Plan: ``(518) 916-3293``,
+  ``518-916-3293``, ``518.916.3293``, ``+1 518 916 3293``, ``5189163293``, optional
+  extension; area code and exchange start with 2-9.
+
+Each match is replaced by ``<ENTITY>`` (no digits, so a later recognizer never re-matches
+a replacement). Recognizers run in a fixed order -- EMAIL, CREDIT_CARD, SSN, IP, DATE,
+PHONE -- so that a long or validated pattern claims its digits before a looser one could
+take part of them (a card's digit groups are never half-replaced as a phone number).
+
+Not found: names, street addresses, medical record numbers or anything else that needs
+context rather than shape. Those need a named-entity model; this module ships none (no
+model is downloaded, ever). Card or SSN digits glued to further digit groups (``1234 4111
+1111 1111 1111``) are examined as one candidate and may be missed.
+
+Vectorization: the text is deduplicated (:mod:`.dedupe`); the recognizers that need no
+validation (EMAIL, DATE, PHONE) run as RE2 regexes in Arrow's compute kernels
+(``replace_substring_regex``) over the distinct texts; the validated ones (cards, SSN, IP)
+first select candidate texts with one RE2 ``match_substring_regex`` pass and call Python
+(``re.sub`` with a validating callable) on those texts only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_privacy.core.deid.dedupe import Distinct, distinct, text_of, to_series
+from airflow_privacy.core.errors import InvalidParameterError
+
+__all__ = ["ENTITIES", "scrub_pii"]
+
+ENTITIES: tuple[str, ...] = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IP", "DATE")
+"""Entity types :func:`scrub_pii` recognizes; the replacement of a match is ``<ENTITY>``."""
+
+# -- patterns ------------------------------------------------------------------------------
+# RE2 syntax (Arrow kernels) for the unvalidated recognizers: no look-around, no
+# back-references; [0-9] rather than \d so that Python and RE2 agree on what a digit is.
+
+_EMAIL_RE2 = (
+    r"[\p{L}\p{N}_%+'-]+(?:\.[\p{L}\p{N}_%+'-]+)*"
+    r"@(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+\p{L}{2,}"
+)
+
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+_DAY = r"(?:3[01]|[12][0-9]|0?[1-9])"
+_MONTH_NUM = r"(?:1[0-2]|0?[1-9])"
+_TIME = r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+_DATE_RE2 = "|".join(
+    [
+        # ISO 8601 (and 2026/01/05), optional time part
+        rf"\b[0-9]{{4}}[-/.](?:1[0-2]|0[1-9])[-/.](?:3[01]|[12][0-9]|0[1-9]){_TIME}\b",
+        # US numeric: 1/5/2026, 01-05-26
+        rf"\b{_MONTH_NUM}[/-]{_DAY}[/-](?:[0-9]{{4}}|[0-9]{{2}})\b",
+        # Jan 5, 2026 / January 5th 2026
+        rf"\b(?i:{_MONTH})\.? {_DAY}(?:st|nd|rd|th)?,? [0-9]{{4}}\b",
+        # 5 January 2026 / 5 Jan, 2026
+        rf"\b{_DAY} (?i:{_MONTH})\.?,? [0-9]{{4}}\b",
+        # March 2026
+        rf"\b(?i:{_MONTH})\.?,? [0-9]{{4}}\b",
+    ]
+)
+
+_PHONE_RE2 = (
+    r"(?:\+1[-. ]?|\b1[-. ])?(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[-. ]?)"
+    r"[2-9][0-9]{2}[-. ]?[0-9]{4}\b(?: ?(?:x|ext\.?) ?[0-9]{1,5}\b)?"
+)
+
+# Python regexes for the validated recognizers, each with an RE2 pre-filter that selects
+# the texts worth calling Python on.
+_CARD = re.compile(
+    r"(?<![0-9])(?:[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{1,7}"
+    r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{4,5}|[0-9]{13,19})(?![0-9])"
+)
+_CARD_FILTER = r"(?:[0-9][ -]?){12}[0-9]"
+_SSN = re.compile(r"(?<![0-9-])([0-9]{3})([- ])([0-9]{2})\2([0-9]{4})(?![0-9]|-[0-9])")
+_SSN_FILTER = r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}"
+_IPV6 = re.compile(
+    r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![0-9A-Za-z:]|\.[0-9])"
+)
+_IPV6_FILTER = r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:"
+_IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
+_IPV4_FILTER = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
+
+
+def _luhn_ok(candidate: str) -> bool:
+    digits = [ord(c) - 48 for c in candidate if "0" <= c <= "9"]
+    if not 13 <= len(digits) <= 19 or not 2 <= digits[0] <= 6:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _ssn_ok(match: re.Match[str]) -> bool:
+    area, group, serial = match.group(1), match.group(3), match.group(4)
+    return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _ipv4_ok(candidate: str) -> bool:
+    return all(int(octet) <= 255 for octet in candidate.split("."))
+
+
+def _ipv6_ok(candidate: str) -> bool:
+    if not any(c not in ":" for c in candidate):
+        return False
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Validated:
+    entity: str
+    pattern: re.Pattern[str]
+    prefilter: str
+    valid: Callable[[re.Match[str]], bool]
+
+
+@dataclass(frozen=True)
+class _Plain:
+    entity: str
+    pattern: str
+    literal: str | None = None  # every match contains it: a cheap pre-filter
+
+
+_RECOGNIZERS: tuple[_Plain | _Validated, ...] = (
+    _Plain("EMAIL", _EMAIL_RE2, literal="@"),
+    _Validated("CREDIT_CARD", _CARD, _CARD_FILTER, lambda m: _luhn_ok(m.group(0))),
+    _Validated("SSN", _SSN, _SSN_FILTER, _ssn_ok),
+    _Validated("IP", _IPV6, _IPV6_FILTER, lambda m: _ipv6_ok(m.group(0))),
+    _Validated("IP", _IPV4, _IPV4_FILTER, lambda m: _ipv4_ok(m.group(0))),
+    _Plain("DATE", _DATE_RE2),
+    _Plain("PHONE", _PHONE_RE2),
+)
+
+
+def check_entities(entities: object, name: str = "entities") -> tuple[str, ...]:
+    """Validate a list of entity names (see :data:`ENTITIES`); returns them as a tuple."""
+    if isinstance(entities, str) or not isinstance(entities, Sequence) or not entities:
+        raise InvalidParameterError(
+            name, entities, f"expected a non-empty list of {list(ENTITIES)}"
+        )
+    unknown = [e for e in entities if e not in ENTITIES]
+    if unknown:
+        raise InvalidParameterError(
+            name, unknown, f"unknown entities; expected some of {list(ENTITIES)}"
+        )
+    return tuple(dict.fromkeys(entities))
+
+
+def scrub_texts(texts: pa.Array, entities: Sequence[str]) -> tuple[pa.Array, dict[str, np.ndarray]]:
+    """Scrub an Arrow string array (no deduplication here).
+
+    :return: the scrubbed array and, per entity, how many matches each element had.
+    """
+    wanted = set(entities)
+    found: dict[str, np.ndarray] = {e: np.zeros(len(texts), dtype=np.int64) for e in entities}
+    for recognizer in _RECOGNIZERS:
+        if recognizer.entity not in wanted or len(texts) == 0:
+            continue
+        if isinstance(recognizer, _Plain):
+            texts = _plain_pass(texts, recognizer, found[recognizer.entity])
+        else:
+            texts = _validated_pass(texts, recognizer, found[recognizer.entity])
+    return texts, found
+
+
+def _plain_pass(texts: pa.Array, recognizer: _Plain, counter: np.ndarray) -> pa.Array:
+    """One RE2 replace over the texts (those holding ``literal``, when there is one)."""
+    token = f"<{recognizer.entity}>"
+    if recognizer.literal is not None:
+        holds = pc.fill_null(pc.match_substring(texts, recognizer.literal), False)
+        subset = np.flatnonzero(holds.to_numpy(zero_copy_only=False))
+        if len(subset) == 0:
+            return texts
+        selected = texts.take(pa.array(subset))
+    else:
+        subset, selected = None, texts
+    replaced = pc.replace_substring_regex(selected, recognizer.pattern, token)
+    changed = pc.fill_null(pc.not_equal(selected, replaced), False).to_numpy(zero_copy_only=False)
+    if not changed.any():
+        return texts
+    rows = np.flatnonzero(changed)
+    hits = pc.count_substring_regex(selected.take(pa.array(rows)), recognizer.pattern)
+    positions = rows if subset is None else subset[rows]
+    counter[positions] += hits.to_numpy(zero_copy_only=False)
+    if subset is None:
+        return replaced
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[positions] = True
+    return pc.replace_with_mask(texts, pa.array(mask), replaced.take(pa.array(rows)))
+
+
+def _validated_pass(texts: pa.Array, recognizer: _Validated, counter: np.ndarray) -> pa.Array:
+    """Python ``re.sub`` with a validating callable, on the pre-filtered candidates only."""
+    candidates = pc.fill_null(pc.match_substring_regex(texts, recognizer.prefilter), False)
+    rows = np.flatnonzero(candidates.to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return texts
+    token = f"<{recognizer.entity}>"
+    valid = recognizer.valid
+    hits = [0]
+
+    def replace(match: re.Match[str]) -> str:
+        if valid(match):
+            hits[0] += 1
+            return token
+        return match.group(0)
+
+    new_values = []
+    for row, text in zip(rows.tolist(), texts.take(pa.array(rows)).to_pylist(), strict=True):
+        hits[0] = 0
+        new_values.append(recognizer.pattern.sub(replace, text))
+        counter[row] += hits[0]
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[rows] = True
+    return pc.replace_with_mask(texts, pa.array(mask), pa.array(new_values, texts.type))
+
+
+def scrub_pii(
+    series: pd.Series, entities: Sequence[str] = ENTITIES
+) -> tuple[pd.Series, dict[str, int]]:
+    """Replace PII in a text column by ``<ENTITY>`` placeholders.
+
+    What counts as each entity, and what is deliberately left alone, is described in the
+    module docstring. Nulls stay nulls; non-string values are scrubbed as their ``str()``.
+
+    :param series: the text column; it is not modified.
+    :param entities: which recognizers run, any of :data:`ENTITIES` (default all).
+    :return: the scrubbed column (pandas ``str`` dtype) and the number of matches replaced
+        per entity.
+    """
+    entities = check_entities(entities)
+    scrubbed, totals = scrub_distinct(distinct(series), entities)
+    return to_series(scrubbed, series.index, series.name), totals
+
+
+def scrub_distinct(column: Distinct, entities: Sequence[str]) -> tuple[pa.Array, dict[str, int]]:
+    """Scrub a factorized column: the per-row Arrow result and the matches per entity."""
+    scrubbed, found = scrub_texts(text_of(column.uniques), entities)
+    weights = column.counts()
+    totals = {e: int(found[e] @ weights) for e in entities}
+    return column.take(scrubbed), totals

@@ -1,0 +1,417 @@
+"""One site's step of a round: load the global model, train locally, produce its update.
+
+:func:`client_update` is what ``FederatedClientOperator`` runs on the site's queue. Its
+:class:`ClientUpdate` stays on the site; what leaves it is
+
+- ``update.secure_input()`` -> ``(values, noise_share)`` for the secure sum's ``mask_input``
+  (``secure=True``), or ``update.plain_input()`` for a trusted aggregator (``secure=False``):
+  the vector ``[weight * delta, weight]`` of length ``d + 1``;
+- ``update.report()``: a small JSON-able dict for XCom (site, round, config hash, privacy
+  events, training metrics). The metrics are *not* covered by any DP guarantee (a training
+  loss is a statistic of the site's rows); the row count is left out under ``secure=True``.
+
+Privacy of the update itself:
+
+- no DP: none beyond what secure aggregation hides (the aggregator sees only the sum).
+- record-level DP (:class:`~.config.RecordDP`): DP-SGD (Abadi et al., CCS 2016) with
+  Poisson sampling and per-example clipping computed with ``torch.func`` (``vmap(grad)``);
+  (epsilon, delta)-DP for add/remove-one row of this site over all rounds, accounted per
+  site (:mod:`.accounting`). The Gaussian noise comes from torch's generator seeded with 63
+  bits of the CSPRNG: standard DP-SGD practice (like Opacus without ``secure_mode``), not
+  hardened against floating-point attacks on the noise.
+- site-level DP (:class:`~.config.SiteDP`): clip, round to the lattice, add a distributed
+  discrete Gaussian share (:mod:`.distributed_dp`).
+
+Why ``torch.func`` and not Opacus (1.6 works with torch 2.13): Opacus computes per-example
+gradients with module hooks and overwrites ``p.grad`` from them, so a FedProx proximal term
+added to the loss would be silently dropped (it must be added to the *privatized* gradient:
+it is data-independent), its accountant and sampler would have to be reconciled with the
+checkpoint's, and its secure mode needs ``torchcsprng``. Per-example gradients via
+``vmap(grad(...))`` are a few lines and work on any module without batch-norm.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from airflow_privacy.core.dp.noise import RandomSource, default_random_source, numpy_generator
+from airflow_privacy.core.errors import InvalidParameterError
+from airflow_privacy.core.federated.accounting import (
+    calibrate_noise_multiplier,
+    compose_federated_epsilon,
+    subsampled_gaussian_event,
+)
+from airflow_privacy.core.federated.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from airflow_privacy.core.federated.config import FederatedConfig, RecordDP, SiteDP
+from airflow_privacy.core.federated.distributed_dp import (
+    clip_l2,
+    noise_share,
+    round_to_lattice,
+    site_noise,
+)
+from airflow_privacy.core.federated.features import FeatureSpec
+from airflow_privacy.core.federated.models import (
+    logits_of,
+    loss_of,
+    parameter_vector,
+    proximal_term,
+    trainable,
+)
+
+logger = logging.getLogger("airflow_privacy.federated")
+_UPDATE_FORMAT = "airflow-privacy/federated-client-update"
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A site's contribution to one round (keep it on the site; see the module docstring).
+
+    :ivar vector: float64 ``(d,)``: ``weight * delta`` (site-level DP: the clipped delta on the
+        ``2**-frac_bits`` lattice, weight 1), ``delta`` = local minus global parameters.
+    :ivar weight: the site's weight (row count capped at ``max_weight``, or 1).
+    :ivar noise_share: site-level DP only: int64 ``(d,)`` noise in fixed-point units.
+    """
+
+    site: str
+    round: int
+    config_hash: str
+    vector: np.ndarray
+    weight: float
+    frac_bits: int
+    secure: bool
+    noise_share: np.ndarray | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def plain_input(self) -> np.ndarray:
+        """``[weight * delta (+ noise), weight]`` for an aggregator without secure sum."""
+        values = self.vector
+        if self.noise_share is not None:
+            values = values + self.noise_share.astype(np.float64) / 2.0**self.frac_bits
+        return np.concatenate([values, [self.weight]])
+
+    def secure_input(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(values, noise_share)`` for :func:`~airflow_privacy.core.secure_sum.mask_input`."""
+        values = np.concatenate([self.vector, [self.weight]])
+        if self.noise_share is None:
+            return values, None
+        return values, np.concatenate([self.noise_share, np.zeros(1, dtype=np.int64)])
+
+    def to_bytes(self) -> bytes:
+        """Serialize for site-local storage (never shared storage: it holds the raw update).
+
+        Persist it before the secure sum's ``mask_input``: a retried task must submit the same
+        update, or the secure sum refuses (two inputs under one mask would leak their
+        difference). Read back with :meth:`from_bytes` (``torch.load(weights_only=True)``).
+        """
+        payload = {
+            "format": _UPDATE_FORMAT,
+            "vector": torch.from_numpy(np.ascontiguousarray(self.vector, dtype=np.float64)),
+            "noise_share": None if self.noise_share is None else torch.from_numpy(self.noise_share.astype(np.int64)),
+            "meta": json.dumps({
+                "site": self.site, "round": self.round, "config_hash": self.config_hash,
+                "weight": self.weight, "frac_bits": self.frac_bits, "secure": self.secure,
+                "metrics": self.metrics, "events": self.events,
+            }),
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientUpdate:
+        try:
+            obj = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict) or obj.get("format") != _UPDATE_FORMAT:
+                raise ValueError("not a serialized ClientUpdate")
+            meta = json.loads(obj["meta"])
+            noise = obj["noise_share"]
+            return cls(
+                site=meta["site"], round=meta["round"], config_hash=meta["config_hash"],
+                vector=obj["vector"].numpy().astype(np.float64),
+                weight=float(meta["weight"]), frac_bits=int(meta["frac_bits"]),
+                secure=bool(meta["secure"]),
+                noise_share=None if noise is None else noise.numpy().astype(np.int64),
+                metrics=dict(meta["metrics"]), events=list(meta["events"]),
+            )
+        except Exception as exc:  # fail closed
+            raise CheckpointError(f"cannot read a ClientUpdate: {exc}") from None
+
+    def report(self) -> dict[str, Any]:
+        """What the site discloses in the clear (XCom): no vector, no key material."""
+        metrics = dict(self.metrics)
+        if self.secure:
+            metrics.pop("examples", None)
+        return {
+            "site": self.site,
+            "round": self.round,
+            "config_hash": self.config_hash,
+            "events": [dict(e) for e in self.events],
+            "metrics": metrics,
+        }
+
+
+def client_update(
+    checkpoint: Checkpoint | bytes | Any,
+    site_df: pd.DataFrame,
+    spec: FeatureSpec,
+    config: FederatedConfig,
+    *,
+    site: str,
+    random_source: RandomSource | int | None = None,
+) -> ClientUpdate:
+    """Train the global model on ``site_df`` for one round and return the site's update.
+
+    :param checkpoint: the global :class:`Checkpoint`, its bytes, or a URI to it.
+    :param site_df: the site's batch (must hold the spec's features and label, >= 1 row).
+    :param site: this site's name (keys its privacy spend in the checkpoint).
+    :param random_source: randomness for batching, DP noise and rounding: ``None`` for the
+        OS CSPRNG (production), an int seed or a ``random.Random`` for tests.
+    :raises InvalidParameterError: bad parameter, or a checkpoint of another configuration.
+    :raises SchemaError: missing columns, empty batch, label outside the declared classes.
+    :raises BudgetExceededError: record-level DP target already spent by this site.
+    """
+    if not isinstance(site, str) or not site:
+        raise InvalidParameterError("site", site, "expected a non-empty site name")
+    if not isinstance(config, FederatedConfig):
+        raise InvalidParameterError("config", type(config).__name__, "expected a FederatedConfig")
+    if not isinstance(spec, FeatureSpec):
+        raise InvalidParameterError("spec", type(spec).__name__, "expected a FeatureSpec")
+    config.check_spec(spec)
+    ckpt = load_checkpoint(checkpoint, spec=spec, config=config)
+    check_round(ckpt, config)
+    x_np, y_np = spec.encode(site_df, name=f"site {site!r} batch")
+    rng = default_random_source(random_source)
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+
+    model = model_from_checkpoint(ckpt, spec, config)
+    start = parameter_vector(model)
+    x = torch.from_numpy(x_np)
+    y = torch.from_numpy(y_np)
+    n = len(y_np)
+    events: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {"examples": n}
+    if isinstance(config.dp, RecordDP):
+        stats = _train_dp_sgd(model, x, y, ckpt, config, site, generator)
+        events.append(subsampled_gaussian_event(stats["noise_multiplier"], stats["sampling_probability"], stats["steps"]))
+        metrics["epsilon"] = compose_federated_epsilon(
+            [*ckpt.record_events(site), *events], config.dp.delta, config.dp.accountant
+        )
+    else:
+        stats = _train_sgd(model, x, y, ckpt, config, site, generator)
+    metrics.update(stats)
+    delta = parameter_vector(model) - start
+    metrics["update_norm"] = float(np.linalg.norm(delta))
+
+    noise = None
+    if isinstance(config.dp, SiteDP):
+        delta, clipped = clip_l2(delta, config.dp.clip)
+        metrics["clipped_fraction"] = float(clipped)
+        fixed = round_to_lattice(delta, config.frac_bits, numpy_generator(rng))
+        vector = fixed.astype(np.float64) / 2.0**config.frac_bits
+        noise = noise_share(site_noise(config, delta.size), delta.size, rng)
+        weight = 1.0
+    else:
+        over = np.abs(delta) > config.update_bound
+        if over.any():
+            logger.warning(
+                "site %s round %d: %d update coordinate(s) beyond update_bound=%g were clipped",
+                site, ckpt.round + 1, int(over.sum()), config.update_bound,
+            )
+        metrics["clipped_coordinates"] = int(over.sum())
+        delta = np.clip(delta, -config.update_bound, config.update_bound)
+        weight = float(min(n, config.max_weight)) if config.weighting == "examples" else 1.0
+        vector = weight * delta
+    return ClientUpdate(
+        site=site,
+        round=ckpt.round,
+        config_hash=ckpt.config_hash,
+        vector=vector,
+        weight=weight,
+        frac_bits=config.frac_bits,
+        secure=config.secure,
+        noise_share=noise,
+        metrics=metrics,
+        events=events,
+    )
+
+
+def check_round(checkpoint: Checkpoint, config: FederatedConfig) -> None:
+    if checkpoint.round >= config.rounds:
+        raise InvalidParameterError(
+            "rounds", config.rounds,
+            f"the checkpoint has already completed {checkpoint.round} round(s); raise rounds to "
+            "train further",
+        )
+
+
+def _global_copy(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for _, p in trainable(model)]
+
+
+def _train_sgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ckpt: Checkpoint,
+    config: FederatedConfig,
+    site: str,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Plain minibatch SGD (FedAvg's ClientUpdate, McMahan et al. 2017, Alg. 1), with the
+    FedProx proximal term when ``strategy="fedprox"``."""
+    n_out = ckpt.n_outputs
+    global_params = _global_copy(model) if config.strategy == "fedprox" else None
+    optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=config.lr)
+    model.train()
+    n = len(y)
+    steps = 0
+    epoch_loss = math.nan
+    for epoch in range(config.local_epochs):
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for begin in range(0, n, config.batch_size):
+            idx = order[begin : begin + config.batch_size]
+            optimizer.zero_grad()
+            loss = loss_of(logits_of(model, x[idx], n_out), y[idx], n_out)
+            objective = loss
+            if global_params is not None:
+                objective = loss + proximal_term(model, global_params, config.mu)
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            steps += 1
+        epoch_loss = total / n
+        logger.info(
+            "site %s round %d epoch %d/%d: train loss %.4f (%d rows)",
+            site, ckpt.round + 1, epoch + 1, config.local_epochs, epoch_loss, n,
+        )
+    return {"train_loss": epoch_loss, "steps": steps, "clipped_fraction": 0.0}
+
+
+def _train_dp_sgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ckpt: Checkpoint,
+    config: FederatedConfig,
+    site: str,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """DP-SGD (Abadi et al. 2016, Alg. 1) with Poisson sampling at rate ``q = batch_size / n``.
+
+    Each step: every row joins the batch independently with probability ``q``; per-row
+    gradients are clipped to L2 norm ``C``; ``N(0, (z C)²)`` noise is added to their sum, which
+    is divided by the *expected* batch size ``q n`` (a data-independent normalisation, as
+    the analysis requires). The FedProx gradient ``mu (w - w_global)`` is added after
+    privatization: it does not depend on the data.
+    """
+    dp = config.dp
+    assert isinstance(dp, RecordDP)
+    n_out = ckpt.n_outputs
+    n = len(y)
+    q = min(1.0, config.batch_size / n)
+    steps = config.local_epochs * math.ceil(n / config.batch_size)
+    if dp.noise_multiplier is not None:
+        z = float(dp.noise_multiplier)
+    else:
+        z = _planned_noise_multiplier(dp, ckpt.record_events(site), q, steps, config.rounds - ckpt.round, site)
+    clip = float(dp.max_grad_norm)
+    names = [name for name, _ in trainable(model)]
+    params = {name: p.detach().clone() for name, p in trainable(model)}
+    frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
+    buffers = dict(model.named_buffers())
+    global_params = {k: v.clone() for k, v in params.items()} if config.strategy == "fedprox" else None
+    model.train()
+
+    def example_loss(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, ({**p, **frozen}, buffers), (xi.unsqueeze(0),))
+        return loss_of(_as_logits(out, n_out), yi.unsqueeze(0), n_out)
+
+    per_example = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0), randomness="different")
+    clipped = seen = 0
+    loss_sum = 0.0
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    for step in range(steps):
+        chosen = torch.nonzero(torch.rand(n, generator=generator) < q).squeeze(1)
+        summed = {k: torch.zeros_like(v) for k, v in params.items()}
+        if chosen.numel():
+            grads, losses = per_example(params, x[chosen], y[chosen])
+            norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()))
+            factor = (clip / (norms + 1e-12)).clamp(max=1.0)
+            for k, g in grads.items():
+                summed[k] = torch.tensordot(factor, g, dims=1)
+            clipped += int((norms > clip).sum())
+            seen += int(chosen.numel())
+            loss_sum += float(losses.sum())
+        with torch.no_grad():
+            for k in names:
+                noise = torch.normal(0.0, z * clip, size=summed[k].shape, generator=generator)
+                step_grad = (summed[k] + noise) / (q * n)
+                if global_params is not None:
+                    step_grad = step_grad + config.mu * (params[k] - global_params[k])
+                params[k] = params[k] - config.lr * step_grad
+        if (step + 1) % steps_per_epoch == 0:
+            logger.info(
+                "site %s round %d epoch %d/%d: DP-SGD train loss %.4f (%d rows, z=%.3f, clipped %.0f%%)",
+                site, ckpt.round + 1, (step + 1) // steps_per_epoch, config.local_epochs,
+                loss_sum / max(seen, 1), n, z, 100 * clipped / max(seen, 1),
+            )
+    with torch.no_grad():
+        for name, p in trainable(model):
+            p.copy_(params[name])
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "steps": steps,
+        "clipped_fraction": clipped / max(seen, 1),
+        "noise_multiplier": z,
+        "sampling_probability": q,
+    }
+
+
+def _planned_noise_multiplier(
+    dp: RecordDP, prior: list[dict[str, Any]], q: float, steps: int, remaining: int, site: str
+) -> float:
+    """Noise multiplier meeting ``dp.epsilon`` after the ``remaining`` rounds, this one included.
+
+    Each round re-plans against what the site actually spent, so a batch that changes size,
+    or more rounds, never overshoots the target. When every earlier round ran the same plan
+    (same ``q`` and steps), its multiplier is still the solution and is reused exactly
+    (after one check), which also keeps the ledger's events identical and cheap to compose.
+    """
+    assert dp.epsilon is not None
+    same_plan = {
+        (e.get("noise_multiplier"), e.get("sampling_probability"), e.get("count")) for e in prior
+    }
+    if len(same_plan) == 1:
+        z, prior_q, prior_steps = next(iter(same_plan))
+        if prior_q == q and prior_steps == steps:
+            planned = [*prior, subsampled_gaussian_event(z, q, steps * remaining)]
+            if compose_federated_epsilon(planned, dp.delta, dp.accountant) <= dp.epsilon:
+                return float(z)
+    return calibrate_noise_multiplier(
+        dp.epsilon, dp.delta, q, steps * remaining,
+        prior_events=prior, accountant=dp.accountant, site=site,
+    )
+
+
+def _as_logits(out: torch.Tensor, n_out: int) -> torch.Tensor:
+    if n_out == 1 and out.ndim == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    return out
