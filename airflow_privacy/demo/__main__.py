@@ -17,6 +17,7 @@ import time
 #: Example DAGs in the order the demo runs them for each logical date.
 DEMO_DAGS: list[str] = [
     "demo_patient_batches",
+    "deidentify_daily_batches",
     "dp_daily_statistics",
     "cross_site_totals",
     "paillier_totals",

@@ -495,11 +495,38 @@ class ScrubPII(Rule):
         super().__init__(column, params)
         raw = params.get("entities", list(ENTITIES))
         self.entities = check_entities(raw, params.where("entities"))
-        self.params = {"entities": list(self.entities)}
+        known = params.get("known", [])
+        if isinstance(known, str) or not isinstance(known, Sequence) or not all(isinstance(c, str) for c in known):
+            raise InvalidParameterError(params.where("known"), known, "expected a list of column names")
+        self.known = list(known)
+        self.params = {"entities": list(self.entities), "known": self.known}
 
     def apply(self, batch: Batch) -> Applied:
-        scrubbed, found = scrub_distinct(batch.distinct(self.column), self.entities)
-        return Applied(to_series(scrubbed, batch.index, self.column), {"found": found})
+        """Known identifiers first, then the regex recognizers.
+
+        ``known`` lists columns of the same row whose values (a patient's name, e-mail...)
+        are replaced verbatim in the text by ``<COLUMN>``: the row-context deny list that
+        catches names no regex can, without an NER model. One pass per known column over
+        the distinct (text, value) pairs.
+        """
+        if not self.known:
+            scrubbed, found = scrub_distinct(batch.distinct(self.column), self.entities)
+            return Applied(to_series(scrubbed, batch.index, self.column), {"found": found})
+        missing = [c for c in self.known if c not in batch.df.columns]
+        if missing:
+            raise SchemaError(f"rules[{self.column!r}].scrub_pii.known: columns {missing} are not in the batch")
+        text = batch.series(self.column)
+        replaced = 0
+        for col in self.known:
+            values = batch.series(col)
+            pairs = pd.DataFrame({"t": text.to_numpy(dtype=object), "v": values.astype("string").to_numpy(dtype=object)})
+            codes, uniq = pd.MultiIndex.from_frame(pairs.fillna({"v": ""})).factorize()
+            token = f"<{str(col).upper()}>"
+            out = [t.replace(v, token) if isinstance(t, str) and v and len(v) > 1 else t for t, v in uniq]
+            replaced += sum(1 for (t, _), o in zip(uniq, out, strict=True) if o is not t and o != t)
+            text = pd.Series(np.asarray(out, dtype=object)[codes], index=text.index).where(text.notna())
+        scrubbed, found = scrub_distinct(distinct(text), self.entities)
+        return Applied(to_series(scrubbed, batch.index, self.column), {"found": found, "known_replaced": replaced})
 
 
 _RULE_TYPES: dict[str, type[Rule]] = {

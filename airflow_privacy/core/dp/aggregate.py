@@ -181,7 +181,7 @@ def _apply_bins(df: pd.DataFrame, bins: Mapping[str, Sequence[float]], by: list[
             raise InvalidParameterError(f"bins[{col!r}]", edges, "expected at least 2 finite, strictly increasing edges")
         if not pd.api.types.is_numeric_dtype(df[col]):
             raise SchemaError(f"column {col!r} must be numeric to be binned, got {df[col].dtype}")
-        labels = [f"[{a:g}, {b:g})" for a, b in zip(e[:-1], e[1:])]
+        labels = [f"[{a:g}, {b:g})" for a, b in zip(e[:-1], e[1:], strict=True)]
         labels[-1] = labels[-1][:-1] + "]"
         values = df[col].to_numpy(dtype=float, na_value=np.nan)
         idx = np.clip(np.searchsorted(e, values, side="right") - 1, 0, len(labels) - 1)
