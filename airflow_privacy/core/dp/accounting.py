@@ -15,6 +15,14 @@ budget ledger can store them and re-compose the whole history with any accountan
     k runs of any other pure ε-DP mechanism.
 ``{"kind": "approx", "epsilon": ε, "delta": δ, "count": k}``
     k runs of an (ε, δ)-DP mechanism (e.g. thresholded partition selection).
+``{"kind": "poisson_subsampled_gaussian", "noise_multiplier": z, "sampling_probability": q, "count": T}``
+    T steps of DP-SGD (see :mod:`airflow_privacy.core.federated.accounting`).
+``{"kind": "distributed_discrete_gaussian", "rho": ρ, ..., "count": k}``
+    k sums of distributed discrete Gaussian shares, each ρ-zCDP (KLS21).
+
+The last two have no per-event (ε, δ): ``basic`` composes them with RDP, and ``pld``
+composes the zCDP ones with RDP at half the δ and adds them to the PLD of the rest at the
+other half (taking the smaller of that and an all-RDP bound).
 
 Accountants (``compose_epsilon``):
 
@@ -42,7 +50,9 @@ from typing import Any
 from airflow_privacy.core.errors import InvalidParameterError
 
 ACCOUNTANTS = ("pld", "rdp", "basic")
-_KINDS = ("discrete_laplace", "discrete_gaussian", "exponential", "pure", "approx")
+_KINDS = ("discrete_laplace", "discrete_gaussian", "exponential", "pure", "approx",
+          "poisson_subsampled_gaussian", "distributed_discrete_gaussian")
+_NO_EPSILON_DELTA = ("poisson_subsampled_gaussian", "distributed_discrete_gaussian")
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,9 @@ def validate_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not isinstance(count, int) or count < 1:
             raise InvalidParameterError("events.count", count, "expected an int >= 1")
         for key in {"discrete_laplace": ("parameter", "sensitivity"), "discrete_gaussian": ("sigma", "sensitivity", "epsilon", "delta"),
-                    "exponential": ("epsilon",), "pure": ("epsilon",), "approx": ("epsilon", "delta")}[ev["kind"]]:
+                    "exponential": ("epsilon",), "pure": ("epsilon",), "approx": ("epsilon", "delta"),
+                    "poisson_subsampled_gaussian": ("noise_multiplier", "sampling_probability"),
+                    "distributed_discrete_gaussian": ("rho",)}[ev["kind"]]:
             v = ev.get(key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and key != "delta"):
                 raise InvalidParameterError(f"events.{key}", v, "expected a finite positive number")
@@ -110,6 +122,9 @@ def compose_epsilon(events: list[dict[str, Any]], delta: float, accountant: str 
         raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
     if not events:
         return 0.0
+    federated = [e for e in events if e["kind"] in _NO_EPSILON_DELTA]
+    if federated:
+        return _compose_with_federated(events, federated, delta, accountant)
     groups = _grouped(events)
     eps = dlt = 0.0
     for key, n in groups.items():
@@ -123,6 +138,38 @@ def compose_epsilon(events: list[dict[str, Any]], delta: float, accountant: str 
     if accountant == "rdp":
         return min(_compose_rdp(groups, delta), basic)
     return min(_compose_pld(groups, delta), basic)
+
+
+def _compose_with_federated(events, federated, delta: float, accountant: str) -> float:
+    """Histories holding DP-SGD or distributed-Gaussian events (no per-event (ε, δ))."""
+    from airflow_privacy.core.federated.accounting import compose_federated_epsilon
+
+    others = [e for e in events if e["kind"] not in _NO_EPSILON_DELTA]
+    approx = [e for e in others if e["kind"] == "approx"]
+    approx_delta = sum(e["delta"] * e.get("count", 1) for e in approx)
+    approx_eps = sum(e["epsilon"] * e.get("count", 1) for e in approx)
+    rest = [e for e in others if e["kind"] != "approx"]
+    remaining = delta - approx_delta
+    if remaining <= 0:
+        return math.inf
+    # All-RDP bound: the non-federated events via their zCDP forms (as in _compose_rdp).
+    rdp_events = list(federated)
+    for ev in rest:
+        n = ev.get("count", 1)
+        if ev["kind"] == "discrete_gaussian":
+            rho = ev["sensitivity"] ** 2 / (2 * ev["sigma"] ** 2)
+        elif ev["kind"] == "discrete_laplace":
+            rho = (ev["parameter"] * ev["sensitivity"]) ** 2 / 2
+        elif ev["kind"] == "exponential":
+            rho = ev["epsilon"] ** 2 / 8
+        else:
+            rho = ev["epsilon"] ** 2 / 2
+        rdp_events.append({"kind": "distributed_discrete_gaussian", "rho": rho, "count": n})
+    best = compose_federated_epsilon(rdp_events, remaining, "rdp") + approx_eps
+    if accountant == "pld" and rest:
+        split = compose_federated_epsilon(federated, remaining / 2, "pld") + compose_epsilon(rest, remaining / 2, "pld")
+        best = min(best, split + approx_eps)
+    return best
 
 
 def _compose_pld(groups: Counter, delta: float) -> float:

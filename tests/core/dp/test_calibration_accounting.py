@@ -63,3 +63,18 @@ def test_bad_accountant_and_delta():
         compose_epsilon([{"kind": "pure", "epsilon": 1.0}], 0.0, "moments")
     with pytest.raises(InvalidParameterError, match="delta"):
         analytic_gaussian_sigma(1.0, 0.0)
+
+
+def test_federated_event_kinds_compose_in_the_ledger_accountant():
+    from airflow_privacy.core.federated.accounting import compose_federated_epsilon
+
+    sgd = [{"kind": "poisson_subsampled_gaussian", "noise_multiplier": 1.1, "sampling_probability": 0.01,
+            "count": 500}]
+    assert compose_epsilon(sgd, 1e-5, "rdp") == pytest.approx(compose_federated_epsilon(sgd, 1e-5, "rdp"))
+    assert compose_epsilon(sgd, 1e-5, "pld") <= compose_epsilon(sgd, 1e-5, "rdp") + 1e-9
+    mixed = sgd + [{"kind": "distributed_discrete_gaussian", "rho": 0.05},
+                   {"kind": "discrete_laplace", "parameter": 0.5, "sensitivity": 1},
+                   {"kind": "approx", "epsilon": 0.1, "delta": 1e-7}]
+    eps = compose_epsilon(mixed, 1e-5, "pld")
+    assert math.isfinite(eps) and eps > compose_epsilon(sgd, 1e-5, "pld")
+    assert compose_epsilon(mixed, 1e-8, "pld") == math.inf  # delta below the approx event's
