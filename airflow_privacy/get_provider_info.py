@@ -55,7 +55,9 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "Privacy Key Ring",
             },
         ],
-        "extra-links": [],
+        "extra-links": ["airflow_privacy.operators.links.PrivacyBudgetLink"],
+        # The UI plugin is registered under the `airflow.plugins` entry point only: listing it
+        # here too makes Airflow load it twice and record a "already registered" import error.
         "plugins": [],
         "config": {
             "privacy": {

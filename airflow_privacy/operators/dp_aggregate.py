@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.operators.links import PrivacyBudgetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,6 +49,7 @@ class DPAggregateOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("source", "destination", "dataset")
     ui_color = "#e8d5f5"
+    operator_extra_links = (PrivacyBudgetLink(),)
 
     def __init__(
         self,

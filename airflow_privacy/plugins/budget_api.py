@@ -1,0 +1,339 @@
+"""The FastAPI app behind the dashboard: JSON API and HTML pages over the privacy budget ledger.
+
+Mounted by Airflow's API server under ``/privacy`` (see :mod:`.budget_dashboard`). Routes:
+
+* ``GET /api/datasets`` -- every dataset's cap, spend, remaining ε, accountant, last release;
+* ``GET /api/datasets/{name}`` -- one dataset, with its cumulative-ε series;
+* ``GET /api/datasets/{name}/releases`` -- its releases, newest first (``limit``, ``offset``);
+* ``GET /api/federated`` -- federated rounds (round, accuracy, ε) from the ``return_value``
+  XCom of ``FederatedRoundOperator`` tasks; empty when there are none;
+* ``GET /`` and ``GET /dashboard`` -- the HTML dashboard; ``GET /dashboard/datasets/{name}``
+  -- one dataset's page with links to the DAG runs and task instances of its releases.
+
+Security: plugin apps get no authentication from Airflow, so every route depends on
+Airflow's own ``get_user`` (JWT from the ``Authorization: Bearer`` header, or from the
+``_token`` cookie the UI sets -- which is what an iframe'd page receives): 401 without a
+token, 403 with an invalid one. Releases and federated rounds of DAGs the user may not read
+(auth manager ``is_authorized_dag``) are left out. The ledger is always the one of the
+default ``privacy_budget`` connection: no request parameter selects a connection, so a user
+cannot make the API server open other connections. The OpenAPI docs routes are disabled
+because FastAPI serves them outside the app's dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airflow_privacy.plugins import budget_page
+from airflow_privacy.plugins.budget_urls import URL_PREFIX
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+
+    from airflow_privacy.core.budget import BudgetStatus, Charge, PrivacyLedger
+
+log = logging.getLogger(__name__)
+
+FEDERATED_OPERATOR = "FederatedRoundOperator"
+_FEDERATED_SCAN_LIMIT = 1000  # most recent round results read from XCom
+
+
+async def authenticated_user(request: Request) -> BaseUser:
+    """Airflow's ``get_user`` (bearer header first, then the UI's ``_token`` cookie).
+
+    Imported on the first request, not with the module: every Airflow component (scheduler,
+    workers) imports the plugin, and the API security module costs seconds to import.
+    """
+    from airflow.api_fastapi.core_api import security
+
+    credentials = await security.bearer_scheme(request)
+    return await security.get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+
+
+# Any, not BaseUser: FastAPI resolves these annotations at runtime, and BaseUser is imported lazily.
+UserDep = Annotated[Any, Depends(authenticated_user)]
+
+
+class _DagReadAccess:
+    """Per-request cache of ``is_authorized_dag(GET, RUN)`` answers for one user."""
+
+    def __init__(self, user: BaseUser) -> None:
+        self.user = user
+        self._answers: dict[str, bool] = {}
+
+    def __call__(self, dag_id: str | None) -> bool:
+        if dag_id is None:  # a charge recorded outside Airflow (notebook, CLI): no DAG to protect
+            return True
+        if dag_id not in self._answers:
+            from airflow.api_fastapi.app import get_auth_manager
+            from airflow.api_fastapi.auth.managers.models.resource_details import (
+                DagAccessEntity,
+                DagDetails,
+            )
+
+            self._answers[dag_id] = get_auth_manager().is_authorized_dag(
+                method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id), user=self.user)
+        return self._answers[dag_id]
+
+
+# -- ledger -----------------------------------------------------------------------------------
+_ledgers: dict[str, PrivacyLedger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def _ledger() -> PrivacyLedger:
+    """The ledger of the default ``privacy_budget`` connection (one engine per URL, reused)."""
+    from airflow_privacy.core.budget import PrivacyLedger
+    from airflow_privacy.hooks.budget import PrivacyBudgetHook
+
+    try:
+        url = PrivacyBudgetHook().get_url()
+        with _ledgers_lock:
+            if url not in _ledgers:
+                _ledgers[url] = PrivacyLedger(url)
+            return _ledgers[url]
+    except Exception:
+        # The URL may hold credentials: log the details server-side, answer generically.
+        log.exception("Cannot open the privacy budget ledger of connection privacy_budget_default")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            "the privacy budget ledger is unavailable; see the API server log") from None
+
+
+LedgerDep = Annotated[Any, Depends(_ledger)]
+
+
+def _status(ledger: PrivacyLedger, name: str) -> BudgetStatus:
+    try:
+        return ledger.status(name)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {name!r} has no privacy budget") from None
+
+
+# -- URLs -------------------------------------------------------------------------------------
+def _airflow_base(request: Request) -> str:
+    """Path of the Airflow UI root as seen by this request (the mount point minus ``/privacy``)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return root[: -len(URL_PREFIX)] if root.endswith(URL_PREFIX) else ""
+
+
+def _local_path(request: Request) -> str:
+    path, root = request.scope.get("path", ""), request.scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _q(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+def _ui_urls(base: str, charge: Charge) -> dict[str, str | None]:
+    if not (charge.dag_id and charge.run_id and charge.task_id):
+        return {"dag_url": None, "run_url": None, "ti_url": None}
+    dag = f"{base}/dags/{_q(charge.dag_id)}"
+    run = f"{dag}/runs/{_q(charge.run_id)}"
+    ti = f"{run}/tasks/{_q(charge.task_id)}"
+    if charge.map_index is not None and charge.map_index >= 0:
+        ti += f"/mapped/{charge.map_index}"
+    return {"dag_url": dag, "run_url": run, "ti_url": ti}
+
+
+def _page_url(request: Request, name: str) -> str:
+    return f"{request.scope.get('root_path', '').rstrip('/')}/dashboard/datasets/{_q(name)}"
+
+
+# -- data -------------------------------------------------------------------------------------
+def _dataset_summary(s: BudgetStatus, history: list[Charge]) -> dict[str, Any]:
+    return {**s.to_dict(), "last_release_at": history[-1].created_at.isoformat() if history else None}
+
+
+def _series(s: BudgetStatus, history: list[Charge]) -> budget_page.SpendSeries:
+    return budget_page.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in history))
+
+
+def _release(base: str, c: Charge) -> dict[str, Any]:
+    return {
+        "release_id": c.release_id, "dag_id": c.dag_id, "run_id": c.run_id, "task_id": c.task_id,
+        "map_index": c.map_index, "epsilon": c.epsilon, "delta": c.delta, "spent_epsilon": c.spent_epsilon,
+        "status": c.status, "output": c.output, "created_at": c.created_at.isoformat(), **_ui_urls(base, c),
+    }
+
+
+def _releases(request: Request, ledger: PrivacyLedger, name: str, user: BaseUser,
+              limit: int, offset: int) -> dict[str, Any]:
+    _status(ledger, name)
+    can_read = _DagReadAccess(user)
+    history = ledger.history(name)
+    visible = [c for c in reversed(history) if can_read(c.dag_id)]
+    base = _airflow_base(request)
+    return {
+        "dataset": name,
+        "releases": [_release(base, c) for c in visible[offset: offset + limit]],
+        "total_entries": len(visible),
+        "hidden_entries": len(history) - len(visible),
+    }
+
+
+def _first_number(sources: tuple[dict[str, Any], ...], *keys: str) -> float | None:
+    for source in sources:
+        for key in keys:
+            value = source.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+def _federated_rounds(request: Request, user: BaseUser) -> list[dict[str, Any]]:
+    """Federated rounds per DAG (oldest round first) from ``FederatedRoundOperator`` results.
+
+    Reads the ``return_value`` XCom of those tasks: ``round``; accuracy from ``accuracy`` or
+    ``eval_accuracy``; spent ε from ``privacy.spent_epsilon`` (DESIGN §4) or ``epsilon`` -- each
+    looked up at the top level, then under ``metrics`` (a round's history entry of
+    :func:`airflow_privacy.core.federated.server_aggregate`). Anything else -- no such task, a
+    value kept by a custom XCom backend, a missing field -- yields no row or an empty cell.
+    """
+    try:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import and_, select
+
+        stmt = (
+            select(XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.map_index,
+                   XComModel.value, XComModel.timestamp)
+            .join(TaskInstance, and_(TaskInstance.dag_id == XComModel.dag_id, TaskInstance.run_id == XComModel.run_id,
+                                     TaskInstance.task_id == XComModel.task_id,
+                                     TaskInstance.map_index == XComModel.map_index))
+            .where(XComModel.key == "return_value", TaskInstance.operator == FEDERATED_OPERATOR)
+            .order_by(XComModel.timestamp.desc())
+            .limit(_FEDERATED_SCAN_LIMIT)
+        )
+        with create_session(scoped=False) as session:
+            rows = session.execute(stmt).all()
+    except Exception:
+        log.exception("Cannot read federated round results from the metadata database")
+        return []
+
+    can_read = _DagReadAccess(user)
+    base = _airflow_base(request)
+    models: dict[str, dict[tuple[str, str, int], dict[str, Any]]] = {}
+    for row in rows:
+        if not can_read(row.dag_id):
+            continue
+        value = XComModel.deserialize_value(row)
+        if not isinstance(value, dict):
+            continue
+        metrics = value.get("metrics") if isinstance(value.get("metrics"), dict) else {}
+        privacy = value.get("privacy") if isinstance(value.get("privacy"), dict) else {}
+        round_ = _first_number((value, metrics), "round")
+        if round_ is None:
+            continue
+        accuracy = _first_number((value, metrics), "accuracy", "eval_accuracy")
+        epsilon = _first_number((privacy,), "spent_epsilon")
+        if epsilon is None:
+            epsilon = _first_number((value, metrics), "epsilon")
+        key = (row.run_id, row.task_id, row.map_index)  # one result per task instance
+        models.setdefault(row.dag_id, {}).setdefault(key, {
+            "round": int(round_), "accuracy": accuracy, "epsilon": epsilon,
+            "run_id": row.run_id, "task_id": row.task_id,
+            "timestamp": row.timestamp.isoformat() if row.timestamp else None,
+            "url": f"{base}/dags/{_q(row.dag_id)}/runs/{_q(row.run_id)}/tasks/{_q(row.task_id)}",
+        })
+    return [
+        {"dag_id": dag_id, "rounds": sorted(rounds.values(), key=lambda r: r["round"])}
+        for dag_id, rounds in sorted(models.items())
+    ]
+
+
+# -- app --------------------------------------------------------------------------------------
+def create_app() -> FastAPI:
+    """The dashboard app; every route requires an authenticated Airflow user."""
+    app = FastAPI(
+        title="Privacy budget",
+        description="Privacy budget ledger of airflow-privacy: datasets, releases, federated rounds.",
+        dependencies=[Depends(authenticated_user)],
+        docs_url=None, redoc_url=None, openapi_url=None,
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _html_errors(request: Request, exc: StarletteHTTPException):
+        if _local_path(request).startswith("/api/"):
+            return await http_exception_handler(request, exc)
+        login_url = None
+        if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+            try:
+                from airflow.api_fastapi.app import get_auth_manager
+
+                login_url = get_auth_manager().get_url_login()
+            except Exception:
+                log.debug("No login URL available", exc_info=True)
+        title = {401: "Not logged in", 403: "Access denied", 404: "Not found"}.get(exc.status_code, "Error")
+        body = budget_page.render_error(
+            title=title, message=str(exc.detail), login_url=login_url,
+            back_url=f"{request.scope.get('root_path', '').rstrip('/')}/dashboard" if exc.status_code == 404 else None)
+        return HTMLResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _ledger_errors(request: Request, exc: SQLAlchemyError):
+        # e.g. the ledger's database went away after the engine was made; URL stays in the log
+        log.error("Privacy budget ledger query failed: %s", exc)
+        return await _html_errors(request, HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the privacy budget ledger is unavailable; see the API server log"))
+
+    @app.get("/api/datasets", summary="Budget of every dataset")
+    def list_datasets(ledger: LedgerDep) -> JSONResponse:
+        datasets = [_dataset_summary(s, ledger.history(s.dataset)) for s in ledger.datasets()]
+        return JSONResponse({"datasets": datasets, "total_entries": len(datasets)})
+
+    # `:path` because dataset names may contain "/"; the releases route must come first.
+    @app.get("/api/datasets/{name:path}/releases", summary="Releases of a dataset, newest first")
+    def list_releases(request: Request, name: str, ledger: LedgerDep, user: UserDep,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+        return JSONResponse(_releases(request, ledger, name, user, limit, offset))
+
+    @app.get("/api/datasets/{name:path}", summary="Budget of one dataset and its cumulative ε")
+    def get_dataset(name: str, ledger: LedgerDep) -> JSONResponse:
+        s = _status(ledger, name)
+        history = ledger.history(name)
+        body = _dataset_summary(s, history)
+        body["cumulative_epsilon"] = [{"time": c.created_at.isoformat(), "spent_epsilon": c.spent_epsilon}
+                                      for c in history]
+        return JSONResponse(body)
+
+    @app.get("/api/federated", summary="Federated learning rounds: round, accuracy, spent ε")
+    def federated(request: Request, user: UserDep) -> JSONResponse:
+        models = _federated_rounds(request, user)
+        return JSONResponse({"models": models, "total_entries": len(models)})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/dashboard", response_class=HTMLResponse, summary="Dashboard page")
+    def dashboard(request: Request, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
+        datasets, series = [], []
+        for s in ledger.datasets():
+            history = ledger.history(s.dataset)
+            datasets.append({**_dataset_summary(s, history), "page_url": _page_url(request, s.dataset)})
+            series.append(_series(s, history))
+        html = budget_page.render_overview(datasets=datasets, series=series,
+                                           federated=_federated_rounds(request, user))
+        return HTMLResponse(html)
+
+    @app.get("/dashboard/datasets/{name:path}", response_class=HTMLResponse, summary="Dataset page")
+    def dataset_page(request: Request, name: str, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
+        s = _status(ledger, name)
+        history = ledger.history(name)
+        releases = _releases(request, ledger, name, user, limit=500, offset=0)
+        html = budget_page.render_dataset(
+            status=_dataset_summary(s, history), series=_series(s, history), releases=releases["releases"],
+            total=releases["total_entries"], hidden=releases["hidden_entries"],
+            overview_url=f"{request.scope.get('root_path', '').rstrip('/')}/dashboard")
+        return HTMLResponse(html)
+
+    return app

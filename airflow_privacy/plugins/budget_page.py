@@ -1,0 +1,363 @@
+"""Server-rendered HTML of the privacy budget dashboard: tables and an SVG chart, no JS library.
+
+Everything shown comes from the ledger or XCom, and dataset, DAG, run and task names are user
+input: the templates are rendered with Jinja2 autoescaping on, so every value is HTML-escaped
+(text and attributes alike) unless a template marks it safe, which none does. Everything is
+in one response (inline CSS, inline SVG) because the page is framed by the Airflow UI and
+needs no further authenticated request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#000000")
+_MAX_MARKERS = 200  # per series; beyond that the step line alone stays readable
+
+
+@dataclass(frozen=True)
+class SpendSeries:
+    """Cumulative ε of one dataset: ``points`` are ``(release time, spent ε after it)``, oldest first."""
+
+    dataset: str
+    cap_epsilon: float
+    points: Sequence[tuple[dt.datetime, float]] = field(default_factory=tuple)
+
+
+def fmt_eps(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}"
+
+
+def fmt_delta(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def fmt_time(value: dt.datetime | str | None) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _nice_step(span: float, target_ticks: int = 5) -> float:
+    raw = span / max(target_ticks, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for mult in (1, 2, 2.5, 5, 10):
+        if raw <= mult * magnitude:
+            return mult * magnitude
+    return 10 * magnitude
+
+
+def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: int = 300) -> dict[str, Any]:
+    """Pixel geometry of the cumulative-ε step chart (numbers only; names go through the template)."""
+    left, right, top, bottom = 56, 48, 16, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    times = [t for s in series for t, _ in s.points]
+    if times:
+        t0, t1 = min(times), max(times)
+    else:
+        t0 = t1 = dt.datetime.now(dt.timezone.utc)
+    # margins so the first jump and the last level stay visible; releases seconds apart
+    # (a catch-up or a test run) still get an axis wide enough to tell them apart
+    pad = max((t1 - t0) * 0.05, dt.timedelta(seconds=30))
+    t0, t1 = t0 - pad, t1 + pad
+    span_s = (t1 - t0).total_seconds()
+
+    y_max_data = max([s.cap_epsilon for s in series] + [e for s in series for _, e in s.points] + [0.0])
+    y_step = _nice_step(y_max_data * 1.05 if y_max_data > 0 else 1.0)
+    y_max = y_step * math.ceil((y_max_data * 1.05 if y_max_data > 0 else 1.0) / y_step)
+
+    def x(t: dt.datetime) -> float:
+        return round(left + plot_w * (t - t0).total_seconds() / span_s, 2)
+
+    def y(e: float) -> float:
+        return round(top + plot_h * (1 - e / y_max), 2)
+
+    y_ticks = []
+    n = 0
+    while n * y_step <= y_max * (1 + 1e-9):
+        value = n * y_step
+        y_ticks.append({"y": y(value), "label": f"{value:.4g}"})
+        n += 1
+    fmt = "%H:%M:%S" if span_s < 2 * 3600 else "%m-%d %H:%M" if span_s < 3 * 86400 else "%Y-%m-%d"
+    x_ticks = []
+    for i in range(5):
+        t = t0 + dt.timedelta(seconds=span_s * i / 4)
+        x_ticks.append({"x": x(t), "label": t.astimezone(dt.timezone.utc).strftime(fmt)})
+
+    lines = []
+    for i, s in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        pts: list[tuple[float, float]] = []
+        markers = []
+        previous = 0.0
+        for t, e in s.points:
+            pts.append((x(t), y(previous)))
+            pts.append((x(t), y(e)))
+            markers.append({"x": x(t), "y": y(e), "time": fmt_time(t), "spent": fmt_eps(e)})
+            previous = e
+        if s.points:
+            pts.append((x(t1), y(previous)))
+        lines.append({
+            "dataset": s.dataset,
+            "color": color,
+            "points": " ".join(f"{px},{py}" for px, py in pts),
+            "markers": markers if len(markers) <= _MAX_MARKERS else [],
+            "cap_y": y(s.cap_epsilon),
+            "cap": fmt_eps(s.cap_epsilon),
+            "spent": fmt_eps(previous),
+        })
+    return {
+        "width": width, "height": height, "left": left, "right": width - right, "top": top,
+        "bottom": height - bottom, "y_ticks": y_ticks, "x_ticks": x_ticks, "lines": lines,
+    }
+
+
+_TEMPLATES = {
+    "macros.html": """
+{%- macro chart(geo, title) -%}
+<figure class="chart">
+<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-labelledby="chart-title"
+     viewBox="0 0 {{ geo.width }} {{ geo.height }}" width="{{ geo.width }}" height="{{ geo.height }}">
+  <title id="chart-title">{{ title }}</title>
+  {%- for t in geo.y_ticks %}
+  <line class="grid" x1="{{ geo.left }}" x2="{{ geo.right }}" y1="{{ t.y }}" y2="{{ t.y }}"/>
+  <text class="tick" x="{{ geo.left - 6 }}" y="{{ t.y + 4 }}" text-anchor="end">{{ t.label }}</text>
+  {%- endfor %}
+  {%- for t in geo.x_ticks %}
+  <text class="tick" x="{{ t.x }}" y="{{ geo.bottom + 18 }}" text-anchor="middle">{{ t.label }}</text>
+  {%- endfor %}
+  <line class="axis" x1="{{ geo.left }}" x2="{{ geo.right }}" y1="{{ geo.bottom }}" y2="{{ geo.bottom }}"/>
+  <line class="axis" x1="{{ geo.left }}" x2="{{ geo.left }}" y1="{{ geo.top }}" y2="{{ geo.bottom }}"/>
+  <text class="tick" x="14" y="{{ geo.top + 4 }}" transform="rotate(-90 14 {{ geo.top + 4 }})" text-anchor="end">cumulative ε</text>
+  {%- for line in geo.lines %}
+  <g class="series" data-dataset="{{ line.dataset }}" data-spent="{{ line.spent }}">
+    <line class="cap" x1="{{ geo.left }}" x2="{{ geo.right }}" y1="{{ line.cap_y }}" y2="{{ line.cap_y }}" stroke="{{ line.color }}"><title>{{ line.dataset }}: cap ε = {{ line.cap }}</title></line>
+    {%- if line.points %}
+    <polyline fill="none" stroke="{{ line.color }}" stroke-width="2" points="{{ line.points }}"/>
+    {%- endif %}
+    {%- for m in line.markers %}
+    <circle cx="{{ m.x }}" cy="{{ m.y }}" r="3.5" fill="{{ line.color }}"><title>{{ line.dataset }} · {{ m.time }} · spent ε = {{ m.spent }}</title></circle>
+    {%- endfor %}
+  </g>
+  {%- endfor %}
+</svg>
+<figcaption class="legend">
+  {%- for line in geo.lines %}
+  <span class="legend-item"><span class="swatch" style="background: {{ line.color }}"></span>{{ line.dataset }}: ε {{ line.spent }} of {{ line.cap }}</span>
+  {%- endfor %}
+  <span class="legend-item muted">dashed: cap</span>
+</figcaption>
+</figure>
+{%- endmacro %}
+
+{%- macro usage(s) -%}
+{%- set pct = 0 if s.cap_epsilon <= 0 else [100, (100 * s.spent_epsilon / s.cap_epsilon)] | min -%}
+<span class="bar" title="{{ '%.1f' | format(pct) }}% of the cap spent"><span class="fill{% if pct >= 100 %} full{% elif pct >= 80 %} high{% endif %}" style="width: {{ '%.1f' | format(pct) }}%"></span></span>
+{%- endmacro %}
+""",
+    "base.html": """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="same-origin">
+<title>{{ title }}</title>
+<style>
+  :root { color-scheme: light dark; --fg: #1a202c; --muted: #5a6472; --line: #d5dae1; --bg: #ffffff;
+          --head: #f3f5f8; --link: #0060a8; --ok: #2f855a; --warn: #c05621; --bad: #c53030; }
+  @media (prefers-color-scheme: dark) {
+    :root { --fg: #e2e8f0; --muted: #a0aec0; --line: #3b4452; --bg: #1a202c; --head: #242c3a; --link: #63b3ed; }
+  }
+  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+         color: var(--fg); background: var(--bg); margin: 16px 24px; }
+  h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+  a { color: var(--link); text-decoration: none; } a:hover { text-decoration: underline; }
+  .muted { color: var(--muted); } .crumbs { margin-bottom: 12px; } .nowrap { white-space: nowrap; }
+  table { border-collapse: collapse; width: 100%; max-width: 1200px; }
+  th, td { border-bottom: 1px solid var(--line); padding: 6px 10px; text-align: left; vertical-align: top; }
+  th { background: var(--head); font-weight: 600; white-space: nowrap; }
+  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+  td.mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; word-break: break-all; }
+  .bar { display: inline-block; width: 120px; height: 10px; border-radius: 5px; background: var(--line); overflow: hidden; vertical-align: middle; }
+  .bar .fill { display: block; height: 100%; background: var(--ok); } .bar .fill.high { background: var(--warn); } .bar .fill.full { background: var(--bad); }
+  .cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 8px 0 4px; }
+  .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 120px; }
+  .card .v { font-size: 18px; font-weight: 600; } .card .k { color: var(--muted); font-size: 12px; }
+  .chart { margin: 8px 0; max-width: 100%; overflow-x: auto; } .chart svg { max-width: 100%; height: auto; }
+  .chart .grid { stroke: var(--line); stroke-width: 1; } .chart .axis { stroke: var(--muted); stroke-width: 1; }
+  .chart .cap { stroke-dasharray: 6 4; stroke-width: 1.5; opacity: .8; }
+  .chart .tick { fill: var(--muted); font-size: 11px; }
+  .legend { display: flex; gap: 16px; flex-wrap: wrap; margin-top: 4px; }
+  .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }
+  .empty { border: 1px dashed var(--line); border-radius: 6px; padding: 16px; color: var(--muted); max-width: 1200px; }
+  .status-released { color: var(--ok); } .status-charged { color: var(--warn); }
+</style>
+</head>
+<body>
+{% block body %}{% endblock %}
+<script>
+  // Framed by the Airflow UI (same origin, but the sandbox forbids navigating the top window):
+  // hand links to Airflow pages to the UI's router instead of loading the UI inside the frame.
+  (function () {
+    if (window.top === window) { return; }
+    document.addEventListener("click", function (event) {
+      var link = event.target.closest && event.target.closest("a[data-airflow-ui]");
+      if (!link || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) { return; }
+      try {
+        window.top.history.pushState(null, "", link.href);
+        window.top.dispatchEvent(new PopStateEvent("popstate", { state: null }));
+        event.preventDefault();
+      } catch (err) { /* not same-origin: follow the link inside the frame */ }
+    });
+  })();
+</script>
+</body>
+</html>
+""",
+    "overview.html": """{% extends "base.html" %}{% import "macros.html" as m %}
+{% block body %}
+<h1>Privacy budget</h1>
+<div class="muted">Differential-privacy spend per dataset, from the budget ledger. ε is composed with each dataset's accountant at its cap's δ.</div>
+<h2>Datasets</h2>
+{% if datasets %}
+<table id="datasets">
+  <thead><tr><th>Dataset</th><th class="num">Cap ε</th><th class="num">Cap δ</th><th class="num">Spent ε</th>
+    <th class="num">Remaining ε</th><th>Used</th><th>Accountant</th><th class="num">Releases</th><th>Last release</th></tr></thead>
+  <tbody>
+  {%- for s in datasets %}
+    <tr data-dataset="{{ s.dataset }}">
+      <td><a href="{{ s.page_url }}">{{ s.dataset }}</a></td>
+      <td class="num">{{ s.cap_epsilon | eps }}</td>
+      <td class="num">{{ s.cap_delta | delta }}</td>
+      <td class="num spent">{{ s.spent_epsilon | eps }}</td>
+      <td class="num remaining">{{ s.remaining_epsilon | eps }}</td>
+      <td>{{ m.usage(s) }}</td>
+      <td>{{ s.accountant }}</td>
+      <td class="num">{{ s.releases }}</td>
+      <td>{{ s.last_release_at | when }}</td>
+    </tr>
+  {%- endfor %}
+  </tbody>
+</table>
+<h2>Cumulative ε over time</h2>
+{{ m.chart(chart, "Cumulative epsilon per dataset over time") }}
+{% else %}
+<div class="empty" id="no-datasets">No dataset has a privacy budget yet. DP tasks create one with
+  <code>budget_cap=(epsilon, delta)</code>, or run <code>airflow-privacy budget set DATASET --epsilon E --delta D</code>.</div>
+{% endif %}
+{% if federated %}
+<h2>Federated models</h2>
+{%- for model in federated %}
+<table class="federated" data-dag="{{ model.dag_id }}">
+  <thead><tr><th colspan="4">{{ model.dag_id }}</th></tr>
+    <tr><th class="num">Round</th><th class="num">Accuracy</th><th class="num">Spent ε</th><th>Run</th></tr></thead>
+  <tbody>
+  {%- for r in model.rounds %}
+    <tr><td class="num">{{ r.round }}</td>
+      <td class="num">{% if r.accuracy is not none %}{{ '%.4f' | format(r.accuracy) }}{% else %}–{% endif %}</td>
+      <td class="num">{{ r.epsilon | eps }}</td>
+      <td><a href="{{ r.url }}" data-airflow-ui target="_top">{{ r.run_id }}</a></td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{%- endfor %}
+{% endif %}
+{% endblock %}
+""",
+    "dataset.html": """{% extends "base.html" %}{% import "macros.html" as m %}
+{% block body %}
+<div class="crumbs"><a href="{{ overview_url }}">Privacy budget</a> / <span>{{ s.dataset }}</span></div>
+<h1>{{ s.dataset }}</h1>
+<div class="cards" id="status">
+  <div class="card"><div class="k">Spent ε</div><div class="v spent">{{ s.spent_epsilon | eps }}</div></div>
+  <div class="card"><div class="k">Remaining ε</div><div class="v remaining">{{ s.remaining_epsilon | eps }}</div></div>
+  <div class="card"><div class="k">Cap (ε, δ)</div><div class="v">{{ s.cap_epsilon | eps }}, {{ s.cap_delta | delta }}</div></div>
+  <div class="card"><div class="k">Spent δ</div><div class="v">{{ s.spent_delta | delta }}</div></div>
+  <div class="card"><div class="k">Accountant</div><div class="v">{{ s.accountant }}</div></div>
+  <div class="card"><div class="k">Used</div><div class="v">{{ m.usage(s) }}</div></div>
+</div>
+<h2>Cumulative ε over time</h2>
+{{ m.chart(chart, "Cumulative epsilon of " ~ s.dataset ~ " over time") }}
+<h2>Releases <span class="muted">({{ total }}{% if total > releases | length %}, latest {{ releases | length }} shown{% endif %})</span></h2>
+{% if releases %}
+<table id="releases">
+  <thead><tr><th>Time</th><th>DAG</th><th>Run</th><th>Task</th><th class="num">ε</th><th class="num">δ</th>
+    <th class="num">Cumulative ε</th><th>Status</th><th>Output</th></tr></thead>
+  <tbody>
+  {%- for r in releases %}
+    <tr data-release="{{ r.release_id }}">
+      <td class="nowrap">{{ r.created_at | when }}</td>
+      {%- if r.dag_id %}
+      <td><a href="{{ r.dag_url }}" data-airflow-ui target="_top">{{ r.dag_id }}</a></td>
+      <td><a href="{{ r.run_url }}" data-airflow-ui target="_top">{{ r.run_id }}</a></td>
+      <td><a class="ti" href="{{ r.ti_url }}" data-airflow-ui target="_top">{{ r.task_id }}{% if r.map_index is not none and r.map_index >= 0 %} [{{ r.map_index }}]{% endif %}</a></td>
+      {%- else %}
+      <td colspan="3" class="mono">{{ r.release_id }}</td>
+      {%- endif %}
+      <td class="num">{{ r.epsilon | eps }}</td>
+      <td class="num">{{ r.delta | delta }}</td>
+      <td class="num">{{ r.spent_epsilon | eps }}</td>
+      <td class="status-{{ r.status }}">{{ r.status }}</td>
+      <td class="mono">{{ r.output or "–" }}</td>
+    </tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{% else %}
+<div class="empty" id="no-releases">No release has been charged to this dataset yet.</div>
+{% endif %}
+{% if hidden %}<p class="muted">{{ hidden }} release(s) of DAGs you cannot read are not listed.</p>{% endif %}
+{% endblock %}
+""",
+    "error.html": """{% extends "base.html" %}
+{% block body %}
+<h1>{{ title }}</h1>
+<p>{{ message }}</p>
+{% if login_url %}<p><a href="{{ login_url }}" target="_top">Log in to Airflow</a></p>{% endif %}
+{% if back_url %}<p><a href="{{ back_url }}">Back to the privacy budget</a></p>{% endif %}
+{% endblock %}
+""",
+}
+
+_env = jinja2.Environment(
+    loader=jinja2.DictLoader(_TEMPLATES),
+    autoescape=True,  # every value is escaped: names are user input (see module docstring)
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=False,
+)
+_env.filters.update(eps=fmt_eps, delta=fmt_delta, when=fmt_time)
+
+
+def render_overview(*, datasets: Sequence[dict[str, Any]], series: Sequence[SpendSeries],
+                    federated: Sequence[dict[str, Any]]) -> str:
+    """The dashboard: datasets table, cumulative-ε chart, federated panel (when any)."""
+    return _env.get_template("overview.html").render(
+        title="Privacy budget", datasets=datasets, chart=chart_geometry(series), federated=federated)
+
+
+def render_dataset(*, status: dict[str, Any], series: SpendSeries, releases: Sequence[dict[str, Any]],
+                   total: int, hidden: int, overview_url: str) -> str:
+    """One dataset: its budget, its chart and its releases (newest first) linking to Airflow."""
+    return _env.get_template("dataset.html").render(
+        title=f"Privacy budget: {status['dataset']}", s=status, chart=chart_geometry([series]),
+        releases=releases, total=total, hidden=hidden, overview_url=overview_url)
+
+
+def render_error(*, title: str, message: str, login_url: str | None = None, back_url: str | None = None) -> str:
+    return _env.get_template("error.html").render(
+        title=title, message=message, login_url=login_url, back_url=back_url)
