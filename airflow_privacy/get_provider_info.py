@@ -34,6 +34,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_privacy.operators.crypto",
                     "airflow_privacy.operators.secure_sum",
                     "airflow_privacy.operators.deidentify",
+                    "airflow_privacy.operators.federated",
                 ],
             },
         ],

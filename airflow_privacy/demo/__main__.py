@@ -21,6 +21,7 @@ DEMO_DAGS: list[str] = [
     "dp_daily_statistics",
     "cross_site_totals",
     "paillier_totals",
+    "federated_training",
 ]
 
 
@@ -81,11 +82,9 @@ def _summary(dates: list[str]) -> str:
 
 
 def _budget_lines() -> list[str]:
-    try:
-        from airflow_privacy.demo.report import budget_lines
-    except ImportError:  # the DP capability is not installed in this build
-        return []
-    return budget_lines()
+    from airflow_privacy.demo.report import budget_lines, federated_lines
+
+    return budget_lines() + federated_lines()
 
 
 def _start_fresh(home: str) -> None:

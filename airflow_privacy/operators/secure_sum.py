@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,7 +70,9 @@ PROTOCOLS = ("masking", "paillier")
 class _RoundMixin:
     """Shared parameters and storage layout of one secure-sum round."""
 
-    def _init_round(self, sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp) -> None:
+    def _init_round(self, sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp,
+                    config_factory=None) -> None:
+        self.config_factory = config_factory
         self.sites = list(sites)
         self.bounds = tuple(bounds)
         self.threshold = threshold
@@ -79,8 +81,10 @@ class _RoundMixin:
         self.round_name = round_name
         self.length = length
         self.dp = _check_dp(dp, length)
-        # Validate the public parameters at parse time (round_id is filled in at run time).
-        self._config("parse-check")
+        # Validate the public parameters at parse time (round_id is filled in at run time);
+        # a config_factory (federated rounds) is only evaluated on the workers.
+        if config_factory is None:
+            self._config("parse-check")
 
     def _noise(self) -> DistributedGaussian | None:
         if not self.dp:
@@ -91,6 +95,8 @@ class _RoundMixin:
             dimension=self.length, min_shares=threshold, frac_bits=self.frac_bits)
 
     def _config(self, round_id: str) -> SecureSumConfig:
+        if self.config_factory is not None:
+            return self.config_factory(round_id)
         noise = self._noise()
         return SecureSumConfig(round_id=round_id, sites=self.sites, bounds=self.bounds,
                                threshold=self.threshold, frac_bits=self.frac_bits, length=self.length,
@@ -150,6 +156,8 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         round_name: str = "secure_sum",
         length: int | None = None,
         dp: dict[str, Any] | None = None,
+        config_factory: Callable[[str], SecureSumConfig] | None = None,
+        vector_reader: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -157,14 +165,15 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
             raise InvalidParameterError("step", step, f"expected one of {SITE_STEPS + PAILLIER_SITE_STEPS}")
         if site not in sites:
             raise InvalidParameterError("site", site, f"expected one of {list(sites)}")
-        if step in ("mask", "encrypt") and not source:
+        if step in ("mask", "encrypt") and not source and vector_reader is None:
             raise InvalidParameterError("source", source, "the mask step needs the site's vector URI")
         self.step = step
         self.site = site
         self.source = source.replace("{site}", site) if source else None
         self.site_storage = site_storage
         self.key_conn_id = key_conn_id or f"privacy_keys_{site}"
-        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp)
+        self.vector_reader = vector_reader
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp, config_factory)
 
     # -- site-local, encrypted state ----------------------------------------------------------
     def _state_path(self, context: Context, step: str) -> str:
@@ -240,9 +249,12 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
                 # what was sent, so a different input under the same masks is refused.
                 own = self._state_path(context, "mask")
                 state = self._load_state(context, ring, "mask" if io.exists(own) else "share")
-                vector = read_vector(self.source)
+                if self.vector_reader is not None:
+                    vector, noise_share = self.vector_reader(self, context, ring)
+                else:
+                    vector, noise_share = read_vector(self.source), self._noise_share(context, ring)
                 self.log.info("Site %s masks a vector of %d values", self.site, len(vector))
-                out = mask_input(config, state, bundle, vector, noise_share=self._noise_share(context, ring))
+                out = mask_input(config, state, bundle, vector, noise_share=noise_share)
             else:
                 request = self._input(context, "request")
                 out = reveal_shares(config, self._load_state(context, ring, "mask"), request)
@@ -279,6 +291,7 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         round_name: str = "secure_sum",
         length: int | None = None,
         dp: dict[str, Any] | None = None,
+        config_factory: Callable[[str], SecureSumConfig] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")  # dropped sites must not block the round
@@ -289,7 +302,7 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
             raise InvalidParameterError("destination", destination, "the unmask step writes the sum")
         self.step = step
         self.destination = destination
-        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp)
+        self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp, config_factory)
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self._config(self._round_id(context))
@@ -482,6 +495,8 @@ def secure_sum_group(
     protocol: str = "masking",
     keyholder: str = "keyholder",
     keyholder_storage: str | None = None,
+    config_factory: Callable[[str], SecureSumConfig] | None = None,
+    vector_reader: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None,
 ) -> TaskGroup:
     """One secure-sum round as a task group: write one line in a DAG.
 
@@ -503,18 +518,22 @@ def secure_sum_group(
     """
     if protocol not in PROTOCOLS:
         raise InvalidParameterError("protocol", protocol, f"expected one of {PROTOCOLS}")
-    common = dict(sites=list(sites), bounds=tuple(bounds), threshold=threshold, frac_bits=frac_bits,
-                  shared_storage=shared_storage, round_name=group_id, length=length, dp=dp)
-
-    def site_task(step: str, site: str) -> SecureShareOperator:
-        return SecureShareOperator(
-            task_id=f"{step}_{site}", step=step, site=site, queue=site,
-            source=source if step in ("mask", "encrypt") else None,
-            site_storage=site_storage.replace("{site}", site),
-            key_conn_id=key_conn_id_template.replace("{site}", site), **common,
-        )
-
     with TaskGroup(group_id=group_id) as group:
+        # The round is named by the group's full id, so nested groups (one per federated
+        # round) never share protocol messages or masks.
+        common = dict(sites=list(sites), bounds=tuple(bounds), threshold=threshold, frac_bits=frac_bits,
+                      shared_storage=shared_storage, round_name=group.group_id, length=length, dp=dp,
+                      config_factory=config_factory)
+
+        def site_task(step: str, site: str) -> SecureShareOperator:
+            return SecureShareOperator(
+                task_id=f"{step}_{site}", step=step, site=site, queue=site,
+                source=source if step in ("mask", "encrypt") else None,
+                site_storage=site_storage.replace("{site}", site),
+                key_conn_id=key_conn_id_template.replace("{site}", site),
+                vector_reader=vector_reader if step == "mask" else None, **common,
+            )
+
         if protocol == "paillier":
             if not keyholder_storage:
                 raise InvalidParameterError("keyholder_storage", keyholder_storage, "the paillier protocol needs it")

@@ -13,6 +13,11 @@ Guarantees
     * **Idempotent.** A charge is keyed by ``(dataset, release_id)``; charging an id again
       returns the stored charge (``replayed=True``) and spends nothing.
     * Callers charge *before* drawing noise; if the charge fails nothing may be released.
+
+``spent_epsilon`` is the composed ε of every recorded event at the cap's δ;
+``spent_delta`` is the sum of the δ's that releases declared for (ε, δ) mechanisms (e.g.
+partition selection) -- DP-SGD and Gaussian events carry no δ of their own and are
+accounted at the cap's δ.
 """
 
 from __future__ import annotations

@@ -1,0 +1,425 @@
+"""Federated learning rounds as Airflow tasks (DESIGN §9).
+
+``federated_round_group(...)`` wires, per DAG run, an ``init`` task (create or validate the
+global checkpoint) and ``rounds_per_run`` rounds of:
+
+* ``train_<site>`` -- :class:`FederatedClientOperator` on the site's queue: loads the global
+  checkpoint, trains on the site's own batch, keeps its update in site storage (encrypted
+  under the site's key ring; a retry resubmits the same update), charges record-level DP to
+  the site's dataset, publishes only a report (metrics, privacy events; no vector);
+* ``secure_sum`` -- the masking secure sum of the sites' ``[weight * delta, weight]`` (site-
+  level DP noise shares added before masking), see :mod:`.secure_sum`;
+* ``aggregate`` -- :class:`FederatedRoundOperator`: applies the server optimizer to the sum,
+  charges site-level DP, evaluates, writes the next checkpoint (and a PNG of the metrics)
+  atomically and returns ``{"checkpoint", "round", "metrics", "privacy"}``.
+
+Shared storage therefore holds checkpoints, masked updates, reports and metrics -- never a
+site's rows or unmasked update.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, TaskGroup
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_privacy.core import io
+from airflow_privacy.core.crypto import decrypt_bytes, encrypt_bytes
+from airflow_privacy.core.dp.accounting import PrivacyCost
+from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
+from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.hooks.keys import PrivacyKeyHook
+from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators.secure_sum import secure_sum_group
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+_SPEC_KEYS = ("features", "label", "ranges", "categories", "classes")
+
+
+def check_training(training: Mapping[str, Any], n_sites: int) -> dict[str, Any]:
+    """Validate the training parameters at parse time (cheap; no torch import)."""
+    if not isinstance(training, Mapping):
+        raise InvalidParameterError("training", training, "expected a dict like simulate()'s keyword arguments")
+    for key in ("features", "label"):
+        if key not in training:
+            raise InvalidParameterError("training", sorted(training), f"missing {key!r}")
+    training = dict(training)
+    if training.get("secure", True) is False:
+        raise InvalidParameterError(
+            "training.secure", False,
+            "the operators aggregate with secure sum only; robust plain aggregation is available in simulate()")
+    if training.get("aggregator", "mean") != "mean":
+        raise InvalidParameterError(
+            "training.aggregator", training["aggregator"],
+            "robust aggregators cannot be combined with secure sum (the aggregator never sees single updates)")
+    dp = training.get("dp")
+    if isinstance(dp, Mapping) and dp.get("level") == "site" and training.get("min_sites") is None:
+        training["min_sites"] = n_sites // 2 + 1
+    return training
+
+
+@functools.lru_cache(maxsize=16)
+def _setup(training_json: str):
+    from airflow_privacy.core.federated import FeatureSpec, FederatedConfig
+
+    training = json.loads(training_json)
+    spec = FeatureSpec.build(training.pop("features"), training.pop("label"), ranges=training.pop("ranges", None),
+                             categories=training.pop("categories", None), classes=training.pop("classes", None))
+    config = FederatedConfig(**training)
+    config.check_spec(spec)
+    return spec, config
+
+
+def setup(training: Mapping[str, Any]):
+    """``(FeatureSpec, FederatedConfig)`` of the training parameters (cached per process)."""
+    return _setup(json.dumps(training, sort_keys=True, default=list))
+
+
+class _FederatedMixin:
+    def _init_federated(self, sites, training, checkpoint_dir, shared_storage, round_name, dataset) -> None:
+        self.sites = sorted(sites)
+        self.training = check_training(training, len(self.sites))
+        self.checkpoint_dir = checkpoint_dir
+        self.shared_storage = shared_storage
+        self.round_name = round_name
+        self.dataset = dataset
+
+    def _round_id(self, context: Context) -> str:
+        ti = context["ti"]
+        return f"{ti.dag_id}/{ti.run_id}/{self.round_name}"
+
+    def _digest(self, context: Context) -> str:
+        return hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
+
+    def _report_path(self, context: Context, site: str) -> str:
+        return f"{self.shared_storage.rstrip('/')}/{self.round_name}/{self._digest(context)}/reports/{site}.json"
+
+    @property
+    def latest(self) -> str:
+        return f"{self.checkpoint_dir.rstrip('/')}/latest.pt"
+
+
+class FederatedClientOperator(_FederatedMixin, BaseOperator):
+    """One site's local training for one round; runs on the site's queue.
+
+    :param site: this site.
+    :param sites: the cohort.
+    :param source: URI template of the site's batch (``{site}`` replaced), templated.
+    :param training: ``simulate()``-style parameters: features, label, ranges, categories,
+        model, local_epochs, batch_size, lr, strategy, dp, rounds (the planned total), ...
+    :param checkpoint_dir: shared URI prefix of the global checkpoints.
+    :param shared_storage: shared URI prefix for the round's reports and messages.
+    :param site_storage: the site's private URI prefix (its encrypted update).
+    :param dataset: privacy budget scope; record-level DP charges ``<dataset>_<site>``.
+    :param key_conn_id: the site's key ring connection (default ``privacy_keys_<site>``).
+    """
+
+    template_fields: Sequence[str] = ("source",)
+    ui_color = "#f5d5d5"
+
+    def __init__(self, *, site: str, sites: Sequence[str], source: str, training: Mapping[str, Any],
+                 checkpoint_dir: str, shared_storage: str, site_storage: str, round_name: str = "round",
+                 dataset: str = "patients", key_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if site not in sites:
+            raise InvalidParameterError("site", site, f"expected one of {sorted(sites)}")
+        self.site = site
+        self.source = source.replace("{site}", site)
+        self.site_storage = site_storage.replace("{site}", site)
+        self.key_conn_id = key_conn_id or f"privacy_keys_{site}"
+        self._init_federated(sites, training, checkpoint_dir, shared_storage, round_name, dataset)
+
+    def update_path(self, context: Context) -> str:
+        return f"{self.site_storage.rstrip('/')}/federated/{self.round_name}/{self._digest(context)}/update.enc"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_privacy.core.federated import ClientUpdate, client_update
+
+        spec, config = setup(self.training)
+        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
+        path, aad = self.update_path(context), f"{self._round_id(context)}|{self.site}|update"
+        if io.exists(path):  # a retry resubmits the update it already made (same masks, same input)
+            update = ClientUpdate.from_bytes(decrypt_bytes(io.read_bytes(path), ring, associated_data=aad))
+            self.log.info("Site %s resubmits its update of round %d", self.site, update.round)
+        else:
+            df = io.read_batch(self.source)
+            self.log.info("Site %s trains on %d rows of %s", self.site, len(df), self.source)
+            try:
+                update = client_update(self.latest, df, spec, config, site=self.site)
+                self._charge_record_level(context, update)
+            except PrivacyError as exc:
+                raise AirflowFailException(f"site {self.site}: {exc}") from exc
+            io.write_bytes(encrypt_bytes(update.to_bytes(), ring, associated_data=aad), path)
+        report = update.report()
+        io.write_bytes(json.dumps(report).encode(), self._report_path(context, self.site))
+        self.log.info("Site %s round %d: %s", self.site, update.round, report["metrics"])
+        return report
+
+    def _charge_record_level(self, context: Context, update) -> None:
+        from airflow_privacy.core.federated import RecordDP
+
+        if not isinstance(setup(self.training)[1].dp, RecordDP) or not update.events:
+            return
+        dp = setup(self.training)[1].dp
+        ledger = PrivacyBudgetHook().get_ledger()
+        dataset = f"{self.dataset}_{self.site}"
+        if dp.epsilon is not None:  # the training's target is the site's cap
+            ledger.ensure_budget(dataset, epsilon=dp.epsilon, delta=dp.delta)
+        try:
+            ledger.charge(dataset, release_id=f"{self._round_id(context)}/{self.site}",
+                          cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
+                          dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
+        except KeyError as exc:
+            raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {dataset!r}") from exc
+
+
+class FederatedRoundOperator(_FederatedMixin, BaseOperator):
+    """The aggregator of one round: server optimizer, DP accounting, evaluation, checkpoint.
+
+    :param step: ``"init"`` (create the first checkpoint, or validate the existing one against
+        the configuration) or ``"aggregate"``.
+    :param sum_task_id: task id of the secure sum's ``unmask`` step (aggregate only).
+    :param sum_destination: URI where that step wrote the summed vector.
+    :param eval_source: URI of a held-out batch evaluated after the round (templated).
+    (other parameters as :class:`FederatedClientOperator`)
+    """
+
+    template_fields: Sequence[str] = ("eval_source", "sum_destination")
+    ui_color = "#f5d5d5"
+
+    def __init__(self, *, step: str, sites: Sequence[str], training: Mapping[str, Any], checkpoint_dir: str,
+                 shared_storage: str, round_name: str = "round", dataset: str = "patients",
+                 sum_task_id: str | None = None, sum_destination: str | None = None,
+                 eval_source: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if step not in ("init", "aggregate"):
+            raise InvalidParameterError("step", step, "expected 'init' or 'aggregate'")
+        self.step = step
+        self.sum_task_id = sum_task_id
+        self.sum_destination = sum_destination
+        self.eval_source = eval_source
+        self._init_federated(sites, training, checkpoint_dir, shared_storage, round_name, dataset)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self._init() if self.step == "init" else self._aggregate(context)
+        except PrivacyError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    def _init(self) -> dict[str, Any]:
+        from airflow_privacy.core.dp.noise import default_random_source
+        from airflow_privacy.core.federated import init_checkpoint, load_checkpoint, save_checkpoint
+
+        spec, config = setup(self.training)
+        if io.exists(self.latest):
+            ckpt = load_checkpoint(self.latest, spec=spec, config=config)  # config change -> error
+            self.log.info("Resuming from %s at round %d", self.latest, ckpt.round)
+        else:
+            ckpt = init_checkpoint(spec, config, seed=default_random_source().getrandbits(63))
+            save_checkpoint(ckpt, self.latest)
+            self.log.info("Created the initial global model at %s", self.latest)
+        return {"checkpoint": self.latest, "round": ckpt.round}
+
+    def _aggregate(self, context: Context) -> dict[str, Any]:
+        from airflow_privacy.core.federated import (
+            load_checkpoint,
+            privacy_spent,
+            save_checkpoint,
+            server_aggregate,
+            split_total,
+        )
+
+        spec, config = setup(self.training)
+        ckpt = load_checkpoint(self.latest, spec=spec, config=config)
+        summed = context["ti"].xcom_pull(task_ids=self.sum_task_id)
+        if not summed:
+            raise AirflowFailException("the secure sum released nothing this round")
+        reports = [json.loads(io.read_bytes(self._report_path(context, s))) for s in summed["survivors"]]
+        base = {r["round"] for r in reports}
+        if base != {ckpt.round}:
+            if base == {ckpt.round - 1}:  # a retry after the checkpoint was written
+                self.log.info("Round %d was already aggregated; returning it", ckpt.round)
+                return self._result(context, ckpt, config)
+            raise AirflowFailException(f"updates are for round(s) {sorted(base)}, the model is at {ckpt.round}")
+        total = io.read_batch(self.sum_destination)["value"].to_numpy()
+        vector, weight = split_total(total)
+        eval_df = io.read_batch(self.eval_source) if self.eval_source else None
+        nxt = server_aggregate(ckpt, vector, weight, config, spec=spec, reports=reports, eval_data=eval_df,
+                               extra_metrics={"bytes_up": int(total.size * 8 * len(reports))})
+        self._charge_site_level(context, ckpt, nxt, config)
+        round_uri = f"{self.checkpoint_dir.rstrip('/')}/round-{nxt.round:05d}.pt"
+        save_checkpoint(nxt, round_uri)
+        save_checkpoint(nxt, self.latest)
+        self._plot(nxt, privacy_spent(nxt, config))
+        self.log.info("Round %d aggregated from %s: %s", nxt.round, summed["survivors"], nxt.history[-1])
+        return self._result(context, nxt, config)
+
+    def _charge_site_level(self, context: Context, old, new, config) -> None:
+        from airflow_privacy.core.federated import SiteDP
+
+        if not isinstance(config.dp, SiteDP):
+            return
+        events = new.privacy.get("site", [])[len(old.privacy.get("site", [])):]
+        if events:
+            ledger = PrivacyBudgetHook().get_ledger()
+            try:
+                ledger.charge(self.dataset, release_id=self._round_id(context),
+                              cost=PrivacyCost(0.0, 0.0, [dict(e) for e in events]),
+                              dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
+            except KeyError as exc:
+                raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
+
+    def _result(self, context: Context, ckpt, config) -> dict[str, Any]:
+        from airflow_privacy.core.federated import privacy_spent
+
+        spent = privacy_spent(ckpt, config)
+        metrics = dict(ckpt.history[-1]) if ckpt.history else {}
+        privacy = None
+        if spent.get("level"):
+            ledger = PrivacyBudgetHook().get_ledger()
+            if spent["level"] == "site":
+                privacy = privacy_summary(self.dataset, self._round_id(context), spent["epsilon"], spent["delta"],
+                                          ledger.status(self.dataset))
+            else:  # record level: one budget per site; XCom shows the most-spent site
+                statuses = {s: ledger.status(f"{self.dataset}_{s}") for s in (spent.get("per_site") or {})}
+                worst = max(statuses, key=lambda s: statuses[s].spent_epsilon)
+                privacy = privacy_summary(f"{self.dataset}_{worst}", self._round_id(context), spent["epsilon"],
+                                          spent["delta"], statuses[worst])
+                privacy["per_site"] = {s: round(st.spent_epsilon, 6) for s, st in statuses.items()}
+            privacy["level"] = spent["level"]
+            context["ti"].xcom_push(key="privacy_budget", value=privacy)
+        return {"checkpoint": self.latest, "round": ckpt.round, "metrics": metrics, "privacy": privacy}
+
+    def _plot(self, ckpt, spent) -> None:
+        """Accuracy, loss and epsilon per round as a PNG next to the checkpoint."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # the federated extra brings matplotlib; the plot is optional
+            return
+        hist = ckpt.history
+        rounds = [h["round"] for h in hist]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in ("eval_accuracy", "eval_auc", "train_loss"):
+            if any(h.get(key) is not None for h in hist):
+                ax.plot(rounds, [h.get(key) for h in hist], marker="o", label=key)
+        if any(h.get("epsilon") is not None for h in hist):
+            ax2 = ax.twinx()
+            ax2.plot(rounds, [h.get("epsilon") for h in hist], color="black", linestyle="--", label="epsilon")
+            ax2.set_ylabel("epsilon")
+        ax.set_xlabel("round")
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_title(f"federated training, round {ckpt.round}")
+        import io as _io
+
+        buf = _io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        io.write_bytes(buf.getvalue(), f"{self.checkpoint_dir.rstrip('/')}/metrics.png")
+
+
+def _update_reader(clients: Mapping[str, FederatedClientOperator]):
+    """vector_reader of the secure sum's mask step: the site's own saved update."""
+
+    def read(op, context: Context, ring):
+        from airflow_privacy.core.federated import ClientUpdate
+
+        client = clients[op.site]
+        aad = f"{client._round_id(context)}|{op.site}|update"
+        blob = decrypt_bytes(io.read_bytes(client.update_path(context)), ring, associated_data=aad)
+        return ClientUpdate.from_bytes(blob).secure_input()
+
+    return read
+
+
+@functools.lru_cache(maxsize=16)
+def _dimension(training_json: str) -> int:
+    from airflow_privacy.core.federated import init_checkpoint, parameter_count
+
+    spec, config = _setup(training_json)
+    return parameter_count(init_checkpoint(spec, config, seed=0), spec, config)
+
+
+def _secure_config_factory(training: Mapping[str, Any], sites: Sequence[str]):
+    training_json = json.dumps(training, sort_keys=True, default=list)
+
+    def factory(round_id: str):
+        from airflow_privacy.core.federated import secure_sum_config
+
+        _, config = _setup(training_json)
+        return secure_sum_config(config, round_id=round_id, sites=tuple(sites), dimension=_dimension(training_json))
+
+    return factory
+
+
+def federated_round_group(
+    group_id: str,
+    *,
+    sites: Sequence[str],
+    source: str,
+    training: Mapping[str, Any],
+    checkpoint_dir: str,
+    shared_storage: str,
+    site_storage: str,
+    rounds_per_run: int = 1,
+    eval_source: str | None = None,
+    dataset: str = "patients",
+) -> TaskGroup:
+    """``rounds_per_run`` federated rounds (plus the ``init`` task) as one task group.
+
+    :param sites: the cohort (>= 3); site tasks run on ``queue=<site>``.
+    :param source: URI template of each site's batch (``{site}`` replaced), templated.
+    :param training: ``simulate()``-style parameters (features, label, ranges, categories,
+        model, rounds = planned total, local_epochs, batch_size, lr, strategy, dp, ...).
+        Robust aggregators are rejected here, at parse time: they need single updates,
+        which secure sum never reveals.
+    :param checkpoint_dir: shared URI prefix of the checkpoints (persist across runs).
+    :param shared_storage: shared URI prefix of protocol messages and reports.
+    :param site_storage: URI template of each site's private storage.
+    :param rounds_per_run: rounds trained per DAG run.
+    :param eval_source: held-out batch the aggregator evaluates after every round.
+    :param dataset: privacy budget scope (record-level DP: ``<dataset>_<site>`` per site).
+    """
+    if not isinstance(rounds_per_run, int) or rounds_per_run < 1:
+        raise InvalidParameterError("rounds_per_run", rounds_per_run, "expected an int >= 1")
+    sites = sorted(sites)
+    training = check_training(training, len(sites))
+    common = dict(sites=sites, training=training, checkpoint_dir=checkpoint_dir, shared_storage=shared_storage,
+                  dataset=dataset)
+    with TaskGroup(group_id=group_id) as group:
+        previous = FederatedRoundOperator(task_id="init", step="init", round_name=f"{group_id}.init", **common)
+        for r in range(1, rounds_per_run + 1):
+            name = f"{group_id}.round_{r}"
+            with TaskGroup(group_id=f"round_{r}"):
+                clients = {
+                    site: FederatedClientOperator(task_id=f"train_{site}", site=site, source=source, queue=site,
+                                                  site_storage=site_storage, round_name=name, **common)
+                    for site in sites
+                }
+                sum_dest = f"{shared_storage.rstrip('/')}/{name}/sum-{{{{ run_id | replace(':', '_') }}}}.parquet"
+
+                ss = secure_sum_group(
+                    "secure_sum", sites=sites, source=None, destination=sum_dest, bounds=(-1, 1),
+                    shared_storage=shared_storage, site_storage=site_storage,
+                    config_factory=_secure_config_factory(training, sites), vector_reader=_update_reader(clients),
+                )
+                for site, client in clients.items():
+                    client >> ss.children[f"{group_id}.round_{r}.secure_sum.mask_{site}"]
+                aggregate = FederatedRoundOperator(
+                    task_id="aggregate", step="aggregate", round_name=name, eval_source=eval_source,
+                    sum_task_id=f"{group_id}.round_{r}.secure_sum.unmask", sum_destination=sum_dest, **common)
+                ss >> aggregate
+                previous >> list(clients.values())
+                previous >> ss
+            previous = aggregate
+    return group
