@@ -175,8 +175,9 @@ def server_aggregate(
     entry.update(dict(extra_metrics or {}))
     nxt.history.append(entry)
     logger.info(
-        "round %d/%d: %d site(s) %s, train loss %.4f%s%s",
-        nxt.round, config.rounds, len(sites), sites, entry["train_loss"],
+        "round %d/%d: %d site(s) %s, train loss %s%s%s",
+        nxt.round, config.rounds, len(sites), sites,
+        "n/a" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}",
         f", eval accuracy {entry['eval_accuracy']:.4f}" if "eval_accuracy" in entry else "",
         f", epsilon {entry['epsilon']:.3f}" if entry["epsilon"] is not None else "",
     )
