@@ -13,7 +13,7 @@ export AIRFLOW_PRIVACY_DEMO_ROOT ?= file://$(AIRFLOW_HOME)/demo-data
 
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast airflow bench lint clean install
+.PHONY: demo test test-fast airflow bench lint clean install cluster-test
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ airflow: $(STAMP)
 ## Benchmarks: each prints our figure next to a baseline measured in the same run.
 bench: $(STAMP)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+## The distributed topology natively (Postgres, Redis, one Celery worker per site) + tests/integration.
+cluster-test: $(STAMP)
+	VENV=$(abspath $(VENV)) bash scripts/cluster/cluster.sh run --no-schedules -- $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check airflow_privacy dags tests bench
