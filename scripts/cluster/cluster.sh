@@ -31,9 +31,10 @@ VENV="${VENV:-$REPO/.venv}"
 PY="$VENV/bin/python"
 
 SITES=(site_a site_b site_c)
+KEYHOLDER=keyholder  # the Paillier key holder: a party of its own, with its own queue and key ring
 # The Airflow services, in start order; names are docker-compose.yml's.
 SERVICES=(airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
-          airflow-worker worker-site-a worker-site-b worker-site-c)
+          airflow-worker worker-site-a worker-site-b worker-site-c worker-keyholder)
 WORKER_CONCURRENCY_DEFAULT=4  # the concurrency test runs several DP releases at once
 WORKER_CONCURRENCY_SITE=2
 # Every wait below is bounded (seconds).
@@ -43,7 +44,7 @@ log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # --- topology (compared with docker-compose.yml by tests/integration/test_topology.py) ------
-service_site() { local s="${1#worker-}"; echo "${s//-/_}"; }   # worker-site-a -> site_a
+service_site() { local s="${1#worker-}"; echo "${s//-/_}"; }   # worker-site-a -> site_a, worker-keyholder -> keyholder
 
 service_command() {
   case "$1" in
@@ -53,17 +54,18 @@ service_command() {
     airflow-dag-processor) echo "dag-processor" ;;
     airflow-triggerer) echo "triggerer" ;;
     airflow-worker) echo "celery worker --queues default" ;;
-    worker-site-*) echo "celery worker --queues $(service_site "$1")" ;;
+    worker-*) echo "celery worker --queues $(service_site "$1")" ;;
     *) die "unknown service $1" ;;
   esac
 }
 
 # Which key ring connection a service gets: the default ring for the default worker (the
-# archive step of demo_patient_batches), each site's ring for that site's worker, none else.
+# archive step of demo_patient_batches), each site's ring for that site's worker, the key
+# holder's ring (it seals the Paillier private key) for the key holder's worker, none else.
 service_keys() {
   case "$1" in
     airflow-worker) echo "default" ;;
-    worker-site-*) service_site "$1" ;;
+    worker-*) service_site "$1" ;;
     *) echo "" ;;
   esac
 }
@@ -248,7 +250,7 @@ start_redis() {
 make_keys() {
   mkdir -p "$STATE/keys"
   chmod 700 "$STATE/keys"
-  "$PY" - "$STATE/keys" default "${SITES[@]}" <<'EOF'
+  "$PY" - "$STATE/keys" default "${SITES[@]}" "$KEYHOLDER" <<'EOF'
 import json, os, sys
 from airflow_privacy.core.crypto import KeyRing
 
@@ -326,13 +328,13 @@ start_service() {
   # shellcheck disable=SC2206
   args=($(service_command "$svc"))
   if [ -n "$queues" ]; then
-    case "$svc" in airflow-worker|worker-site-*) args=(celery worker --queues "$queues") ;; *) die "--queues needs a worker" ;; esac
+    case "$svc" in airflow-worker|worker-*) args=(celery worker --queues "$queues") ;; *) die "--queues needs a worker" ;; esac
   fi
   case "$svc" in
     airflow-apiserver) args+=(--host 127.0.0.1 --port "$API_PORT" --workers 1) ;;
     airflow-triggerer) args+=(--skip-serve-logs) ;;
     airflow-worker) args+=(--celery-hostname "$name@%h" --concurrency "$WORKER_CONCURRENCY_DEFAULT" --skip-serve-logs) ;;
-    worker-site-*) args+=(--celery-hostname "$name@%h" --concurrency "$WORKER_CONCURRENCY_SITE" --skip-serve-logs) ;;
+    worker-*) args+=(--celery-hostname "$name@%h" --concurrency "$WORKER_CONCURRENCY_SITE" --skip-serve-logs) ;;
   esac
   local env=()
   while IFS= read -r -d '' kv; do env+=("$kv"); done < <(service_env "$svc" "$name")
@@ -364,7 +366,7 @@ wait_service() {  # SERVICE [NAME]
   pid="$(cat "$STATE/pids/$name.pid")"
   case "$svc" in
     airflow-apiserver) wait_for "$name" "$WAIT_API" "$pid" api_up ;;
-    airflow-worker|worker-site-*) wait_for "$name" "$WAIT_WORKER" "$pid" worker_ready "$name" ;;
+    airflow-worker|worker-*) wait_for "$name" "$WAIT_WORKER" "$pid" worker_ready "$name" ;;
     *) sleep 1 ;;
   esac && alive "$pid" || { tail -n 30 "$STATE/logs/$name.log" >&2 || true; die "$name did not start; see $STATE/logs/$name.log"; }
 }

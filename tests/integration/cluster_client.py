@@ -15,6 +15,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "scripts" / "cluster" / "cluster.sh"
 SITES = ("site_a", "site_b", "site_c")
+KEYHOLDER = "keyholder"  # the Paillier key holder's queue, worker and key ring
 TERMINAL_RUN_STATES = ("success", "failed")
 TERMINAL_TI_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 
@@ -29,7 +30,8 @@ def script_env() -> dict[str, str]:
 
 
 def site_service(site: str) -> str:
-    """docker-compose / cluster.sh service name of a site's worker (``site_a`` -> ``worker-site-a``)."""
+    """docker-compose / cluster.sh service name of a party's worker (``site_a`` -> ``worker-site-a``,
+    ``keyholder`` -> ``worker-keyholder``)."""
     return "worker-" + site.replace("_", "-")
 
 

@@ -8,6 +8,8 @@ What a user relies on and only a distributed deployment can show:
   a site task that lands on a worker without that key fails instead of borrowing one;
 * the budget ledger is the Postgres ``privacy`` database, and every XCom budget matches it;
 * concurrent releases against one budget stop exactly at the cap (row lock in the ledger);
+* Paillier: the key holder's steps run on its own worker, the only process holding the ring
+  that seals the round's private key, and the decrypted aggregate is the sites' exact sum;
 * a site worker killed in the middle of a round: the round recovers through the dropout path
   (or fails cleanly, releasing nothing), and after a restart the next round succeeds.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cluster_client import SITES, TERMINAL_TI_STATES, Cluster, site_service
+from cluster_client import KEYHOLDER, SITES, TERMINAL_TI_STATES, Cluster, site_service
 
 from airflow_privacy.core import io
 from airflow_privacy.core.budget import PrivacyLedger
@@ -129,7 +131,7 @@ def assert_budget_xcom_matches_ledger(privacy: dict, cluster: Cluster, release_i
 
 # --- tests -----------------------------------------------------------------------------------
 def test_key_rings_are_not_in_the_metadata_db(cluster: Cluster):
-    for name in ("default", *SITES):
+    for name in ("default", *SITES, KEYHOLDER):
         # Not in the metadata DB, so no worker can obtain it through the api-server either.
         assert cluster.api.status(f"/connections/privacy_keys_{name}") == 404, name
     assert cluster.api.get("/monitor/health")["scheduler"]["status"] == "healthy"
@@ -180,6 +182,39 @@ def test_example_dags_on_the_cluster(cluster: Cluster):
         found = sorted(p.name for p in private.iterdir()) if private.exists() else []
         expected = [service.removeprefix("worker-").replace("-", "_")] if service != "airflow-worker" else []
         assert found == expected, (service, found)
+
+
+def test_paillier_round_with_the_key_holder_on_its_own_worker(cluster: Cluster):
+    """``paillier_totals``: the key holder makes the round's key pair and decrypts only the
+    aggregate, on its own queue and worker; sites encrypt on theirs; the aggregator adds
+    ciphertexts on the default worker without any key. The result is the sites' sum."""
+    api, dag_id, date = cluster.api, "paillier_totals", "2026-04-01"
+    api.wait_for_dags([dag_id])
+    write_raw_batches(cluster, [date])
+    run_id, state = run_dag(cluster, dag_id, date, "paillier")
+    assert state == "success"
+
+    tis = api.task_instances(dag_id, run_id)
+    placement = {"paillier.keygen": KEYHOLDER, "paillier.decrypt": KEYHOLDER,
+                 "paillier.charge": "default", "paillier.add": "default",
+                 **{f"paillier.encrypt_{site}": site for site in SITES},
+                 **{f"local_vector_{site}": site for site in SITES}}
+    for task_id, queue in placement.items():
+        service = "airflow-worker" if queue == "default" else site_service(queue)
+        assert tis[task_id]["queue"] == queue, (task_id, tis[task_id]["queue"])
+        assert tis[task_id]["hostname"].startswith(f"{service}@"), (task_id, tis[task_id]["hostname"])
+    assert executed_on(cluster, dag_id, run_id, site_service(KEYHOLDER)) == {"paillier.keygen", "paillier.decrypt"}
+
+    out = api.xcom(dag_id, run_id, "paillier.decrypt")
+    assert out["survivors"] == list(SITES) and out["dropped"] == []
+    total = io.read_batch(out["output"])["value"].to_numpy()
+    exact = sum(io.read_batch(f"file://{cluster.state}/homes/{site_service(site)}/site-private/{site}"
+                              f"/vectors/date={date}.parquet").to_numpy().ravel() for site in SITES)
+    # frac_bits=8 with unbiased stochastic rounding: each site's value is off by < 2^-8.
+    assert len(total) == 2 * len(DIAGNOSES) and abs(total - exact).max() < len(SITES) * 2**-8
+    # The sealed Paillier private key is only in the key holder's own storage.
+    sealed = sorted(p.relative_to(cluster.state).parts[:2] for p in cluster.state.rglob("paillier.key.enc"))
+    assert sealed and set(sealed) == {("homes", site_service(KEYHOLDER))}
 
 
 def test_site_worker_killed_mid_round(cluster: Cluster):

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import yaml
-from cluster_client import CLUSTER_SH, REPO, SITES
+from cluster_client import CLUSTER_SH, KEYHOLDER, REPO, SITES
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,11 @@ def _command(service: dict) -> str:
 PREFIX = "AIRFLOW_CONN_PRIVACY_KEYS_"
 
 
-def _site_keys(names) -> list[str]:
-    return sorted(k for k in names if k.startswith(PREFIX) and k.removeprefix(PREFIX).lower() in SITES)
+PARTIES = (*SITES, KEYHOLDER)  # each holds a key ring no other process may see
+
+
+def _party_keys(names) -> list[str]:
+    return sorted(k for k in names if k.startswith(PREFIX) and k.removeprefix(PREFIX).lower() in PARTIES)
 
 
 def test_same_services(compose, script):
@@ -50,11 +53,11 @@ def test_same_commands_and_queues(compose, script):
         if command != "-":
             assert _command(compose[name]) == command, name
     queues = {cmd.split("--queues ", 1)[1] for cmd, _ in script.values() if "--queues" in cmd}
-    assert queues == {"default", *SITES}
+    assert queues == {"default", *PARTIES}
 
 
-def test_site_keys_only_on_their_site_worker(compose, script):
+def test_party_keys_only_on_their_own_worker(compose, script):
     for name, (_, keys) in script.items():
-        own = [PREFIX + name.removeprefix("worker-").replace("-", "_").upper()] if name.startswith("worker-site-") else []
-        assert _site_keys(keys) == own, name
-        assert _site_keys(compose[name].get("environment", {})) == own, name
+        own = [PREFIX + name.removeprefix("worker-").replace("-", "_").upper()] if name.startswith("worker-") else []
+        assert _party_keys(keys) == own, name
+        assert _party_keys(compose[name].get("environment", {})) == own, name
