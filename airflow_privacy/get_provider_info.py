@@ -57,8 +57,9 @@ def get_provider_info() -> dict[str, Any]:
             },
         ],
         "extra-links": ["airflow_privacy.operators.links.PrivacyBudgetLink"],
-        # The UI plugin is registered under the `airflow.plugins` entry point only: listing it
-        # here too makes Airflow load it twice and record a "already registered" import error.
+        # The UI plugin is registered under the `airflow.plugins` entry point only. Airflow
+        # loads provider-info plugins only with `[core] lazy_discover_providers = False`, and
+        # then, listed here too, it would load twice and record an "already registered" error.
         "plugins": [],
         "config": {
             "privacy": {
