@@ -29,3 +29,29 @@ def test_bounding_really_bounds_and_is_uniform():
 
 def test_empty_input():
     assert len(bound_contributions(np.array([], int), np.array([], int), 1, 1, np.random.default_rng(0))) == 0
+
+
+def test_rows_of_a_pair_are_a_uniform_sample():
+    """Linf=2 of a pair with c rows keeps each row with probability 2/c; the counts of how
+    often each of a 5-row pair's rows is kept over many draws are binomial(draws, 2/5)."""
+    units = np.array([0] * 5 + [1] * 3 + [2])
+    groups = np.array([0] * 5 + [0, 1, 1] + [0])
+    draws, rng = 4000, np.random.default_rng(3)
+    hits = np.zeros(len(units))
+    for _ in range(draws):
+        kept = bound_contributions(units, groups, 1, 2, rng)
+        hits[kept] += 1
+        assert np.isin([8], kept).all() and np.sum(kept < 5) == 2
+        assert np.sum((kept >= 5) & (kept < 8)) in (1, 2)  # unit 1 keeps one of its two groups
+    sd = np.sqrt(draws * 0.4 * 0.6)
+    assert np.all(np.abs(hits[:5] - draws * 0.4) < 5 * sd)
+    # unit 1: group 0 (1 row) kept w.p. 1/2; group 1's two rows both kept whenever it is
+    sd = np.sqrt(draws * 0.25)
+    assert abs(hits[5] - draws / 2) < 5 * sd and hits[6] == hits[7] == draws - hits[5]
+
+
+def test_huge_codes_are_densified_not_overflowed():
+    units = np.array([2**40, 2**40, 2**40, 7, 7], dtype=np.int64)
+    groups = np.array([2**21, 2**21, 3, 3, 3], dtype=np.int64)
+    kept = bound_contributions(units, groups, 1, 1, np.random.default_rng(0))
+    assert len(kept) == 2 and np.sum(kept < 3) == 1 and np.sum(kept >= 3) == 1
