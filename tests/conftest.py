@@ -19,6 +19,8 @@ os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+# A 64-byte JWT secret, as production should have (Airflow's generated default is 16 bytes).
+os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = os.urandom(64).hex()
 os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"] = f"file://{_HOME}/demo-data"
 os.environ.pop("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", None)
 # The test session's key ring: an ordinary env connection, like a secrets backend would give.

@@ -178,7 +178,9 @@ EOF
 )
   read -r PG_PASSWORD REDIS_PASSWORD ADMIN_PASSWORD JWT_SECRET API_SECRET FERNET_KEY < <("$PY" - <<'EOF'
 import base64, os, secrets
-print(*(secrets.token_hex(16) for _ in range(5)), base64.urlsafe_b64encode(os.urandom(32)).decode())
+# JWT secret: 64 bytes (RFC 7518 3.2 for HS512); Fernet key: 32 bytes, urlsafe base64.
+print(*(secrets.token_hex(16) for _ in range(3)), secrets.token_hex(64), secrets.token_hex(16),
+      base64.urlsafe_b64encode(os.urandom(32)).decode())
 EOF
 )
   cat >"$STATE/cluster.env" <<EOF
