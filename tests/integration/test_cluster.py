@@ -8,6 +8,8 @@ What a user relies on and only a distributed deployment can show:
   a site task that lands on a worker without that key fails instead of borrowing one;
 * the budget ledger is the Postgres ``privacy`` database, and every XCom budget matches it;
 * concurrent releases against one budget stop exactly at the cap (row lock in the ledger);
+* a federated run: every site trains on its own worker, the updates are securely summed and
+  the rounds complete; the per-site DP-SGD budgets are Postgres ledger rows matching XCom;
 * Paillier: the key holder's steps run on its own worker, the only process holding the ring
   that seals the round's private key, and the decrypted aggregate is the sites' exact sum;
 * a site worker killed in the middle of a round: the round recovers through the dropout path
@@ -28,7 +30,7 @@ from cluster_client import KEYHOLDER, SITES, TERMINAL_TI_STATES, Cluster, site_s
 
 from airflow_privacy.core import io
 from airflow_privacy.core.budget import PrivacyLedger
-from airflow_privacy.core.dp.accounting import compose_epsilon
+from airflow_privacy.core.dp.accounting import PrivacyCost, compose_epsilon
 from airflow_privacy.demo.data import DIAGNOSES, generate_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]
@@ -137,6 +139,38 @@ def test_key_rings_are_not_in_the_metadata_db(cluster: Cluster):
     assert cluster.api.get("/monitor/health")["scheduler"]["status"] == "healthy"
 
 
+def _open_and_charge(url: str, dataset: str, start_at: float) -> float:
+    time.sleep(max(0.0, start_at - time.time()))  # every process opens the ledger at once
+    ledger = PrivacyLedger(url)
+    ledger.ensure_budget(dataset, epsilon=1.0)
+    cost = PrivacyCost(0.5, 0.0, [{"kind": "pure", "epsilon": 0.5}])
+    return ledger.charge(dataset, release_id="r1", cost=cost).spent_epsilon
+
+
+def test_many_workers_open_a_new_postgres_ledger_at_once(cluster: Cluster):
+    """The first runs of a new deployment: several workers create the ledger schema at the
+    same moment (concurrent CREATE TABLEs collide in Postgres unless serialized)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    schema = f"fresh_{RUN_TAG}"
+    engine = sa.create_engine(cluster.ledger_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{cluster.ledger_url}?options=-csearch_path%3D{schema}"
+    try:
+        start_at = time.time() + 3
+        with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("spawn")) as pool:
+            spent = list(pool.map(_open_and_charge, [url] * 6, [f"d{i}" for i in range(6)], [start_at] * 6))
+        assert spent == [pytest.approx(0.5)] * 6
+        with engine.begin() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {schema}.privacy_schema")).scalar() == 1
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
 def test_example_dags_on_the_cluster(cluster: Cluster):
     api = cluster.api
     api.wait_for_dags(["demo_patient_batches", "dp_daily_statistics", "cross_site_totals"])
@@ -182,6 +216,43 @@ def test_example_dags_on_the_cluster(cluster: Cluster):
         found = sorted(p.name for p in private.iterdir()) if private.exists() else []
         expected = [service.removeprefix("worker-").replace("-", "_")] if service != "airflow-worker" else []
         assert found == expected, (service, found)
+
+
+def test_federated_rounds_with_each_site_training_on_its_own_worker(cluster: Cluster):
+    """``federated_training``: three rounds, each site's training and secure-sum steps on its
+    own worker, FedAvg on the default worker; record-level DP charged per site in Postgres."""
+    api, dag_id, date = cluster.api, "federated_training", "2026-05-01"
+    api.wait_for_dags([dag_id])
+    write_raw_batches(cluster, [date])
+    run_id, state = run_dag(cluster, dag_id, date, "federated", timeout=1200)
+    assert state == "success"
+
+    tis = api.task_instances(dag_id, run_id)
+    rounds = sorted({int(t.split(".")[1].removeprefix("round_")) for t in tis if t.startswith("federated.round_")})
+    assert rounds == [1, 2, 3]
+    for r in rounds:
+        prefix = f"federated.round_{r}"
+        for site in SITES:
+            for task_id in [f"{prefix}.train_{site}", *(f"{prefix}.secure_sum.{s}_{site}" for s in SITE_STEPS)]:
+                ti = tis[task_id]
+                assert ti["state"] == "success" and ti["queue"] == site, (task_id, ti["state"], ti["queue"])
+                assert ti["hostname"].startswith(f"{site_service(site)}@"), (task_id, ti["hostname"])
+        for task_id in (f"{prefix}.aggregate", *(f"{prefix}.secure_sum.{s}" for s in AGGREGATOR_STEPS)):
+            assert tis[task_id]["hostname"].startswith("airflow-worker@"), (task_id, tis[task_id]["hostname"])
+    for site in SITES:  # the site's worker log agrees: its training ran there
+        assert {f"federated.round_{r}.train_{site}" for r in rounds} <= \
+            executed_on(cluster, dag_id, run_id, site_service(site))
+
+    last = api.xcom(dag_id, run_id, "federated.round_3.aggregate")
+    assert last["round"] == 3 and last["metrics"]["sites"] == list(SITES)
+    assert local_path(last["checkpoint"]).is_file()
+    privacy = last["privacy"]
+    assert privacy["level"] == "record" and set(privacy["per_site"]) == set(SITES)
+    for site in SITES:  # each site's DP-SGD budget is a Postgres ledger row, equal to XCom
+        status = ledger(cluster).status(f"patients_{site}")
+        assert status.releases == 3 and status.spent_epsilon <= status.cap_epsilon
+        assert privacy["per_site"][site] == pytest.approx(status.spent_epsilon, abs=1e-6)
+    cluster.timings["federated_training: eval accuracy after 3 rounds"] = f"{last['metrics']['eval_accuracy']:.3f}"
 
 
 def test_paillier_round_with_the_key_holder_on_its_own_worker(cluster: Cluster):

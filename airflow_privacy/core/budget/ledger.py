@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import math
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,6 +77,7 @@ charges_table = sa.Table(
 )
 
 _MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn)}
+_MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,23 @@ class PrivacyLedger:
 
     # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
+        """Create or upgrade the schema; safe when many workers open a new ledger at once.
+
+        Postgres: a transaction-level advisory lock serializes the migrations (concurrent
+        CREATE TABLE statements otherwise fail with DuplicateTable); SQLite: ``BEGIN
+        IMMEDIATE``; any other database: a migration that lost such a race is retried once,
+        and then finds the schema the winner created.
+        """
+        try:
+            self._migrate_once()
+        except sa.exc.DBAPIError:
+            time.sleep(0.5)
+            self._migrate_once()
+
+    def _migrate_once(self) -> None:
         with self._init_lock, self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
             insp = sa.inspect(conn)
             current = 0
             if insp.has_table("privacy_schema"):
