@@ -159,7 +159,7 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             io.write_bytes(encrypt_bytes(update.to_bytes(), ring, associated_data=aad), path)
         report = update.report()
         io.write_bytes(json.dumps(report).encode(), self._report_path(context, self.site))
-        self.log.info("Site %s round %d: %s", self.site, update.round, report["metrics"])
+        self.log.info("Site %s, update for round %d: %s", self.site, update.round + 1, report["metrics"])
         return report
 
     def _charge_record_level(self, context: Context, update) -> None:
