@@ -19,8 +19,11 @@ budget ledger can store them and re-compose the whole history with any accountan
     T steps of DP-SGD (see :mod:`airflow_privacy.core.federated.accounting`).
 ``{"kind": "distributed_discrete_gaussian", "rho": ρ, ..., "count": k}``
     k sums of distributed discrete Gaussian shares, each ρ-zCDP (KLS21).
+``{"kind": "zcdp", "rho": ρ, ..., "count": k}``
+    k runs of any ρ-zCDP mechanism, e.g. the multivariate discrete Gaussian of a query
+    whose neighbours differ in several coordinates (ρ = Δ2²/2σ², CKS20 Thm 14).
 
-The last two have no per-event (ε, δ): ``basic`` composes them with RDP, and ``pld``
+The last three have no per-event (ε, δ): ``basic`` composes them with RDP, and ``pld``
 composes the zCDP ones with RDP at half the δ and adds them to the PLD of the rest at the
 other half (taking the smaller of that and an all-RDP bound).
 
@@ -51,8 +54,8 @@ from airflow_privacy.core.errors import InvalidParameterError
 
 ACCOUNTANTS = ("pld", "rdp", "basic")
 _KINDS = ("discrete_laplace", "discrete_gaussian", "exponential", "pure", "approx",
-          "poisson_subsampled_gaussian", "distributed_discrete_gaussian")
-_NO_EPSILON_DELTA = ("poisson_subsampled_gaussian", "distributed_discrete_gaussian")
+          "poisson_subsampled_gaussian", "distributed_discrete_gaussian", "zcdp")
+_NO_EPSILON_DELTA = ("poisson_subsampled_gaussian", "distributed_discrete_gaussian", "zcdp")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def validate_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in {"discrete_laplace": ("parameter", "sensitivity"), "discrete_gaussian": ("sigma", "sensitivity", "epsilon", "delta"),
                     "exponential": ("epsilon",), "pure": ("epsilon",), "approx": ("epsilon", "delta"),
                     "poisson_subsampled_gaussian": ("noise_multiplier", "sampling_probability"),
-                    "distributed_discrete_gaussian": ("rho",)}[ev["kind"]]:
+                    "distributed_discrete_gaussian": ("rho",), "zcdp": ("rho",)}[ev["kind"]]:
             v = ev.get(key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and key != "delta"):
                 raise InvalidParameterError(f"events.{key}", v, "expected a finite positive number")
@@ -141,7 +144,7 @@ def compose_epsilon(events: list[dict[str, Any]], delta: float, accountant: str 
 
 
 def _compose_with_federated(events, federated, delta: float, accountant: str) -> float:
-    """Histories holding DP-SGD or distributed-Gaussian events (no per-event (ε, δ))."""
+    """Histories holding DP-SGD, distributed-Gaussian or zCDP events (no per-event (ε, δ))."""
     from airflow_privacy.core.federated.accounting import compose_federated_epsilon
 
     others = [e for e in events if e["kind"] not in _NO_EPSILON_DELTA]

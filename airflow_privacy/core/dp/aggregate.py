@@ -51,6 +51,7 @@ from airflow_privacy.core.dp.calibration import (
     check_delta,
     check_epsilon,
     discrete_gaussian_sigma,
+    zcdp_rho,
 )
 from airflow_privacy.core.dp.noise import (
     RandomSource,
@@ -208,13 +209,23 @@ class _NoiseSpec:
     sigma2: Fraction | None = None  # discrete Gaussian
 
     @classmethod
-    def calibrate(cls, mechanism: str, eps: float, delta: float, sensitivity: int) -> _NoiseSpec:
+    def calibrate(cls, mechanism: str, eps: float, delta: float, per_group: int, l0: int) -> _NoiseSpec:
+        """Noise for a per-group query where a unit changes up to ``l0`` groups by at most the
+        integer ``per_group`` each: L1 sensitivity ``l0 * per_group``, L2 ``sqrt(l0) * per_group``."""
         if mechanism == "laplace":
+            sensitivity = l0 * per_group
             scale = rational_at_least(sensitivity / eps)
             return cls({"kind": "discrete_laplace", "parameter": float(1 / scale), "sensitivity": sensitivity}, scale=scale)
-        sigma2 = rational_at_least(discrete_gaussian_sigma(eps, delta, sensitivity) ** 2)
-        event = {"kind": "discrete_gaussian", "sigma": math.sqrt(float(sigma2)), "sensitivity": sensitivity,
-                 "epsilon": eps, "delta": delta}
+        if l0 == 1:  # one coordinate: the exact PLD of the scalar discrete Gaussian
+            sigma2 = rational_at_least(discrete_gaussian_sigma(eps, delta, per_group) ** 2)
+            event = {"kind": "discrete_gaussian", "sigma": math.sqrt(float(sigma2)), "sensitivity": per_group,
+                     "epsilon": eps, "delta": delta}
+            return cls(event, sigma2=sigma2)
+        # Several coordinates: the multivariate discrete Gaussian is Δ2²/2σ²-zCDP (CKS20 Thm 14).
+        l2_squared = l0 * per_group**2
+        sigma2 = rational_at_least(l2_squared / (2 * zcdp_rho(eps, delta)))
+        event = {"kind": "zcdp", "rho": float(Fraction(l2_squared) / (2 * sigma2)), "mechanism": "discrete_gaussian",
+                 "sigma": math.sqrt(float(sigma2)), "l2_sensitivity": math.sqrt(l2_squared)}
         return cls(event, sigma2=sigma2)
 
     def draw(self, rng: RandomSource, size: int) -> np.ndarray:
@@ -276,7 +287,10 @@ def dp_aggregate(
         nearest end bin; NaN stays NaN). The bin labels are public, so a histogram over binned
         columns alone (``by`` = binned columns) needs no δ: every bin is released.
     :param mechanism: ``"laplace"`` (discrete Laplace, pure DP for the values) or
-        ``"gaussian"`` (discrete Gaussian; requires δ > 0 and ``max_groups_per_unit == 1``).
+        ``"gaussian"`` (discrete Gaussian; requires δ > 0. With ``max_groups_per_unit`` 1 it is
+        accounted by its exact PLD; above 1 a unit moves several groups at once, and the
+        multivariate discrete Gaussian is accounted as Δ2²/2σ²-zCDP with Δ2 = sqrt(L0)·Linf·c,
+        CKS20 Thm 14 -- noise grows with sqrt(L0), not L0 as for Laplace).
     :param random_source: tests only -- a seeded ``random.Random`` or an int seed; the
         default is the operating system's CSPRNG.
     :param on_cost: called with the release's :class:`PrivacyCost` after validation and
@@ -322,8 +336,6 @@ def dp_aggregate(
     if mechanism == "gaussian":
         if delta == 0:
             raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
-        if l0 != 1:
-            raise InvalidParameterError("max_groups_per_unit", l0, "mechanism='gaussian' supports only 1")
     if public_groups is not None and not by:
         raise InvalidParameterError("public_groups", public_groups, "only meaningful with `by` columns")
 
@@ -395,9 +407,9 @@ def dp_aggregate(
             events.append({"kind": "exponential", "epsilon": eps_each})
             continue
         if kind in ("rows", "n"):
-            sensitivity = l0 * linf
+            per_group = linf
         elif kind == "units":
-            sensitivity = l0
+            per_group = 1
         else:
             lo, hi = col_bounds[q[1]]
             half = (hi - lo) / 2
@@ -405,8 +417,8 @@ def dp_aggregate(
                                  "normsq": (half * half / 2, half * half / 2)}[kind]
             gamma = _sum_grid(mechanism, l0, linf, magnitude, eps_each)
             grids[q] = (gamma, magnitude, offset)
-            sensitivity = l0 * linf * math.ceil(magnitude / gamma)
-        specs_by_query[q] = _NoiseSpec.calibrate(mechanism, eps_each, delta_gauss, sensitivity)
+            per_group = linf * math.ceil(magnitude / gamma)
+        specs_by_query[q] = _NoiseSpec.calibrate(mechanism, eps_each, delta_gauss, per_group, l0)
         events.append(specs_by_query[q].event)
     cost = PrivacyCost(epsilon=compose_epsilon(events, delta, "pld"), delta=delta, events=events)
     if on_cost is not None:

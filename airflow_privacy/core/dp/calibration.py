@@ -7,6 +7,9 @@
   with Φ(Δ/2σ − εσ/Δ) − e^ε Φ(−Δ/2σ − εσ/Δ) ≤ δ. For the *discrete* Gaussian the σ is then
   raised until dp-accounting's exact privacy-loss distribution of the discrete mechanism
   (CKS20 Thm 7) meets (ε, δ) -- the two differ in the third decimal.
+* Multivariate discrete Gaussian (a unit changes several coordinates): ρ-zCDP with
+  ρ = Δ2²/2σ² (CKS20 Thm 14); :func:`zcdp_rho` is the largest ρ whose (ε, δ) conversion --
+  dp-accounting's RDP conversion (Canonne-Kamath-Steinke 2020, Prop. 12) -- meets the target.
 """
 
 from __future__ import annotations
@@ -74,3 +77,30 @@ def discrete_gaussian_sigma(epsilon: float, delta: float, sensitivity: int) -> f
             return sigma
         sigma *= 1.001
     raise InvalidParameterError("epsilon", epsilon, "could not calibrate a discrete Gaussian")  # pragma: no cover
+
+
+def zcdp_rho(epsilon: float, delta: float) -> float:
+    """Largest ρ such that a ρ-zCDP mechanism is (ε, δ)-DP under the ledger's conversion.
+
+    The conversion is the one :func:`airflow_privacy.core.dp.accounting.compose_epsilon`
+    applies to ``zcdp`` events, so a release calibrated here composes to at most ε. Bisection
+    on log ρ; the conversion is increasing in ρ.
+    """
+    from airflow_privacy.core.federated.accounting import compose_federated_epsilon
+
+    if not 0 < delta < 1:
+        raise InvalidParameterError("delta", delta, "zCDP calibration needs 0 < delta < 1")
+
+    def eps(rho: float) -> float:
+        return compose_federated_epsilon([{"kind": "zcdp", "rho": rho}], delta, "rdp")
+
+    lo, hi = 1e-12, epsilon  # ε(ρ) > ρ, so ρ = ε is always too large
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        if eps(mid) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-9:
+            break
+    return lo

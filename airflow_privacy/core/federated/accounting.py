@@ -40,7 +40,8 @@ from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterErr
 
 SUBSAMPLED_GAUSSIAN = "poisson_subsampled_gaussian"
 DISTRIBUTED_DISCRETE_GAUSSIAN = "distributed_discrete_gaussian"
-EVENT_KINDS = (SUBSAMPLED_GAUSSIAN, DISTRIBUTED_DISCRETE_GAUSSIAN)
+ZCDP = "zcdp"  # any rho-zCDP mechanism (core.dp: the multivariate discrete Gaussian)
+EVENT_KINDS = (SUBSAMPLED_GAUSSIAN, DISTRIBUTED_DISCRETE_GAUSSIAN, ZCDP)
 
 
 def subsampled_gaussian_event(noise_multiplier: float, sampling_probability: float, steps: int) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def _dp_event(ev: Mapping[str, Any]):
         if not isinstance(z, (int, float)) or not z > 0 or not isinstance(q, (int, float)) or not 0 < q <= 1:
             raise InvalidParameterError("events", dict(ev), "expected noise_multiplier > 0 and 0 < sampling_probability <= 1")
         one = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
-    elif kind == DISTRIBUTED_DISCRETE_GAUSSIAN:
+    elif kind in (DISTRIBUTED_DISCRETE_GAUSSIAN, ZCDP):
         rho = ev.get("rho")
         if not isinstance(rho, (int, float)) or not rho > 0:
             raise InvalidParameterError("events.rho", rho, "expected a number > 0")
@@ -106,7 +107,7 @@ def _accountant(name: str, events: list[Mapping[str, Any]]):
 
     if name not in ("rdp", "pld"):
         raise InvalidParameterError("accountant", name, "expected 'rdp' or 'pld'")
-    if name == "pld" and any(ev.get("kind") == DISTRIBUTED_DISCRETE_GAUSSIAN for ev in events):
+    if name == "pld" and any(ev.get("kind") in (DISTRIBUTED_DISCRETE_GAUSSIAN, ZCDP) for ev in events):
         name = "rdp"  # zCDP events have no PLD; see the module docstring
     return RdpAccountant() if name == "rdp" else PLDAccountant()
 

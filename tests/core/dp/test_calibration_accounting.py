@@ -78,3 +78,19 @@ def test_federated_event_kinds_compose_in_the_ledger_accountant():
     eps = compose_epsilon(mixed, 1e-5, "pld")
     assert math.isfinite(eps) and eps > compose_epsilon(sgd, 1e-5, "pld")
     assert compose_epsilon(mixed, 1e-8, "pld") == math.inf  # delta below the approx event's
+
+
+def test_zcdp_events_compose_as_dp_accounting_does():
+    import dp_accounting
+
+    from airflow_privacy.core.dp.calibration import zcdp_rho
+
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.ZCDpEvent(0.05), 3)
+    expected = acc.get_epsilon(1e-6)
+    events = [{"kind": "zcdp", "rho": 0.05, "count": 3}]
+    for accountant in ("pld", "rdp", "basic"):
+        assert compose_epsilon(events, 1e-6, accountant) == pytest.approx(expected, rel=1e-9)
+    rho = zcdp_rho(0.5, 1e-7)
+    assert compose_epsilon([{"kind": "zcdp", "rho": rho}], 1e-7) == pytest.approx(0.5, rel=1e-6)
+    assert compose_epsilon([{"kind": "zcdp", "rho": rho * 1.01}], 1e-7) > 0.5
