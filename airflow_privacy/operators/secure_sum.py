@@ -257,7 +257,12 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
                 out = mask_input(config, state, bundle, vector, noise_share=noise_share)
             else:
                 request = self._input(context, "request")
-                out = reveal_shares(config, self._load_state(context, ring, "mask"), request)
+                # A re-run must start from this step's own saved state: it records which
+                # shares were revealed, and from the mask state a re-run request could obtain
+                # both shares of a site and unmask its input (Bonawitz et al. 2017, Sec. 4).
+                own = self._state_path(context, "reveal")
+                state = self._load_state(context, ring, "reveal" if io.exists(own) else "mask")
+                out = reveal_shares(config, state, request)
         except PrivacyError as exc:
             raise AirflowFailException(f"site {self.site}, step {self.step}: {exc}") from exc
         # Persist the state before publishing: a retry then sees what was sent.

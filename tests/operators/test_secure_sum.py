@@ -3,12 +3,16 @@ the budget charged once, nothing but masked data in shared storage."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pendulum
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
@@ -16,7 +20,13 @@ from airflow_privacy.core.dp.distributed import calibrate_distributed_gaussian
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.io import exists, read_batch, resolve, write_batch
 from airflow_privacy.demo.data import SITES, generate_batch
-from airflow_privacy.operators.secure_sum import SecureShareOperator, read_vector, secure_sum_group
+from airflow_privacy.operators.secure_sum import (
+    PaillierKeyHolderOperator,
+    SecureShareOperator,
+    SecureSumOperator,
+    read_vector,
+    secure_sum_group,
+)
 
 
 @pytest.fixture
@@ -142,3 +152,85 @@ def dag_maker_paillier(dagbag, demo_root, monkeypatch):
         write_batch(generate_batch(site, "2026-08-04"), f"{demo_root}/raw/site={site}/date=2026-08-04.parquet")
     run = dagbag.get_dag("paillier_totals").test(logical_date=pendulum.parse("2026-08-04"))
     return run, {(t.task_id, t.map_index): t for t in run.get_task_instances()}
+
+
+# -- one round driven task by task, as the scheduler runs (and re-runs) it ------------------
+
+
+class _Round:
+    """The operators of one round executed directly: shared, site and key holder storage
+    under ``tmp_path``, each site's vector a one-column Parquet file."""
+
+    def __init__(self, tmp_path, vectors: dict[str, list[float]], *, run_id: str = "manual__1", **kwargs):
+        self.tmp = tmp_path
+        self.run_id = run_id
+        self.destination = f"file://{tmp_path}/released/total.parquet"
+        self.common = dict(sites=list(vectors), bounds=(-100, 100), frac_bits=0, length=len(next(iter(vectors.values()))),
+                           shared_storage=f"file://{tmp_path}/shared", round_name="secure_sum", **kwargs)
+        self.set_vectors(vectors)
+
+    def set_vectors(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = {s: np.asarray(v, dtype=float) for s, v in vectors.items()}
+        for site, v in self.vectors.items():
+            write_batch(pd.DataFrame({"x": v}), f"file://{self.tmp}/{site}/{self.run_id}.parquet")
+
+    def context(self, task_id: str) -> dict:
+        ti = SimpleNamespace(dag_id="secure_sum_test", run_id=self.run_id, task_id=task_id,
+                             xcom_push=lambda **kw: None)
+        return {"ti": ti}
+
+    def site(self, step: str, *sites: str) -> list[dict]:
+        out = []
+        for site in sites:
+            op = SecureShareOperator(task_id=f"{step}_{site}", step=step, site=site,
+                                     source=f"file://{self.tmp}/{{site}}/{self.run_id}.parquet",
+                                     site_storage=f"file://{self.tmp}/site-private/{site}", **self.common)
+            out.append(op.execute(self.context(op.task_id)))
+        return out
+
+    def aggregator(self, step: str) -> dict:
+        op = SecureSumOperator(task_id=step, step=step, destination=self.destination, **self.common)
+        return op.execute(self.context(step))
+
+    def keyholder(self, step: str) -> dict:
+        op = PaillierKeyHolderOperator(task_id=step, step=step, destination=self.destination,
+                                       keyholder_storage=f"file://{self.tmp}/keyholder-private",
+                                       key_conn_id="privacy_keys_keyholder", **self.common)
+        return op.execute(self.context(step))
+
+    def shared(self, step: str, site: str) -> bytes:
+        digest = hashlib.sha256(f"secure_sum_test/{self.run_id}/secure_sum".encode()).hexdigest()[:16]
+        return (self.tmp / "shared" / "secure_sum" / digest / step / f"{site}.msg").read_bytes()
+
+    def released(self) -> np.ndarray:
+        return read_batch(self.destination)["value"].to_numpy()
+
+
+THREE = {"site_a": [1.0, 2.0, 3.0, 4.0], "site_b": [10.0, 20.0, 30.0, 40.0], "site_c": [5.0, -6.0, 7.0, -8.0]}
+
+
+def _masking_round_until_masked(tmp_path, masked=("site_a", "site_b")) -> _Round:
+    r = _Round(tmp_path, THREE)
+    r.site("advertise", *THREE)
+    r.aggregator("collect")
+    r.site("share", *THREE)
+    r.aggregator("route")
+    r.site("mask", *masked)
+    return r
+
+
+def test_rerun_request_cannot_make_a_site_reveal_both_shares_of_a_late_site(tmp_path):
+    # site_c's masked vector is late: the request names it dropped and site_a reveals the
+    # share of site_c's mask key. Then site_c's vector arrives and someone clears and re-runs
+    # request + reveal: site_a must not add the share of site_c's self mask -- with both
+    # (from t sites) the aggregator unmasks site_c's vector alone.
+    r = _masking_round_until_masked(tmp_path)
+    r.aggregator("request")
+    r.site("reveal", "site_a", "site_b")
+    first = {s: r.shared("reveal", s) for s in ("site_a", "site_b")}
+    r.site("mask", "site_c")
+    r.aggregator("request")
+    for site in ("site_a", "site_b"):
+        with pytest.raises(AirflowFailException, match="both the self-mask share and the key share"):
+            r.site("reveal", site)
+        assert r.shared("reveal", site) == first[site]  # nothing new was published
