@@ -46,6 +46,7 @@ from airflow_privacy.core.secure_sum import (
     paillier_decrypt,
     paillier_encrypt,
     paillier_keygen,
+    request_survivors,
     request_unmask,
     reveal_shares,
     route_shares,
@@ -111,9 +112,9 @@ class _RoundMixin:
         name = f"{site}.msg" if site else "aggregator.msg"
         return f"{self.shared_storage.rstrip('/')}/{self.round_name}/{digest}/{step}/{name}"
 
-    def _read_present(self, context: Context, step: str) -> dict[str, bytes]:
+    def _read_present(self, context: Context, step: str, sites: Sequence[str] | None = None) -> dict[str, bytes]:
         out = {}
-        for site in self.sites:
+        for site in self.sites if sites is None else sites:
             path = self._msg(context, step, site)
             if io.exists(path):
                 out[site] = io.read_bytes(path)
@@ -349,12 +350,16 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         return io.read_bytes(path)
 
     def _unmask(self, context: Context, config: SecureSumConfig) -> dict[str, Any]:
+        request = io.read_bytes(self._msg(context, "request"))
+        # Only the sites the request names: a masked vector that arrived after the request
+        # (its site counted as dropped) must not abort the round.
+        survivors = request_survivors(config, request)
         result = unmask_sum(
             config,
             io.read_bytes(self._msg(context, "collect")),
-            io.read_bytes(self._msg(context, "request")),
-            self._read_present(context, "mask").values(),
-            self._read_present(context, "reveal").values(),
+            request,
+            self._read_present(context, "mask", survivors).values(),
+            self._read_present(context, "reveal", survivors).values(),
         )
         return self._release(context, result)
 

@@ -234,3 +234,15 @@ def test_rerun_request_cannot_make_a_site_reveal_both_shares_of_a_late_site(tmp_
         with pytest.raises(AirflowFailException, match="both the self-mask share and the key share"):
             r.site("reveal", site)
         assert r.shared("reveal", site) == first[site]  # nothing new was published
+
+
+def test_late_masked_vector_is_ignored_by_unmask(tmp_path):
+    # site_c's masked vector lands after the request named it dropped: the round still
+    # releases the sum of the survivors the request lists.
+    r = _masking_round_until_masked(tmp_path)
+    r.aggregator("request")
+    r.site("mask", "site_c")
+    r.site("reveal", "site_a", "site_b")
+    out = r.aggregator("unmask")
+    assert out["survivors"] == ["site_a", "site_b"] and out["dropped"] == ["site_c"]
+    np.testing.assert_array_equal(r.released(), r.vectors["site_a"] + r.vectors["site_b"])

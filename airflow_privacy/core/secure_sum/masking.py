@@ -564,6 +564,16 @@ def _parse_request(config: SecureSumConfig, request: Any) -> tuple[list[str], li
     return senders, survivors
 
 
+def request_survivors(config: SecureSumConfig, request: bytes) -> list[str]:
+    """The survivors ``U3`` an unmask request names, validated as :func:`unmask_sum` does.
+
+    ``U3`` is fixed when the request is sent (Bonawitz et al. 2017, Fig. 4, round 2): a
+    masked input that arrives later is not part of the sum, so callers collecting inputs
+    from storage read only these sites'.
+    """
+    return _parse_request(config, request)[1]
+
+
 # ---------------------------------------------------------------------------------------
 # round 3: unmask
 # ---------------------------------------------------------------------------------------

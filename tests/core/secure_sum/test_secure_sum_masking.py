@@ -16,6 +16,7 @@ from airflow_privacy.core.secure_sum import (
     collect_keys,
     deterministic_random_source,
     mask_input,
+    request_survivors,
     request_unmask,
     reveal_shares,
     route_shares,
@@ -215,6 +216,22 @@ def test_site_that_stops_after_sending_its_input_is_still_counted():
     res = simulate(v, bounds=(-10.0, 10.0), threshold=3, drop={"site_a": 3, "site_b": 3}, random=7)
     assert res.survivors == list(SITES)
     assert np.all(np.abs(res.total - sum(v.values())) < 5 * 2.0**-20)
+
+
+def test_masked_input_arriving_after_the_request_is_not_part_of_the_sum():
+    run = Run.start(_vectors(d=8), threshold=3).advertise().share()
+    run.mask(["site_a", "site_b", "site_c", "site_d"])
+    late = mask_input(run.config, run.states["site_e"], run.bundles["site_e"], run.vectors["site_e"]).message
+    survivors = request_survivors(run.config, run.request)
+    assert survivors == ["site_a", "site_b", "site_c", "site_d"]
+    run.reveal(survivors)
+    # every masked input present would name a site the request calls dropped ...
+    with pytest.raises(ProtocolError, match="request names survivors"):
+        unmask_sum(run.config, run.roster, run.request, [*run.masked.values(), late], run.reveals.values())
+    # ... the survivors' inputs give their sum
+    res = run.result()
+    assert res.dropped == ["site_e"]
+    assert np.all(np.abs(res.total - sum(run.vectors[s] for s in survivors)) < 4 * 2.0**-20)
 
 
 def test_threshold_equal_to_cohort_needs_everyone():
