@@ -82,16 +82,38 @@ def quantize(values: np.ndarray, config: SecureSumConfig, uniform: np.ndarray) -
     if values.dtype.kind in "biu":
         lo_i, hi_i = math.ceil(lo), math.floor(hi)
         if lo_i <= hi_i:
-            # Exact path: float64 would lose integers above 2**53.
-            if values.dtype.kind == "u" and values.dtype.itemsize == 8:
-                values = np.minimum(values, np.uint64(max(hi_i, 0)))
-            z = values.astype(np.int64)
-            np.clip(z, lo_i, hi_i, out=z)
-            z *= 1 << config.frac_bits
-            return z
+            return _quantize_integers(values, config, uniform, lo_i, hi_i)
     v = values.astype(np.float64)
     np.clip(v, lo, hi, out=v)
     v *= config.scale
+    return _round_stochastically(v, uniform)
+
+
+def _quantize_integers(
+    values: np.ndarray, config: SecureSumConfig, uniform: np.ndarray, lo_i: int, hi_i: int
+) -> np.ndarray:
+    """Exact path for integer inputs (float64 would lose integers above 2**53), equal to the
+    float path wherever that one is exact. A fractional bound clips to itself -- ``-3`` to
+    ``-0.5``, not to ``ceil(-0.5) = 0`` -- and is then rounded stochastically like a float."""
+    lo, hi = config.bounds
+    # A fractional bound is below 2**52, so these float comparisons are exact near it.
+    below = values < lo if lo != lo_i else None
+    above = values > hi if hi != hi_i else None
+    if values.dtype.kind == "u" and values.dtype.itemsize == 8:
+        values = np.minimum(values, np.uint64(max(hi_i, 0)))
+    z = values.astype(np.int64)
+    np.clip(z, lo_i, hi_i, out=z)
+    z *= 1 << config.frac_bits
+    for bound, outside in ((lo, below), (hi, above)):
+        if outside is not None and outside.any():
+            scaled = np.full(int(outside.sum()), bound * config.scale)
+            z[outside] = _round_stochastically(scaled, uniform[outside])
+    return z
+
+
+def _round_stochastically(v: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """``floor(v) + [u < v - floor(v)]`` with ``u`` the top 53 bits of ``uniform``; ``v`` is
+    consumed (it holds the fractional parts afterwards)."""
     floor = np.floor(v)
     v -= floor  # fractional part, exact (Sterbenz)
     u = (uniform >> np.uint64(11)).astype(np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from airflow_privacy.core.secure_sum import SecureSumConfig, deterministic_random_source
+from airflow_privacy.core.secure_sum import SecureSumConfig, deterministic_random_source, simulate
 from airflow_privacy.core.secure_sum.fixed_point import decode, from_ring, quantize, to_ring
 from airflow_privacy.core.secure_sum.prg import prg_words
 
@@ -77,3 +77,24 @@ def test_prg_is_deterministic_and_seed_separated():
     assert np.array_equal(a, prg_words(b"\x01" * 32, 1000, np.uint64))
     assert np.array_equal(a[:10], prg_words(b"\x01" * 32, 10, np.uint64))
     assert not np.array_equal(a, prg_words(b"\x02" * 32, 1000, np.uint64))
+
+
+def test_integers_with_non_integer_bounds_clip_like_floats():
+    # Clipping -3 to lo = -0.5 gives -0.5, not ceil(lo) = 0: integer and float inputs of the
+    # same values must encode alike (same rounding words), and sum alike.
+    for frac_bits in (0, 4):
+        cfg = _config(bounds=(-0.5, 2.5), frac_bits=frac_bits)
+        x = np.array([-3, -1, 0, 1, 2, 3, 7], dtype=np.int64)
+        u = _uniform(x.size, seed=frac_bits)
+        assert quantize(x, cfg, u).tolist() == quantize(x.astype(np.float64), cfg, u).tolist()
+    cfg = _config(bounds=(-0.5, 2.5), frac_bits=4)
+    assert quantize(np.array([-3, 0, 1, 3], dtype=np.int32), cfg, _uniform(4)).tolist() == [-8, 0, 16, 40]
+    ints = {s: np.array([-3, 0, 3]) for s in SITES}
+    res = simulate(ints, bounds=(-0.5, 2.5), frac_bits=4, random=1)
+    assert res.total.tolist() == [-1.5, 0.0, 7.5]
+
+
+def test_integers_beyond_float_precision_with_one_fractional_bound():
+    cfg = SecureSumConfig(round_id="r", sites=SITES, bounds=(-0.5, 2**60), frac_bits=1)
+    z = quantize(np.array([2**59 + 1, -3, 2**61], dtype=np.int64), cfg, _uniform(3))
+    assert z.tolist() == [2**60 + 2, -1, 2**61]
