@@ -50,7 +50,9 @@ and the plaintext is the typed value encoding of :mod:`airflow_privacy.core.cryp
 (a kind byte, then the value). Associated data: ``"airflow-privacy/v1/column" || mode ||
 kek id || 0x00 || column name``.
 
-Vectorization: each column is factorized once; the value encoding (and, for deterministic
+Vectorization: each column is factorized once
+(:func:`~airflow_privacy.core.crypto.values.factorize`: per type and bit-exact for floats,
+so ``1``, ``1.0`` and ``True`` stay three values); the value encoding (and, for deterministic
 tokens, the AES-SIV call and base64) runs once per *distinct* value and is mapped back with
 the factorize codes. Randomized tokens need one AES-GCM call per cell by definition; their
 nonces come from one bulk ``os.urandom`` call.
@@ -75,7 +77,13 @@ from airflow_privacy.core.crypto import values as codec
 from airflow_privacy.core.crypto.keyring import KEY_ID_PATTERN, KeyRing
 from airflow_privacy.core.errors import IntegrityError, InvalidParameterError, SchemaError
 
-__all__ = ["ATTRS_KEY", "TOKEN_VERSION", "decrypt_columns", "encrypt_columns"]
+__all__ = [
+    "ATTRS_KEY",
+    "TOKEN_VERSION",
+    "decrypt_columns",
+    "deterministic_tokens",
+    "encrypt_columns",
+]
 
 TOKEN_VERSION = "v1"
 ATTRS_KEY = "airflow_privacy.crypto"
@@ -187,23 +195,16 @@ def _encrypt_series(
             "float, bool, bytes, dates, timestamps and timedeltas"
         ) from None
     plaintexts = codec.encode_uniques(uniques, column)
-    col = column.encode("utf-8")
-    kid = kek_id.encode("ascii")
-    prefix = f"{TOKEN_VERSION}:{kek_id}:".encode("ascii")
-    b64 = binascii.b2a_base64  # standard alphabet here; made url-safe in bulk below
     present = codes >= 0
     if deterministic:
-        siv = AESSIV(ring._subkey(kek_id, _SIV_PURPOSE + col, length=64))
-        ad = [_AD_LABEL + bytes([_DETERMINISTIC]) + kid + b"\x00" + col]
-        seal = siv.encrypt
-        mode = bytes([_DETERMINISTIC])
-        distinct = _token_array(
-            [prefix + b64(mode + seal(p, ad), newline=False) for p in plaintexts]
-        )
-        if not (present.all() and len(distinct) == len(codes)):  # else: codes are 0..n-1
-            distinct = distinct.take(pa.array(codes, mask=~present))
-        tokens = distinct
+        tokens = _deterministic_tokens(plaintexts, column, ring, kek_id)
+        if not (present.all() and len(tokens) == len(codes)):  # else: codes are 0..n-1
+            tokens = tokens.take(pa.array(codes, mask=~present))
     else:
+        col = column.encode("utf-8")
+        kid = kek_id.encode("ascii")
+        prefix = f"{TOKEN_VERSION}:{kek_id}:".encode("ascii")
+        b64 = binascii.b2a_base64  # standard alphabet here; made url-safe in bulk below
         salt = os.urandom(_SALT)
         gcm = AESGCM(ring._subkey(kek_id, _GCM_PURPOSE + col, length=32, salt=salt))
         ad = _AD_LABEL + bytes([_RANDOMIZED]) + kid + b"\x00" + col
@@ -221,6 +222,29 @@ def _encrypt_series(
         if not present.all():
             tokens = tokens.take(pa.array(np.cumsum(present) - 1, mask=~present))
     return pd.Series(pd.array(tokens, dtype="str"), index=series.index, name=series.name)
+
+
+def deterministic_tokens(uniques: Any, column: str, ring: KeyRing) -> pa.Array:
+    """The deterministic token of each of ``uniques`` (distinct non-null values, e.g. from
+    :func:`~airflow_privacy.core.crypto.values.factorize`), in order, under the primary key:
+    exactly what :func:`encrypt_columns` with ``deterministic=True`` writes for them in column
+    ``column``. For callers that have factorized the column already (dedupe-then-map)."""
+    _check_ring(ring)
+    plaintexts = codec.encode_uniques(uniques, column)
+    return _deterministic_tokens(plaintexts, column, ring, ring.primary_id)
+
+
+def _deterministic_tokens(
+    plaintexts: list[bytes], column: str, ring: KeyRing, kek_id: str
+) -> pa.Array:
+    col = column.encode("utf-8")
+    siv = AESSIV(ring._subkey(kek_id, _SIV_PURPOSE + col, length=64))
+    ad = [_AD_LABEL + bytes([_DETERMINISTIC]) + kek_id.encode("ascii") + b"\x00" + col]
+    seal = siv.encrypt
+    prefix = f"{TOKEN_VERSION}:{kek_id}:".encode("ascii")
+    head = bytes([_DETERMINISTIC])
+    b64 = binascii.b2a_base64  # standard alphabet here; made url-safe in bulk by _token_array
+    return _token_array([prefix + b64(head + seal(p, ad), newline=False) for p in plaintexts])
 
 
 def _token_array(raw: list[bytes]) -> pa.Array:
@@ -330,20 +354,7 @@ def _distinct(series: pd.Series) -> tuple[np.ndarray, Any]:
             codes = np.full(n, -1, dtype=np.intp)
             codes[present] = np.arange(int(present.sum()), dtype=np.intp)
             return codes, values[present]
-    return _factorize(series)
-
-
-def _factorize(series: pd.Series) -> tuple[np.ndarray, Any]:
-    """Codes (-1 for null) and distinct values; floats compared bit-exactly (-0.0 != 0.0)."""
-    if pd.api.types.is_float_dtype(series.dtype):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        present = ~np.isnan(values)
-        codes = np.full(len(values), -1, dtype=np.intp)
-        sub_codes, bits = pd.factorize(values[present].view(np.int64))
-        codes[present] = sub_codes
-        return codes, np.asarray(bits, dtype=np.int64).view(np.float64)
-    codes, uniques = pd.factorize(series)
-    return np.asarray(codes, dtype=np.intp), uniques
+    return codec.factorize(series)
 
 
 def _restore_dtype(decoded: pd.Series, dtype: str) -> pd.Series:

@@ -23,10 +23,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.api.types import (
+    infer_dtype,
     is_bool_dtype,
     is_datetime64_any_dtype,
     is_float_dtype,
     is_integer_dtype,
+    is_object_dtype,
     is_string_dtype,
     is_timedelta64_dtype,
 )
@@ -41,10 +43,66 @@ _NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def encode_uniques(uniques: Any, column: str) -> list[bytes]:
-    """Encode the distinct non-null values of one column (as returned by ``pd.factorize``).
+def factorize(series: pd.Series) -> tuple[np.ndarray, Any]:
+    """Codes (one per row, -1 for null) into the distinct non-null values of ``series``,
+    such that cells of different types or different float bits never share a code.
 
-    :param uniques: the ``uniques`` of ``pd.factorize`` (Index / array; no nulls).
+    ``pd.factorize`` alone merges values that compare equal but encode differently: ``1``,
+    ``1.0`` and ``True`` in an object column, or ``0.0`` and ``-0.0``. The distinct value kept
+    would be the first spelling in the batch, so a merged cell would decrypt to another type
+    and its deterministic token or keyed hash would depend on row order. Floats are therefore
+    factorized on their bits, and object columns holding several types (or floats) per type.
+    This is the one factorization behind column tokens and every dedupe-then-map transform
+    of :mod:`airflow_privacy.core.deid`.
+
+    :return: ``(codes, uniques)``; ``uniques`` is an Index or array without nulls, in order
+        of first appearance within each type.
+    :raises TypeError: a cell is unhashable (dict, list).
+    """
+    dtype = series.dtype
+    if is_float_dtype(dtype):
+        return _float_codes(series.to_numpy(dtype=np.float64, na_value=np.nan))
+    if is_object_dtype(dtype) and _mixes_types(infer_dtype(series, skipna=True)):
+        return _factorize_per_type(series.to_numpy(dtype=object))
+    codes, uniques = pd.factorize(series)
+    return np.asarray(codes, dtype=np.intp), uniques
+
+
+def _mixes_types(kind: str) -> bool:
+    # "floating": Python floats in an object column, where pd.factorize merges -0.0 and 0.0.
+    return kind.startswith("mixed") or kind == "floating"
+
+
+def _float_codes(values: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+    present = ~np.isnan(values)
+    codes = np.full(len(values), -1, dtype=np.intp)
+    sub, bits = pd.factorize(values[present].view(np.int64))
+    codes[present] = sub
+    return codes, pd.Index(np.asarray(bits, dtype=np.int64).view(np.float64))
+
+
+def _factorize_per_type(values: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+    present = ~pd.isna(values)
+    codes = np.full(len(values), -1, dtype=np.intp)
+    positions = np.flatnonzero(present)
+    kinds = np.array([type(v) for v in values[positions]], dtype=object)
+    uniques: list[Any] = []
+    for kind in pd.unique(kinds):
+        rows = positions[kinds == kind]
+        if issubclass(kind, (float, np.floating)):
+            sub, vals = _float_codes(values[rows].astype(np.float64))
+        else:
+            sub, vals = pd.factorize(pd.Series(values[rows], dtype=object))
+        codes[rows] = sub + len(uniques)
+        uniques.extend(vals.tolist())
+    # A trailing None keeps numpy from reading equal-length tuples as a second dimension.
+    return codes, pd.Index(np.array(uniques + [None], dtype=object)[:-1], dtype=object)
+
+
+def encode_uniques(uniques: Any, column: str) -> list[bytes]:
+    """Encode the distinct non-null values of one column (as returned by :func:`factorize`).
+
+    :param uniques: the ``uniques`` of :func:`factorize` (Index / array; no nulls).
     :param column: column name, for error messages.
     """
     dtype = getattr(uniques, "dtype", None)

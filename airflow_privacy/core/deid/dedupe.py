@@ -11,7 +11,8 @@ Equality is the one subtle point for keyed transforms: ``pd.factorize`` treats `
 ``1.0`` and ``True`` in an object column as one value, and ``0.0`` and ``-0.0`` as one
 float. A keyed token of such a merged group would depend on which spelling came first in
 the batch, so the same value could get different tokens in two batches. :func:`distinct`
-therefore factorizes floats bit-exactly and mixed-type object columns per type.
+therefore factorizes floats bit-exactly and mixed-type object columns per type -- with
+:func:`airflow_privacy.core.crypto.values.factorize`, which column encryption uses too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pandas.api.types import infer_dtype, is_float_dtype, is_object_dtype, is_string_dtype
+from pandas.api.types import infer_dtype, is_string_dtype
+
+from airflow_privacy.core.crypto.values import factorize
 
 __all__ = ["Distinct", "distinct", "text_of", "to_series"]
 
@@ -70,37 +73,13 @@ def distinct(series: pd.Series) -> Distinct:
     """Factorize ``series`` so that equal values, and only equal values, share a code.
 
     Floats are compared bit-exactly (``-0.0`` differs from ``0.0``; NaN is null), and an
-    object column holding several types (``1`` and ``"1"`` and ``1.0``) is factorized per
-    type, so a keyed transform gives every *typed* value one token whatever the row order.
+    object column holding several types (``1`` and ``"1"`` and ``1.0`` and ``True``) is
+    factorized per type, so a keyed transform gives every *typed* value one token whatever
+    the row order. The factorization is :func:`airflow_privacy.core.crypto.values.factorize`,
+    the one column encryption uses.
     """
-    dtype = series.dtype
-    if is_float_dtype(dtype) and isinstance(dtype, np.dtype):
-        values = series.to_numpy(dtype=np.float64)
-        present = ~np.isnan(values)
-        codes = np.full(len(values), -1, dtype=np.intp)
-        sub, bits = pd.factorize(values[present].view(np.int64))
-        codes[present] = sub
-        return Distinct(codes, pd.Index(np.asarray(bits, dtype=np.int64).view(np.float64)))
-    if is_object_dtype(dtype) and infer_dtype(series, skipna=True).startswith("mixed"):
-        return _distinct_per_type(series)
-    codes, uniques = pd.factorize(series)
-    return Distinct(np.asarray(codes, dtype=np.intp), uniques)
-
-
-def _distinct_per_type(series: pd.Series) -> Distinct:
-    values = series.to_numpy(dtype=object)
-    present = ~pd.isna(values)
-    codes = np.full(len(values), -1, dtype=np.intp)
-    kinds = np.array([type(v).__name__ for v in values[present]], dtype=object)
-    uniques: list[Any] = []
-    positions = np.flatnonzero(present)
-    for kind in pd.unique(kinds):
-        rows = kinds == kind
-        sub, vals = pd.factorize(pd.Series(values[positions[rows]], dtype=object))
-        codes[positions[rows]] = sub + len(uniques)
-        uniques.extend(vals.tolist())
-    index = pd.Index(np.array(uniques + [None], dtype=object)[:-1], dtype=object)
-    return Distinct(codes, index)
+    codes, uniques = factorize(series)
+    return Distinct(codes, uniques if isinstance(uniques, pd.Index) else pd.Index(uniques))
 
 
 def text_of(uniques: pd.Index) -> pa.Array:

@@ -13,8 +13,9 @@ another, and equal values in different columns get unrelated tokens unless asked
   by the *entity* column, not the date column, so every date column shifted ``by`` the same
   entity column moves by the same number of days and intervals between a patient's dates
   survive.
-* ``tokenize`` delegates to :func:`airflow_privacy.core.crypto.encrypt_columns` with
-  ``deterministic=True`` (AES-256-SIV under its own HKDF subkey; see that module).
+* ``tokenize`` gives the tokens :func:`airflow_privacy.core.crypto.encrypt_columns` with
+  ``deterministic=True`` gives (AES-256-SIV under its own HKDF subkey; see that module),
+  computed once per distinct value (:func:`~airflow_privacy.core.crypto.columns.deterministic_tokens`).
 
 Derived keys are bound to the primary key: rotating the ring changes hash tokens, date
 shifts and tokenize tokens for new batches (old tokens keep decrypting while their key
@@ -40,7 +41,6 @@ Guarantees
 from __future__ import annotations
 
 import hmac
-from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -54,8 +54,8 @@ from pandas.api.types import (
     is_string_dtype,
 )
 
-from airflow_privacy.core.crypto import KeyRing, encrypt_columns
-from airflow_privacy.core.crypto.columns import ATTRS_KEY
+from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto.columns import deterministic_tokens
 from airflow_privacy.core.crypto.values import encode_uniques
 from airflow_privacy.core.deid.dedupe import Distinct, distinct, to_series
 from airflow_privacy.core.deid.generalize import parse_datetimes
@@ -118,14 +118,14 @@ def _fixed_width_tokens(raw: np.ndarray, prefix: bytes) -> pa.Array:
 # -- tokenize -------------------------------------------------------------------------------
 
 
-def tokenize(column: Distinct, name: Hashable, ring: KeyRing) -> tuple[pa.Array, dict[str, Any]]:
-    """Deterministic AES-SIV tokens of ``column``'s distinct values (reversible with
-    ``decrypt_columns`` under the column's name) and the hint ``encrypt_columns`` records."""
-    uniques = pd.DataFrame({name: pd.Series(column.uniques, copy=False)})
-    encrypted = encrypt_columns(uniques, [name], ring, deterministic=True)
-    hint = dict(encrypted.attrs.get(ATTRS_KEY, {}).get(str(name), {}))
-    tokens = encrypted[name].array
-    return pa.array(tokens, pa.large_string()), hint
+def tokenize(column: Distinct, name: str, ring: KeyRing) -> tuple[pa.Array, dict[str, Any]]:
+    """Deterministic AES-SIV tokens of ``column``'s distinct values, in order (reversible with
+    ``decrypt_columns`` under the column's name), and the hint ``encrypt_columns`` records.
+
+    The distinct values are encrypted as they are: re-factorizing them here would merge
+    values :func:`.dedupe.distinct` keeps apart (``1``, ``1.0``, ``True``)."""
+    tokens = deterministic_tokens(column.uniques, name, ring)
+    return tokens, {"mode": "deterministic", "kek_id": ring.primary_id}
 
 
 # -- date shift -----------------------------------------------------------------------------

@@ -323,7 +323,7 @@ class Tokenize(Rule):
     def apply(self, batch: Batch) -> Applied:
         ring = batch.ring()
         column = batch.distinct(self.column)
-        tokens, hint = keyed.tokenize(column, self.column, ring)
+        tokens, hint = keyed.tokenize(column, str(self.column), ring)
         hint["dtype"] = str(batch.df[self.column].dtype)
         series = to_series(column.take(tokens), batch.index, self.column)
         return Applied(

@@ -254,3 +254,22 @@ def test_error_messages_never_carry_key_material(ring, frame):
         decrypt_columns(bad, ["email"], ring)
     key = _key_b64(ring)
     assert key not in str(info.value) and key not in repr(info.value)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_values_that_compare_equal_keep_their_type(ring, deterministic):
+    """pd.factorize treats 1, True and 1.0 as one value, and 0.0 and -0.0 as one float."""
+    values = [1, True, 1.0, "1", 0, False, 0.0, -0.0, None, 1]
+    df = pd.DataFrame({"a": pd.Series(values, dtype=object)})
+    enc = encrypt_columns(df, ["a"], ring, deterministic=deterministic)
+    back = decrypt_columns(enc, ["a"], ring)["a"].tolist()
+    assert [(type(v), v) for v in back] == [(type(v), v) for v in values]
+    assert np.signbit(back[7]) and not np.signbit(back[6])
+    if deterministic:
+        tokens = enc["a"].tolist()
+        assert len(set(tokens[:8])) == 8 and tokens[9] == tokens[0]
+        reordered = encrypt_columns(df.iloc[::-1], ["a"], ring, deterministic=True)
+        assert reordered["a"].loc[df.index].tolist() == tokens
+    floats = pd.DataFrame({"f": pd.Series([0.0, -0.0], dtype=object)})
+    signs = decrypt_columns(encrypt_columns(floats, ["f"], ring, deterministic), ["f"], ring)
+    assert np.signbit(signs["f"].tolist()).tolist() == [False, True]

@@ -112,3 +112,23 @@ def test_every_date_column_of_a_patient_moves_together(ring):
     assert (stay.dt.days == 3).all()
     gap = pd.to_datetime(out["admitted"]).iloc[2] - pd.to_datetime(out["admitted"]).iloc[0]
     assert gap.days == 31  # intervals within a patient survive
+
+
+def test_equal_comparing_values_of_different_types_get_their_own_tokens(ring):
+    """pd.factorize merges 1, True and 1.0 (and 0.0, -0.0): tokens, hashes and the values
+    they decrypt to must not depend on which spelling a batch happens to hold first."""
+    values = [1, True, 1.0, "1", 0, False, 0.0, -0.0, None]
+    rules = {"v": {"tokenize": {}}, "h": {"hash": {}}}
+
+    def release(cells):
+        df = pd.DataFrame({"v": pd.Series(cells, dtype=object), "h": pd.Series(cells, dtype=object)})
+        return deidentify(df, rules, keyring=ring)[0]
+
+    out = release(values)
+    assert out["v"].iloc[:8].nunique() == 8 and out["h"].iloc[:8].nunique() == 8
+    back = decrypt_columns(out, ["v"], ring)["v"].tolist()
+    assert [(type(v), v) for v in back[:8]] == [(type(v), v) for v in values[:8]]
+    assert np.signbit(back[7]) and back[8] is None
+    reordered = release(values[::-1])
+    assert reordered["v"].tolist()[::-1][:8] == out["v"].tolist()[:8]
+    assert reordered["h"].tolist()[::-1][:8] == out["h"].tolist()[:8]
