@@ -192,13 +192,18 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         return decrypt_bytes(io.read_bytes(path), ring, associated_data=f"{self._round_id(context)}|{self.site}|{step}")
 
     def _paillier_encrypt(self, context: Context, config: SecureSumConfig, ring) -> dict[str, Any]:
+        path = self._msg(context, "encrypt", self.site)
+        if io.exists(path):
+            # A retry re-emits what was sent: a second, freshly randomized (and re-rounded)
+            # ciphertext of the round could be added into a second aggregate.
+            self.log.info("Site %s already sent its encrypted vector this round", self.site)
+            return {"site": self.site, "step": self.step, "message": path}
         public_key = self._input(context, "keygen")
         vector = read_vector(self.source)
         self.log.info("Site %s encrypts a vector of %d values under the key holder's Paillier key",
                       self.site, len(vector))
         message = paillier_encrypt(config, public_key, self.site, vector,
                                    noise_share=self._noise_share(context, ring))
-        path = self._msg(context, "encrypt", self.site)
         io.write_bytes(message, path)
         return {"site": self.site, "step": self.step, "message": path}
 

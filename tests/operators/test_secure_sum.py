@@ -246,3 +246,20 @@ def test_late_masked_vector_is_ignored_by_unmask(tmp_path):
     out = r.aggregator("unmask")
     assert out["survivors"] == ["site_a", "site_b"] and out["dropped"] == ["site_c"]
     np.testing.assert_array_equal(r.released(), r.vectors["site_a"] + r.vectors["site_b"])
+
+
+@pytest.fixture
+def keyholder_ring(monkeypatch):
+    from airflow_privacy.core.crypto import KeyRing
+
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_KEYS_KEYHOLDER",
+                       json.dumps({"conn_type": "privacy_keys", "password": KeyRing.generate().to_json()}))
+
+
+def test_retried_paillier_encrypt_re_emits_its_message(tmp_path, keyholder_ring):
+    r = _Round(tmp_path, THREE)
+    r.keyholder("keygen")
+    r.site("encrypt", "site_a")
+    sent = r.shared("encrypt", "site_a")
+    r.site("encrypt", "site_a")  # a retry: fresh randomness would give other bytes
+    assert r.shared("encrypt", "site_a") == sent
