@@ -409,8 +409,10 @@ class PaillierKeyHolderOperator(SecureSumOperator):
 
     Runs on its own queue (``keyholder``) with its own key ring, which encrypts the Paillier
     private key in the key holder's storage. It refuses to decrypt anything but an aggregate
-    of at least ``threshold`` sites, and decrypts once per round (a retry returns the
-    released result).
+    of at least ``threshold`` sites, and decrypts one aggregate per round (dag, run, round):
+    it records the aggregate's SHA-256 in its storage before decrypting, a retry re-releases
+    that same aggregate, and any other aggregate of the round is refused -- two aggregates
+    differing by one site would reveal that site's input.
 
     :param step: ``keygen`` | ``decrypt``.
     :param keyholder_storage: URI prefix only the key holder uses.
@@ -431,9 +433,22 @@ class PaillierKeyHolderOperator(SecureSumOperator):
         self.key_conn_id = key_conn_id
         self.key_bits = key_bits
 
-    def _private_path(self, context: Context) -> str:
+    def _private_path(self, context: Context, name: str = "paillier.key.enc") -> str:
         digest = hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
-        return f"{self.keyholder_storage.rstrip('/')}/{self.round_name}/{digest}/paillier.key.enc"
+        return f"{self.keyholder_storage.rstrip('/')}/{self.round_name}/{digest}/{name}"
+
+    def _mark_decrypted(self, context: Context, aggregate: bytes) -> None:
+        """Record (once per round, before decrypting) which aggregate this round decrypts."""
+        digest = hashlib.sha256(aggregate).hexdigest()
+        marker = self._private_path(context, "decrypted.sha256")
+        if not io.exists(marker):
+            io.write_bytes(digest.encode(), marker)
+            return
+        if io.read_bytes(marker).decode() != digest:
+            raise AirflowFailException(
+                f"key holder already decrypted another aggregate in round {self._round_id(context)!r}; "
+                "refusing a second one: two aggregates differing by one site reveal that site's input")
+        self.log.info("Retry: decrypting the same aggregate of this round again")
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self._config(self._round_id(context))
@@ -449,11 +464,10 @@ class PaillierKeyHolderOperator(SecureSumOperator):
                 io.write_bytes(pair.public_key, public_path)
                 self.log.info("Published a fresh %d-bit Paillier public key for this round", self.key_bits)
                 return {"step": self.step, "message": public_path}
-            if io.exists(self.destination):
-                self.log.info("The aggregate of this round was already decrypted to %s", self.destination)
-                return {"output": self.destination, "rows": len(io.read_batch(self.destination))}
+            aggregate = self._input_msg(context, "add")
+            self._mark_decrypted(context, aggregate)
             private = decrypt_bytes(io.read_bytes(self._private_path(context)), ring, associated_data=aad)
-            result = paillier_decrypt(config, private, self._input_msg(context, "add"))
+            result = paillier_decrypt(config, private, aggregate)
         except PrivacyError as exc:
             raise AirflowFailException(f"key holder, step {self.step}: {exc}") from exc
         return self._release(context, result)

@@ -256,6 +256,39 @@ def keyholder_ring(monkeypatch):
                        json.dumps({"conn_type": "privacy_keys", "password": KeyRing.generate().to_json()}))
 
 
+def _paillier_round(r: _Round, sites=tuple(THREE)) -> dict:
+    r.keyholder("keygen")
+    r.site("encrypt", *sites)
+    r.aggregator("add")
+    return r.keyholder("decrypt")
+
+
+def test_second_manual_run_gets_its_own_paillier_total(tmp_path, keyholder_ring):
+    # Same destination (one file per day), two runs: the second must not return the first's.
+    first = _Round(tmp_path, THREE, run_id="manual__1")
+    _paillier_round(first)
+    np.testing.assert_array_equal(first.released(), sum(first.vectors.values()))
+    second = _Round(tmp_path, {s: [2 * x for x in v] for s, v in THREE.items()}, run_id="manual__2")
+    out = _paillier_round(second)
+    assert out["survivors"] == list(THREE)
+    np.testing.assert_array_equal(second.released(), sum(second.vectors.values()))
+
+
+def test_key_holder_decrypts_one_aggregate_per_round(tmp_path, keyholder_ring):
+    r = _Round(tmp_path, THREE)
+    _paillier_round(r, sites=("site_a", "site_b"))
+    two = r.released()
+    assert r.keyholder("decrypt")["survivors"] == ["site_a", "site_b"]  # a retry re-releases it
+    np.testing.assert_array_equal(r.released(), two)
+    # site_c's ciphertext arrives late and the aggregate is redone: a second aggregate of the
+    # round differs from the first by site_c's input, so the key holder refuses it.
+    r.site("encrypt", "site_c")
+    r.aggregator("add")
+    with pytest.raises(AirflowFailException, match="already decrypted"):
+        r.keyholder("decrypt")
+    np.testing.assert_array_equal(r.released(), two)
+
+
 def test_retried_paillier_encrypt_re_emits_its_message(tmp_path, keyholder_ring):
     r = _Round(tmp_path, THREE)
     r.keyholder("keygen")
