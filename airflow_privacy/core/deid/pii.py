@@ -4,13 +4,16 @@ What it finds (``ENTITIES``) and how:
 
 * ``EMAIL`` -- ``local@domain.tld`` with Unicode letters and digits (RFC 5322 dot-atoms,
   no quoted local parts).
-* ``CREDIT_CARD`` -- 13-19 digits, contiguous or grouped 4-4-4-x / 4-6-5 by one space or
-  dash character; accepted only when the first digit is 2-6 (the ISO/IEC 7812 major
+* ``CREDIT_CARD`` -- 13-19 digits, contiguous or grouped 4-4-4-x / 4-6-5 by one space,
+  dash or dot character (``4111.1111.1111.1111``); accepted only when the first digit is 2-6 (the ISO/IEC 7812 major
   industry identifiers used by card schemes) **and** the Luhn checksum holds (ISO/IEC
   7812-1 Annex B). A 16-digit number failing Luhn is left alone.
-* ``SSN`` -- ``AAA-GG-SSSS`` (dashes or spaces), accepted only inside the ranges the Social
+* ``SSN`` -- ``AAA-GG-SSSS`` (dashes or spaces; also glued to a label, ``SSN-123-45-6789``),
+  or nine bare digits right after an ``SSN`` / ``Social Security (Number|No.)`` keyword
+  (``SSN: 123456789``; the keyword stays), accepted only inside the ranges the Social
   Security Administration issues: area not 000, 666 or 900-999, group not 00, serial not
-  0000. ``000-12-3456`` or ``912-34-5678`` (an ITIN) are left alone.
+  0000. ``000-12-3456``, ``912-34-5678`` (an ITIN) or nine digits without the keyword are
+  left alone.
 * ``IP`` -- IPv4 dotted quads with every octet <= 255 (``999.1.1.1`` is left alone) and
   IPv6 in any RFC 4291/5952 spelling (``::``, embedded IPv4), validated by
   :mod:`ipaddress` (so times like ``10:30:15`` and MAC addresses are left alone).
@@ -18,8 +21,9 @@ What it finds (``ENTITIES``) and how:
   (``1/5/2026``, ``01-05-26``) and month-name dates (``Jan 5, 2026``, ``5 January 2026``,
   ``March 2026``); months 1-12 and days 1-31 are enforced by the pattern.
 * ``PHONE`` -- US numbers in the North American Numbering Plan: ``(518) 916-3293``,
-  ``518-916-3293``, ``518.916.3293``, ``+1 518 916 3293``, ``5189163293``, optional
-  extension; area code and exchange start with 2-9.
+  ``(518)-916-3293``, ``518-916-3293``, ``518.916.3293``, ``+1 518 916 3293``,
+  ``+15189163293``, ``5189163293``, optional extension (``x12``, ``ext. 12``, also glued:
+  ``5189163293x12``); area code and exchange start with 2-9.
 
 Each match is replaced by ``<ENTITY>`` (no digits, so a later recognizer never re-matches
 a replacement). Recognizers run in a fixed order -- EMAIL, CREDIT_CARD, SSN, IP, DATE,
@@ -89,20 +93,37 @@ _DATE_RE2 = "|".join(
     ]
 )
 
+_AREA = r"(?:\([2-9][0-9]{2}\)[-. ]?|[2-9][0-9]{2}[-. ]?)"
 _PHONE_RE2 = (
-    r"(?:\+1[-. ]?|\b1[-. ])?(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[-. ]?)"
-    r"[2-9][0-9]{2}[-. ]?[0-9]{4}\b(?: ?(?:x|ext\.?) ?[0-9]{1,5}\b)?"
+    # "+1" glued to the area code ("+15189163293") has no word boundary before the area code,
+    # so that alternative carries none; a bare area code must start at one.
+    rf"(?:\+1[-. ]?{_AREA}|(?:\b1[-. ])?(?:\([2-9][0-9]{{2}}\)[-. ]?|\b[2-9][0-9]{{2}}[-. ]?))"
+    # an extension may be glued on ("5189163293x12"): then there is no boundary after the
+    # subscriber number, so the extension is tried first and the boundary only without one
+    r"[2-9][0-9]{2}[-. ]?[0-9]{4}(?: ?(?i:x|ext\.?) ?[0-9]{1,5}\b|\b)"
 )
 
 # Python regexes for the validated recognizers, each with an RE2 pre-filter that selects
 # the texts worth calling Python on.
 _CARD = re.compile(
-    r"(?<![0-9])(?:[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{1,7}"
-    r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{4,5}|[0-9]{13,19})(?![0-9])"
+    r"(?<![0-9])(?:[0-9]{4}([ .-])[0-9]{4}\1[0-9]{4}\1[0-9]{1,7}"
+    r"|[0-9]{4}([ .-])[0-9]{6}\2[0-9]{4,5}|[0-9]{13,19})(?![0-9])"
 )
-_CARD_FILTER = r"(?:[0-9][ -]?){12}[0-9]"
-_SSN = re.compile(r"(?<![0-9-])([0-9]{3})([- ])([0-9]{2})\2([0-9]{4})(?![0-9]|-[0-9])")
+_CARD_FILTER = r"(?:[0-9][ .-]?){12}[0-9]"
+# A dash before the area is fine ("SSN-123-45-6789"); a digit and a dash is a longer number.
+_SSN = re.compile(
+    r"(?<![0-9])(?<![0-9]-)(?P<area>[0-9]{3})([- ])(?P<group>[0-9]{2})\2(?P<serial>[0-9]{4})"
+    r"(?![0-9]|-[0-9])"
+)
 _SSN_FILTER = r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}"
+# Nine bare digits are an SSN only right after the keyword; the keyword is kept.
+_SSN_KEYWORD = (
+    r"\b(?i:ssn|social security(?: number| no\.?)?)[ \t]*(?:[:#=-][ \t]*)?"
+)
+_SSN_BARE = re.compile(
+    _SSN_KEYWORD + r"(?P<value>(?P<area>[0-9]{3})(?P<group>[0-9]{2})(?P<serial>[0-9]{4}))(?![0-9])"
+)
+_SSN_BARE_FILTER = _SSN_KEYWORD + r"[0-9]{9}"
 _IPV6 = re.compile(
     r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
     r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![0-9A-Za-z:]|\.[0-9])"
@@ -127,7 +148,7 @@ def _luhn_ok(candidate: str) -> bool:
 
 
 def _ssn_ok(match: re.Match[str]) -> bool:
-    area, group, serial = match.group(1), match.group(3), match.group(4)
+    area, group, serial = match.group("area"), match.group("group"), match.group("serial")
     return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
 
 
@@ -147,6 +168,9 @@ def _ipv6_ok(candidate: str) -> bool:
 
 @dataclass(frozen=True)
 class _Validated:
+    """``pattern``'s group ``value``, when it has one, is what gets replaced (context such as
+    a keyword around it stays); otherwise the whole match."""
+
     entity: str
     pattern: re.Pattern[str]
     prefilter: str
@@ -164,6 +188,7 @@ _RECOGNIZERS: tuple[_Plain | _Validated, ...] = (
     _Plain("EMAIL", _EMAIL_RE2, literal="@"),
     _Validated("CREDIT_CARD", _CARD, _CARD_FILTER, lambda m: _luhn_ok(m.group(0))),
     _Validated("SSN", _SSN, _SSN_FILTER, _ssn_ok),
+    _Validated("SSN", _SSN_BARE, _SSN_BARE_FILTER, _ssn_ok),
     _Validated("IP", _IPV6, _IPV6_FILTER, lambda m: _ipv6_ok(m.group(0))),
     _Validated("IP", _IPV4, _IPV4_FILTER, lambda m: _ipv4_ok(m.group(0))),
     _Plain("DATE", _DATE_RE2),
@@ -238,9 +263,14 @@ def _validated_pass(texts: pa.Array, recognizer: _Validated, counter: np.ndarray
     valid = recognizer.valid
     hits = [0]
 
+    partial = "value" in recognizer.pattern.groupindex
+
     def replace(match: re.Match[str]) -> str:
         if valid(match):
             hits[0] += 1
+            if partial:
+                whole, start, end = match.group(0), match.start(), match.start("value")
+                return whole[: end - start] + token + whole[match.end("value") - start :]
             return token
         return match.group(0)
 

@@ -27,8 +27,20 @@ PLANTED: dict[str, list[str]] = {
         "1-800-555-0199",
         "5189163293",
         "(212)555-0143",
+        "+15189163293",
+        "(518)-916-3293",
+        "5189163293x12",
+        "518-916-3293 ext. 4",
     ],
-    "SSN": ["425-16-3144", "123 45 6789", "665-01-0001", "001-01-0001"],
+    "SSN": [
+        "425-16-3144",
+        "123 45 6789",
+        "665-01-0001",
+        "001-01-0001",
+        "SSN-123-45-6789",
+        "SSN 425163144",
+        "ssn: 123456789",
+    ],
     "CREDIT_CARD": [
         "4111 1111 1111 1111",
         "4111-1111-1111-1111",
@@ -37,6 +49,7 @@ PLANTED: dict[str, list[str]] = {
         "3782 822463 10005",
         "6011 1111 1111 1117",
         "3056 9309 0259 04",
+        "4111.1111.1111.1111",
     ],
     "IP": [
         "192.168.10.7",
@@ -80,6 +93,13 @@ LOOK_ALIKES = [
     "123-456-789",  # 3-3-3 digits
     "012-345-6789",  # area codes never start with 0
     "version 2.10.3",
+    "4111.1111.1111.1112",  # dotted, fails Luhn
+    "SSN-000-12-3456",  # labelled, but area 000
+    "SSN 912345678",  # keyword, but 9xx
+    "SSN 666123456",
+    "MRN 123456789",  # nine digits without the SSN keyword
+    "(012)-345-6789",
+    "+1 012 345 6789",
 ]
 
 TEMPLATES = [
@@ -195,3 +215,18 @@ def test_repeated_notes_are_counted_per_row():
 def test_unknown_entity_is_rejected():
     with pytest.raises(InvalidParameterError, match="NAME"):
         scrub_pii(pd.Series(["x"]), entities=["EMAIL", "NAME"])
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("SSN 425163144 on file", "SSN <SSN> on file"),
+        ("Social Security Number: 425163144", "Social Security Number: <SSN>"),
+        ("SSN-123-45-6789", "SSN-<SSN>"),
+        ("call +15189163293x12 now", "call <PHONE> now"),
+        ("card 4111.1111.1111.1111.", "card <CREDIT_CARD>."),
+    ],
+)
+def test_labels_stay_and_only_the_identifier_goes(text, scrubbed):
+    out, found = scrub_pii(pd.Series([text]))
+    assert out.iloc[0] == scrubbed and sum(found.values()) == 1
