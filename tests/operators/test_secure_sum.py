@@ -73,7 +73,7 @@ def test_noisy_secure_sum_is_charged_once(dagbag, demo_root, airflow_home, ledge
     assert len(hist) == 1 and hist[0].status == "released" and hist[0].epsilon <= 1.0
     assert unmask.xcom_pull(task_ids="secure_sum.unmask", key="privacy_budget")["spent_epsilon"] == pytest.approx(
         ledger.status("patients").spent_epsilon)
-    _assert_shared_storage_holds_no_vector(demo_root, vectors)
+    _assert_shared_storage_holds_no_vector(demo_root, vectors, run)
 
 
 def test_site_dropping_out_after_key_sharing_is_recovered(dagbag, demo_root, airflow_home, ledger_url):
@@ -101,14 +101,51 @@ def test_over_budget_round_stops_before_masking(dagbag, demo_root, ledger_url):
     assert ledger.status("patients").releases == 1
 
 
-def _assert_shared_storage_holds_no_vector(demo_root, vectors):
+def _vector_needles(v: np.ndarray, frac_bits: int = 8) -> list[bytes]:
+    """Every pair of neighbouring coordinates of ``v`` (row-major and column-major), as the
+    bytes a leak would most likely carry: float64/float32, the site's fixed-point ring words
+    (each coordinate rounded down or up, as stochastic rounding may have done) and JSON text."""
+    needles = []
+    for order in (v, v.reshape(-1, 2).T.ravel()):
+        scaled = order * 2**frac_bits
+        fixed = (np.floor(scaled), np.ceil(scaled))
+        for i in range(order.size - 1):
+            pair = order[i : i + 2]
+            needles += [pair.astype("<f8").tobytes(), pair.astype("<f4").tobytes()]
+            needles += [json.dumps(pair.tolist()).encode()[1:-1], json.dumps(pair.tolist(), separators=(",", ":")).encode()[1:-1]]
+            needles += [np.array([a[i], b[i + 1]]).astype("<i8").tobytes() for a in fixed for b in fixed]
+    return needles
+
+
+def _leaks(vectors, blobs) -> list[int]:
+    """Indices of the vectors some blob carries (two neighbouring coordinates suffice)."""
+    return [k for k, v in enumerate(vectors) if any(n in b for n in _vector_needles(v) for b in blobs)]
+
+
+def _xcom_blobs(run) -> list[bytes]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        values = session.scalars(select(XComModel.value).where(
+            XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id)).all()
+    return [json.dumps(v, default=str).encode() for v in values]
+
+
+def _assert_shared_storage_holds_no_vector(demo_root, vectors, run):
     fs, root = resolve(f"{demo_root}/secure_sum/messages")
     blobs = [fs.cat_file(p) for p in fs.find(root)]
-    assert blobs
-    for v in vectors:
-        for encoding in (v.astype("<f8").tobytes(), np.rint(v * 256).astype("<i8").tobytes()):
-            chunk = encoding[:32]
-            assert all(chunk not in b for b in blobs)
+    xcoms = _xcom_blobs(run)
+    assert blobs and xcoms
+    # The scan would see a vector leaked in any of these forms, at any offset ...
+    v = vectors[0]
+    rounded = np.floor(v * 256) + (np.random.default_rng(0).random(v.size) < (v * 256) % 1)
+    planted = [b"x" + v.astype("<f8").tobytes()[8:], v.astype("<f4").tobytes(), rounded.astype("<i8").tobytes(),
+               json.dumps({"values": v.tolist()}).encode(), json.dumps(v.reshape(-1, 2).T.tolist()).encode()]
+    assert all(_leaks([v], [p]) == [0] for p in planted)
+    # ... and none is in shared storage or XCom.
+    assert _leaks(vectors, blobs + xcoms) == []
 
 
 def test_parameter_validation():
@@ -135,8 +172,9 @@ def test_paillier_round_with_key_holder(dag_maker_paillier, demo_root, airflow_h
     out = tis[("paillier.decrypt", -1)].xcom_pull(task_ids="paillier.decrypt")
     assert out["survivors"] == list(SITES)
     total = read_batch(out["output"])["value"].to_numpy()
-    exact = sum(_site_vector(airflow_home, s, "2026-08-04") for s in SITES)
-    assert np.abs(total - exact).max() < 3 * 2**-8
+    vectors = [_site_vector(airflow_home, s, "2026-08-04") for s in SITES]
+    assert np.abs(total - sum(vectors)).max() < 3 * 2**-8
+    _assert_shared_storage_holds_no_vector(demo_root, vectors, run)
     # the Paillier private key never reaches shared storage
     fs, root = resolve(f"{demo_root}/secure_sum/messages")
     assert not [p for p in fs.find(root) if "key.enc" in p]

@@ -165,11 +165,23 @@ def test_survivor_stays_hidden_after_its_self_mask_is_removed():
 
 
 def test_headers_carry_no_data():
+    # Distinctive inputs, so that any rendering of one of them in a header would be found.
     cfg = _config(length=16)
-    res = simulate({s: np.arange(16.0) for s in SITES}, bounds=(-10.0, 10.0), random=51)
+    rng = np.random.default_rng(52)
+    inputs = {s: rng.uniform(-10.0, 10.0, 16) for s in SITES}
+    res = simulate(inputs, bounds=(-10.0, 10.0), random=51)
+    renderings = [
+        text.encode()
+        for v in inputs.values()
+        for x in v
+        for text in (repr(float(x)), f"{x:.6f}", str(int(np.floor(x * 2**20))))
+    ]
+    kinds = set()
     for message in res.transcript:
         header_len = int.from_bytes(message[6:10], "big")
-        header = json.loads(message[10 : 10 + header_len])
+        raw = message[10 : 10 + header_len]
+        header = json.loads(raw)
+        kinds.add(Kind(message[5]))
         assert set(header) <= {
             "config",
             "round_id",
@@ -183,4 +195,8 @@ def test_headers_carry_no_data():
             "self_mask_shares",
             "key_shares",
         }
-    assert cfg.length == 16
+        # bound to this round's public configuration; the only number is the public length
+        assert header["config"] == cfg.config_id.hex()
+        assert header.get("length", 16) == 16
+        assert not [r for r in renderings if r in raw]
+    assert kinds == {Kind.ADVERTISEMENT, Kind.KEY_SHARES, Kind.MASKED_INPUT, Kind.SHARE_REVEAL}
