@@ -7,9 +7,11 @@
    recovery path), and per party (one site's ``mask_input``, the aggregator's
    ``unmask_sum``). Target: >= 30 M values/s end to end.
 2. Paillier, 5 sites x 10 k values, packed (several fixed-point values per ciphertext),
-   2048-bit key: keygen, encryption, aggregation and decryption. Target: <= 20 s. Compared
-   with naive per-value ``phe`` (``public_key.encrypt(float)`` per value, ``+`` per value,
-   ``decrypt`` per value) measured on a sample and extrapolated linearly.
+   2048-bit key: keygen, encryption, aggregation and decryption, totals reported both with
+   and without the key generation (a key is made once per round). Target: <= 20 s
+   including keygen. Compared with naive per-value ``phe`` (``public_key.encrypt(float)``
+   per value, ``+`` per value, ``decrypt`` per value) measured on a sample and extrapolated
+   linearly (its keygen is timed, not extrapolated).
 
 Run: ``python bench/secure_sum.py`` (about 20-40 s on 2 cores).
 """
@@ -145,9 +147,12 @@ def bench_paillier() -> None:
     t4 = time.perf_counter()
     err = float(np.abs(res.total - sum(vectors.values())).max())
     packed = t4 - t1
+    packed_keygen = t4 - t0
 
     # naive phe: one ciphertext per value, phe's float encoding, per-value add and decrypt
+    k0 = time.perf_counter()
     public, private = phe.generate_paillier_keypair(n_length=2048)
+    naive_keygen = time.perf_counter() - k0
     sample = {s: v[:NAIVE_SAMPLE] for s, v in vectors.items()}
     n0 = time.perf_counter()
     encrypted = [[public.encrypt(float(x)) for x in v] for v in sample.values()]
@@ -171,13 +176,16 @@ def bench_paillier() -> None:
     print(f"  packed: encrypt (all sites)         {t2 - t1:8.2f} s")
     print(f"  packed: aggregate                   {t3 - t2:8.2f} s")
     print(f"  packed: decrypt                     {t4 - t3:8.2f} s")
-    print(f"  packed: total (excl. keygen)        {packed:8.2f} s   max |error| {err:.1e}")
+    print(f"  packed: total, excluding keygen     {packed:8.2f} s   max |error| {err:.1e}")
+    print(f"  packed: total, including keygen     {packed_keygen:8.2f} s")
     print(
-        f"  naive phe, extrapolated from {NAIVE_SAMPLE}/site: {naive:8.1f} s  "
+        f"  naive phe, extrapolated from {NAIVE_SAMPLE}/site, excluding keygen: {naive:8.1f} s  "
         f"(encrypt {(n1 - n0) * scale:.1f} s, add {(n2 - n1) * scale:.1f} s, decrypt {(n3 - n2) * scale:.1f} s)"
     )
-    print(f"  speed-up of packing                 {naive / packed:8.1f} x")
-    print(f"  target <= 20 s: {'met' if packed <= 20 else 'NOT met'}")
+    print(f"  naive phe, including keygen ({naive_keygen:.2f} s)  {naive + naive_keygen:8.1f} s")
+    print(f"  speed-up of packing, excluding keygen {naive / packed:6.1f} x")
+    print(f"  speed-up of packing, including keygen {(naive + naive_keygen) / packed_keygen:6.1f} x")
+    print(f"  target <= 20 s including keygen: {'met' if packed_keygen <= 20 else 'NOT met'}")
 
 
 def main() -> None:
