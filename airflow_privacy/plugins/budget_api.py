@@ -14,7 +14,10 @@ Security: plugin apps get no authentication from Airflow, so every route depends
 Airflow's own ``get_user`` (JWT from the ``Authorization: Bearer`` header, or from the
 ``_token`` cookie the UI sets -- which is what an iframe'd page receives): 401 without a
 token, 403 with an invalid one. Releases and federated rounds of DAGs the user may not read
-(auth manager ``is_authorized_dag``) are left out. The ledger is always the one of the
+(auth manager ``is_authorized_dag``) are left out everywhere they would show one release --
+the releases list, the cumulative-ε series and chart markers, ``last_release_at`` and the
+federated panel; a dataset's totals (cap, spent, remaining ε, number of releases) are the
+dataset's, not a DAG's, and are shown whole. The ledger is always the one of the
 default ``privacy_budget`` connection: no request parameter selects a connection, so a user
 cannot make the API server open other connections. The OpenAPI docs routes are disabled
 because FastAPI serves them outside the app's dependencies.
@@ -150,12 +153,20 @@ def _page_url(request: Request, name: str) -> str:
 
 
 # -- data -------------------------------------------------------------------------------------
-def _dataset_summary(s: BudgetStatus, history: list[Charge]) -> dict[str, Any]:
-    return {**s.to_dict(), "last_release_at": history[-1].created_at.isoformat() if history else None}
+def _visible(history: list[Charge], can_read: _DagReadAccess) -> list[Charge]:
+    """The releases of ``history`` (oldest first) whose DAG the user may read."""
+    return [c for c in history if can_read(c.dag_id)]
 
 
-def _series(s: BudgetStatus, history: list[Charge]) -> budget_page.SpendSeries:
-    return budget_page.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in history))
+def _dataset_summary(s: BudgetStatus, visible: list[Charge]) -> dict[str, Any]:
+    """The dataset's totals, and the time of the latest release the user may see."""
+    return {**s.to_dict(), "last_release_at": visible[-1].created_at.isoformat() if visible else None}
+
+
+def _series(s: BudgetStatus, visible: list[Charge]) -> budget_page.SpendSeries:
+    """Cumulative ε after each visible release; the legend shows the dataset's whole spend."""
+    return budget_page.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in visible),
+                                   spent_epsilon=s.spent_epsilon)
 
 
 def _release(base: str, c: Charge) -> dict[str, Any]:
@@ -166,16 +177,14 @@ def _release(base: str, c: Charge) -> dict[str, Any]:
     }
 
 
-def _releases(request: Request, ledger: PrivacyLedger, name: str, user: BaseUser,
+def _releases(request: Request, name: str, history: list[Charge], visible: list[Charge],
               limit: int, offset: int) -> dict[str, Any]:
-    _status(ledger, name)
-    can_read = _DagReadAccess(user)
-    history = ledger.history(name)
-    visible = [c for c in reversed(history) if can_read(c.dag_id)]
+    """A page of the visible releases, newest first; the others are only counted."""
+    newest_first = visible[::-1]
     base = _airflow_base(request)
     return {
         "dataset": name,
-        "releases": [_release(base, c) for c in visible[offset: offset + limit]],
+        "releases": [_release(base, c) for c in newest_first[offset: offset + limit]],
         "total_entries": len(visible),
         "hidden_entries": len(history) - len(visible),
     }
@@ -288,8 +297,9 @@ def create_app() -> FastAPI:
             status.HTTP_503_SERVICE_UNAVAILABLE, "the privacy budget ledger is unavailable; see the API server log"))
 
     @app.get("/api/datasets", summary="Budget of every dataset")
-    def list_datasets(ledger: LedgerDep) -> JSONResponse:
-        datasets = [_dataset_summary(s, ledger.history(s.dataset)) for s in ledger.datasets()]
+    def list_datasets(ledger: LedgerDep, user: UserDep) -> JSONResponse:
+        can_read = _DagReadAccess(user)
+        datasets = [_dataset_summary(s, _visible(ledger.history(s.dataset), can_read)) for s in ledger.datasets()]
         return JSONResponse({"datasets": datasets, "total_entries": len(datasets)})
 
     # `:path` because dataset names may contain "/"; the releases route must come first.
@@ -297,15 +307,17 @@ def create_app() -> FastAPI:
     def list_releases(request: Request, name: str, ledger: LedgerDep, user: UserDep,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
-        return JSONResponse(_releases(request, ledger, name, user, limit, offset))
+        _status(ledger, name)
+        history = ledger.history(name)
+        return JSONResponse(_releases(request, name, history, _visible(history, _DagReadAccess(user)), limit, offset))
 
     @app.get("/api/datasets/{name:path}", summary="Budget of one dataset and its cumulative ε")
-    def get_dataset(name: str, ledger: LedgerDep) -> JSONResponse:
+    def get_dataset(name: str, ledger: LedgerDep, user: UserDep) -> JSONResponse:
         s = _status(ledger, name)
-        history = ledger.history(name)
-        body = _dataset_summary(s, history)
+        visible = _visible(ledger.history(name), _DagReadAccess(user))
+        body = _dataset_summary(s, visible)
         body["cumulative_epsilon"] = [{"time": c.created_at.isoformat(), "spent_epsilon": c.spent_epsilon}
-                                      for c in history]
+                                      for c in visible]
         return JSONResponse(body)
 
     @app.get("/api/federated", summary="Federated learning rounds: round, accuracy, spent ε")
@@ -317,10 +329,11 @@ def create_app() -> FastAPI:
     @app.get("/dashboard", response_class=HTMLResponse, summary="Dashboard page")
     def dashboard(request: Request, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
         datasets, series = [], []
+        can_read = _DagReadAccess(user)
         for s in ledger.datasets():
-            history = ledger.history(s.dataset)
-            datasets.append({**_dataset_summary(s, history), "page_url": _page_url(request, s.dataset)})
-            series.append(_series(s, history))
+            visible = _visible(ledger.history(s.dataset), can_read)
+            datasets.append({**_dataset_summary(s, visible), "page_url": _page_url(request, s.dataset)})
+            series.append(_series(s, visible))
         html = budget_page.render_overview(datasets=datasets, series=series,
                                            federated=_federated_rounds(request, user))
         return HTMLResponse(html)
@@ -329,9 +342,10 @@ def create_app() -> FastAPI:
     def dataset_page(request: Request, name: str, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
         s = _status(ledger, name)
         history = ledger.history(name)
-        releases = _releases(request, ledger, name, user, limit=500, offset=0)
+        visible = _visible(history, _DagReadAccess(user))
+        releases = _releases(request, name, history, visible, limit=500, offset=0)
         html = budget_page.render_dataset(
-            status=_dataset_summary(s, history), series=_series(s, history), releases=releases["releases"],
+            status=_dataset_summary(s, visible), series=_series(s, visible), releases=releases["releases"],
             total=releases["total_entries"], hidden=releases["hidden_entries"],
             overview_url=f"{request.scope.get('root_path', '').rstrip('/')}/dashboard")
         return HTMLResponse(html)

@@ -24,11 +24,16 @@ _MAX_MARKERS = 200  # per series; beyond that the step line alone stays readable
 
 @dataclass(frozen=True)
 class SpendSeries:
-    """Cumulative ε of one dataset: ``points`` are ``(release time, spent ε after it)``, oldest first."""
+    """Cumulative ε of one dataset: ``points`` are ``(release time, spent ε after it)``, oldest first.
+
+    ``points`` may leave releases out (those of DAGs the viewer may not read); ``spent_epsilon``
+    is then the dataset's whole spend, shown in the legend (default: the last point's).
+    """
 
     dataset: str
     cap_epsilon: float
     points: Sequence[tuple[dt.datetime, float]] = field(default_factory=tuple)
+    spent_epsilon: float | None = None
 
 
 def fmt_eps(value: float | None) -> str:
@@ -119,7 +124,7 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
             "markers": markers if len(markers) <= _MAX_MARKERS else [],
             "cap_y": y(s.cap_epsilon),
             "cap": fmt_eps(s.cap_epsilon),
-            "spent": fmt_eps(previous),
+            "spent": fmt_eps(previous if s.spent_epsilon is None else s.spent_epsilon),
         })
     return {
         "width": width, "height": height, "left": left, "right": width - right, "top": top,

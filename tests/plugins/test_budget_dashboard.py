@@ -157,6 +157,68 @@ def test_releases_of_unreadable_dags_are_hidden(client, filled, viewer_token):
     assert len(notebook["releases"]) == 1
 
 
+@pytest.fixture
+def mixed(filled) -> PrivacyLedger:
+    """``mixed``: a release made outside Airflow, then a later one of a DAG."""
+    filled.set_budget("mixed", epsilon=2.0, delta=0.0, accountant="basic")
+    filled.charge("mixed", release_id="notebook-2", cost=_cost(0.25))
+    filled.charge("mixed", release_id="secret_dag/r/t/-1", cost=_cost(0.5), dag_id="secret_dag", run_id="r",
+                  task_id="t", map_index=-1)
+    return filled
+
+
+def test_dataset_api_shows_a_restricted_viewer_only_the_releases_it_may_read(client, mixed, viewer_token):
+    """The series and last release come from readable releases; the totals stay the dataset's."""
+    notebook, dag_release = mixed.history("mixed")
+    assert dag_release.created_at > notebook.created_at
+    as_viewer = {"cookies": {"_token": viewer_token}}
+
+    body = client.get("/privacy/api/datasets/mixed", **as_viewer).json()
+    assert body["spent_epsilon"] == pytest.approx(0.75) and body["remaining_epsilon"] == pytest.approx(1.25)
+    assert body["releases"] == 2 and body["cap_epsilon"] == 2.0
+    assert body["cumulative_epsilon"] == [{"time": notebook.created_at.isoformat(), "spent_epsilon": 0.25}]
+    assert dt.datetime.fromisoformat(body["last_release_at"]) == notebook.created_at
+
+    patients = client.get("/privacy/api/datasets/patients", **as_viewer).json()
+    assert patients["cumulative_epsilon"] == [] and patients["last_release_at"] is None
+    assert patients["spent_epsilon"] == pytest.approx(2.0) and patients["releases"] == 2
+
+    listed = {d["dataset"]: d for d in client.get("/privacy/api/datasets", **as_viewer).json()["datasets"]}
+    assert listed["patients"]["last_release_at"] is None and listed["patients"]["spent_epsilon"] == pytest.approx(2.0)
+    assert dt.datetime.fromisoformat(listed["mixed"]["last_release_at"]) == notebook.created_at
+
+    # an admin reads every DAG: the same routes show both releases
+    admin = client.get("/privacy/api/datasets/mixed").json()
+    assert [p["spent_epsilon"] for p in admin["cumulative_epsilon"]] == pytest.approx([0.25, 0.75])
+    assert dt.datetime.fromisoformat(admin["last_release_at"]) == dag_release.created_at
+
+
+def _markers(html: str) -> list[str]:
+    return re.findall(r"<circle [^>]*><title>([^<]*)</title></circle>", html)
+
+
+def test_chart_shows_a_restricted_viewer_only_the_releases_it_may_read(client, mixed, viewer_token):
+    as_viewer = {"cookies": {"_token": viewer_token}}
+    overview = client.get("/privacy/dashboard", **as_viewer).text
+    # visits' and mixed's notebook releases only; none of patients' two DAG releases
+    assert sorted(m.split(" · ")[0] for m in _markers(overview)) == ["mixed", "visits"]
+    assert not [m for m in _markers(overview) if m.startswith("patients")]
+    # the legend and the table still carry the dataset's whole spend
+    assert re.search(r'<g class="series" data-dataset="patients" data-spent="2">', overview)
+    assert "patients: ε 2 of 3" in overview and "mixed: ε 0.75 of 2" in overview
+    row = re.search(r'<tr data-dataset="patients">(.*?)</tr>', overview, re.S).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[-1] == "–"  # no visible last release
+
+    page = client.get("/privacy/dashboard/datasets/patients", **as_viewer).text
+    assert _markers(page) == [] and "<tr data-release=" not in page
+    assert "2 release(s) of DAGs you cannot read are not listed" in page
+    mixed_page = client.get("/privacy/dashboard/datasets/mixed", **as_viewer).text
+    (marker,) = _markers(mixed_page)
+    assert marker.endswith("spent ε = 0.25") and "secret_dag" not in mixed_page
+
+    assert len(_markers(client.get("/privacy/dashboard").text)) == 5  # the admin sees all of them
+
+
 def test_unknown_dataset_is_404(client, filled):
     r = client.get("/privacy/api/datasets/nope")
     assert r.status_code == 404 and "nope" in r.json()["detail"]
