@@ -141,14 +141,6 @@ def date_shifts(entities: Distinct, by: str, ring: KeyRing, max_days: int) -> np
     return np.where(r < max_days, r - max_days, r - max_days + 1)
 
 
-def constant_shift(name: str, ring: KeyRing, max_days: int) -> int:
-    """One keyed shift for a whole column (``shift_dates`` without ``by``)."""
-    key = derived_key(ring, _SHIFT_PURPOSE, "")
-    word = int.from_bytes(hmac.digest(key, name.encode("utf-8"), "sha256")[:8], "big")
-    r = word % (2 * max_days)
-    return r - max_days if r < max_days else r - max_days + 1
-
-
 def shift_dates(series: pd.Series, shift: np.ndarray, name: str) -> pd.Series:
     """``series`` moved by ``shift`` days per row (``int64``; a negative sentinel
     ``np.iinfo(int64).min`` marks rows that must become null).
@@ -229,13 +221,8 @@ def _shift_text(series: pd.Series, shift: np.ndarray, drop: np.ndarray, name: st
     return to_series(Distinct(row_codes, moved.uniques).take(labels), series.index, series.name)
 
 
-def entity_shifts(
-    entity: Distinct | None, by: str | None, name: str, ring: KeyRing, max_days: int, rows: int
-) -> np.ndarray:
+def entity_shifts(entity: Distinct, by: str, ring: KeyRing, max_days: int) -> np.ndarray:
     """Per-row shift (``_NULL_SHIFT`` where the entity is null)."""
-    if entity is None:
-        return np.full(rows, constant_shift(name, ring, max_days), dtype=np.int64)
-    assert by is not None
     per_entity = date_shifts(entity, by, ring, max_days)
     codes = entity.codes
     shift = np.full(len(codes), _NULL_SHIFT, dtype=np.int64)

@@ -19,7 +19,8 @@ bucket         ``width`` | ``edges``; ``origin`` (0), ``top`` (none)    ``"40-49
 generalize     ``prefix`` (+ ``fill`` "*") | ``date`` (day, month,        text labels
                quarter, year, decade) | ``map`` (dict or list of
                dicts, + ``default``)
-shift_dates    ``max_days`` (required, >= 1), ``by`` (entity column)    same date type
+shift_dates    ``max_days`` (required, >= 1), ``by`` (required: entity    same date type
+               column, not the date column itself)
 scrub_pii      ``entities`` (all of ENTITIES)                           text with ``<EMAIL>``..
 =============  ======================================================  =======================
 
@@ -458,11 +459,28 @@ class ShiftDates(Rule):
     def __init__(self, column: Hashable, params: _Params) -> None:
         super().__init__(column, params)
         self.max_days = params.integer("max_days", _MISSING, 1, 36_500)
-        self.by = params.get("by", None)
+        # Required: one shift for a whole column keeps every interval between all its rows,
+        # so a single date known from outside (one admission in the news) undoes it for all.
+        self.by = params.get("by")
+        if self.by is None or not _is_column_name(self.by):
+            raise InvalidParameterError(
+                params.where("by"),
+                self.by,
+                "expected the name of the entity column (e.g. 'patient_id') whose dates move "
+                "together",
+            )
+        if self.by == column:
+            # Keyed by the date itself, equal dates stay equal and all others scatter: the
+            # intervals within an entity -- the reason to shift -- are destroyed.
+            raise InvalidParameterError(
+                params.where("by"),
+                self.by,
+                "must be the entity column (e.g. 'patient_id'), not the date column itself",
+            )
         self.params = {"max_days": self.max_days, "by": self.by}
 
     def check(self, df: pd.DataFrame) -> None:
-        if self.by is not None and self.by not in df.columns:
+        if self.by not in df.columns:
             raise SchemaError(
                 f"rules[{self.column!r}].shift_dates.by: column {self.by!r} is not in the batch"
             )
@@ -470,21 +488,13 @@ class ShiftDates(Rule):
     def apply(self, batch: Batch) -> Applied:
         ring = batch.ring()
         series = batch.series(self.column)
-        entity = batch.distinct(self.by) if self.by is not None else None
-        shift = keyed.entity_shifts(
-            entity,
-            None if self.by is None else str(self.by),
-            str(self.column),
-            ring,
-            self.max_days,
-            len(series),
-        )
+        entity = batch.distinct(self.by)
+        shift = keyed.entity_shifts(entity, str(self.by), ring, self.max_days)
         out = keyed.shift_dates(series, shift, str(self.column))
         report: dict[str, Any] = {"key_id": ring.primary_id, "algorithm": "HMAC-SHA256"}
-        if entity is not None:
-            lost = int(((entity.codes < 0) & batch.notna(self.column)).sum())
-            if lost:
-                report["nulled_without_entity"] = lost
+        lost = int(((entity.codes < 0) & batch.notna(self.column)).sum())
+        if lost:
+            report["nulled_without_entity"] = lost
         return Applied(out, report)
 
 
@@ -547,6 +557,17 @@ _RULE_TYPES: dict[str, type[Rule]] = {
 }
 RULES: tuple[str, ...] = tuple(_RULE_TYPES)
 """Every rule name :func:`~airflow_privacy.core.deid.deidentify` accepts."""
+
+
+def _is_column_name(value: Any) -> bool:
+    """Hashable (so ``in df.columns`` cannot raise TypeError) and not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _header(batch: Batch, column: Hashable) -> ColumnRef:

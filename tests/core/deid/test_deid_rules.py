@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from airflow_privacy.core.crypto import KeyRing, decrypt_columns
 from airflow_privacy.core.deid import deidentify
-from airflow_privacy.core.errors import SchemaError
+from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
 HASH = re.compile(r"h1:k1:[A-Za-z0-9_-]{22}")
 
@@ -364,11 +364,17 @@ def test_shift_dates_per_entity_keeps_types_and_nulls(ring):
     assert report["columns"]["d_obj"]["key_id"] == "k1"
 
 
-def test_shift_dates_without_by_moves_the_whole_column_by_one_keyed_shift(ring):
-    df = pd.DataFrame({"d": pd.to_datetime(["2026-01-05", "2027-06-30", None])})
-    out = only(df, "d", {"shift_dates": {"max_days": 10}}, keyring=ring)
-    days = (out - df["d"]).dt.days
-    assert days.iloc[0] == days.iloc[1] and 1 <= abs(days.iloc[0]) <= 10 and pd.isna(out.iloc[2])
+def test_shift_dates_needs_an_entity_other_than_the_date_column(ring):
+    """One shift for the whole column would be undone by a single known date; a shift keyed
+    by the date itself scatters an entity's dates and keeps no interval."""
+    df = pd.DataFrame({"d": pd.to_datetime(["2026-01-05", "2027-06-30", None]), "pid": [1, 2, 1]})
+    for params in ({"max_days": 10}, {"max_days": 10, "by": None}, {"max_days": 10, "by": "d"}):
+        with pytest.raises(InvalidParameterError) as err:
+            only(df, "d", {"shift_dates": params}, keyring=ring)
+        assert err.value.name == "rules['d'].shift_dates.by"
+    out, _ = deidentify(df, {"d": {"shift_dates": {"max_days": 10, "by": "pid"}}}, keyring=ring)
+    days = (out["d"] - df["d"]).dt.days
+    assert 1 <= abs(days.iloc[0]) <= 10 and pd.isna(out["d"].iloc[2])
 
 
 # -- scrub_pii through deidentify -----------------------------------------------------------

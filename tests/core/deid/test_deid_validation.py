@@ -85,6 +85,10 @@ def test_unknown_column_is_a_schema_error(df):
         ),
         ({"when": {"shift_dates": {}}}, "rules['when'].shift_dates.max_days"),
         ({"when": {"shift_dates": {"max_days": 0}}}, "rules['when'].shift_dates.max_days"),
+        ({"when": {"shift_dates": {"max_days": 3}}}, "rules['when'].shift_dates.by"),
+        ({"when": {"shift_dates": {"max_days": 3, "by": "when"}}}, "rules['when'].shift_dates.by"),
+        ({"when": {"shift_dates": {"max_days": 3, "by": ["pid"]}}}, "rules['when'].shift_dates.by"),
+        ({"when": {"shift_dates": {"max_days": 3, "by": {"c": 1}}}}, "rules['when'].shift_dates.by"),
         ({"dx": {"scrub_pii": {"entities": ["NAME"]}}}, "rules['dx'].scrub_pii.entities"),
         ({"dx": {"scrub_pii": {"entities": "EMAIL"}}}, "rules['dx'].scrub_pii.entities"),
     ],
@@ -111,7 +115,9 @@ def test_shift_by_a_missing_column(df):
         )
 
 
-@pytest.mark.parametrize("rule", [{"hash": {}}, {"tokenize": {}}, {"shift_dates": {"max_days": 3}}])
+@pytest.mark.parametrize(
+    "rule", [{"hash": {}}, {"tokenize": {}}, {"shift_dates": {"max_days": 3, "by": "pid"}}]
+)
 def test_keyed_rules_need_a_keyring(df, rule):
     column = "when" if "shift_dates" in rule else "pid"
     with pytest.raises(InvalidParameterError) as err:
