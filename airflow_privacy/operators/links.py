@@ -15,9 +15,8 @@ class PrivacyBudgetLink(BaseOperatorLink):
     """*Privacy budget* button on a DP task: its dataset's page of the budget dashboard.
 
     Airflow 3 computes the link in the task process when the task finishes (and stores it in
-    XCom), so ``operator.dataset`` is the rendered dataset name. The URL opens the page framed
-    in the Airflow UI (``/plugin/privacy-budget/...``); it is empty for an operator without a
-    ``dataset``.
+    XCom), so the dataset name is the rendered one. The URL opens the page framed in the
+    Airflow UI (``/plugin/privacy-budget/...``); it is empty for a task that spends no budget.
     """
 
     name = "Privacy budget"
@@ -27,7 +26,20 @@ class PrivacyBudgetLink(BaseOperatorLink):
 
         from airflow_privacy.plugins.budget_urls import dataset_ui_url
 
-        dataset = getattr(operator, "dataset", None)
-        if not isinstance(dataset, str) or not dataset:
+        dataset = privacy_dataset(operator)
+        if not dataset:
             return ""
         return dataset_ui_url(dataset, conf.get("api", "base_url", fallback=None))
+
+
+def privacy_dataset(operator: BaseOperator) -> str | None:
+    """The ledger dataset a task charges: ``privacy_dataset`` when the operator names it
+    (federated record-level DP charges ``<dataset>_<site>``), else ``dataset`` (DP aggregates),
+    else ``dp["dataset"]`` (secure sum and federated rounds with DP); ``None`` without DP."""
+    for name in ("privacy_dataset", "dataset"):
+        value = getattr(operator, name, None)
+        if isinstance(value, str) and value:
+            return value
+    dp = getattr(operator, "dp", None)
+    value = dp.get("dataset") if isinstance(dp, dict) else None
+    return value if isinstance(value, str) and value else None

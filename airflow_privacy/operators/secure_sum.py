@@ -56,6 +56,7 @@ from airflow_privacy.core.secure_sum import (
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
 from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators.links import PrivacyBudgetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -287,6 +288,8 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
     """
 
     template_fields: Sequence[str] = ("destination", "shared_storage")
+    # With ``dp`` the round is charged (``route``) and released (``unmask``) by these steps.
+    operator_extra_links = (PrivacyBudgetLink(),)
     ui_color = "#f5ecd5"
 
     def __init__(
