@@ -34,7 +34,9 @@ Guarantees
   over ``{-max_days, ..., -1, 1, ..., max_days}`` (never 0), derived as
   ``HMAC(key, entity)`` (first 64 bits) reduced modulo ``2 * max_days`` (bias below
   2^-47). Consistent across batches and across date columns; intervals within an entity
-  are preserved exactly, absolute dates are hidden up to ``±max_days``. Rows whose entity
+  are preserved exactly in calendar days and wall-clock time (a tz-aware timestamp keeps
+  its local time across a DST change; see :func:`shift_dates`), absolute dates are hidden
+  up to ``±max_days``. Rows whose entity
   is null cannot be shifted consistently and are released as null (fail closed).
 """
 
@@ -148,19 +150,39 @@ def shift_dates(series: pd.Series, shift: np.ndarray, name: str) -> pd.Series:
     Dtypes are kept: ``datetime64`` (naive or tz-aware), Arrow ``date32``/``timestamp``,
     object columns of ``datetime.date`` (object columns of datetimes come back as
     ``datetime64``) and date strings (shifted and written back as ISO 8601 text).
+
+    A shift moves the *calendar* by whole days and keeps the wall-clock time, also in a
+    time zone with daylight saving time: 10:00 in Paris on 20 March shifted by 14 days is
+    10:00 on 3 April, not 11:00 (14 x 24 h would cross the change to summer time). A
+    wall-clock time the target day lacks (inside a spring-forward gap) moves forward to the
+    first time that exists (``nonexistent="shift_forward"``); one the target day has twice
+    (a fall-back overlap) is the first, summer-time occurrence. Intervals within an entity
+    are therefore exact in calendar days and wall-clock time; in elapsed hours they differ
+    by the DST offsets crossed.
     """
     drop = shift == _NULL_SHIFT
     dtype = series.dtype
     if isinstance(dtype, pd.ArrowDtype) and (
         pa.types.is_date(dtype.pyarrow_dtype) or pa.types.is_timestamp(dtype.pyarrow_dtype)
     ):
-        arrow = pa.chunked_array(pa.array(series.array)).combine_chunks()
-        moved = _shift_arrow(arrow, shift, drop)
+        arrow_type = dtype.pyarrow_dtype
+        if pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None:
+            zoned = series.astype(pd.DatetimeTZDtype(unit=arrow_type.unit, tz=arrow_type.tz))
+            moved = pa.array(shift_dates(zoned, shift, name), type=arrow_type, from_pandas=True)
+        else:
+            arrow = pa.chunked_array(pa.array(series.array)).combine_chunks()
+            moved = _shift_arrow(arrow, shift, drop)
         return pd.Series(pd.arrays.ArrowExtensionArray(moved), index=series.index, name=series.name)
     if is_datetime64_any_dtype(dtype):
         delta = (np.where(drop, 0, shift) * 86_400).astype("m8[s]")
         delta[drop] = np.timedelta64("NaT")
-        return series + delta
+        tz = getattr(dtype, "tz", None)
+        if tz is None:
+            return series + delta
+        wall_clock = series.dt.tz_localize(None) + delta
+        return wall_clock.dt.tz_localize(
+            tz, ambiguous=np.ones(len(series), dtype=bool), nonexistent="shift_forward"
+        )
     if is_string_dtype(dtype) and not is_object_dtype(dtype):
         return _shift_text(series, shift, drop, name)
     kind = infer_dtype(series, skipna=True)
@@ -191,6 +213,7 @@ _NULL_SHIFT = np.iinfo(np.int64).min
 
 
 def _shift_arrow(arrow: pa.Array, shift: np.ndarray, drop: np.ndarray) -> pa.Array:
+    """Dates and naive timestamps (tz-aware ones go through wall-clock time, see above)."""
     null = drop | arrow.is_null().to_numpy(zero_copy_only=False)
     days = np.where(null, 0, shift)
     if pa.types.is_date(arrow.type):

@@ -377,6 +377,53 @@ def test_shift_dates_needs_an_entity_other_than_the_date_column(ring):
     assert 1 <= abs(days.iloc[0]) <= 10 and pd.isna(out["d"].iloc[2])
 
 
+@pytest.mark.parametrize("arrow", [False, True])
+def test_shift_dates_keeps_wall_clock_time_across_dst(ring, arrow):
+    """Europe/Paris: summer time starts 29 March 2026 and ends 25 October 2026. A shift of
+    whole days must keep 10:00 at 10:00 on either side of the change (n x 24 h would not)."""
+    local = pd.to_datetime(
+        [
+            "2026-03-20 10:00",  # winter -> summer for shifts >= 9 days
+            "2026-03-28 23:30",
+            "2026-10-20 10:00",  # summer -> winter for shifts >= 5 days
+            "2026-10-24 02:30",
+            "2026-04-10 10:00",  # summer -> winter time for shifts <= -12 days
+        ]
+    )
+    zoned = pd.Series(local.tz_localize("Europe/Paris"))
+    pids = [f"p{i}" for i in range(200)]
+    df = pd.DataFrame({"pid": pids, "t": zoned.sample(200, replace=True, random_state=1).reset_index(drop=True)})
+    if arrow:
+        df["t"] = df["t"].astype(pd.ArrowDtype(pa.timestamp("us", tz="Europe/Paris")))
+    out, _ = deidentify(df, {"t": {"shift_dates": {"max_days": 30, "by": "pid"}}}, keyring=ring)
+    assert out["t"].dtype == df["t"].dtype
+    before = pd.Series(pd.DatetimeIndex(df["t"].astype("datetime64[us, Europe/Paris]")))
+    after = pd.Series(pd.DatetimeIndex(out["t"].astype("datetime64[us, Europe/Paris]")))
+    wall_before, wall_after = before.dt.tz_localize(None), after.dt.tz_localize(None)
+    days = (wall_after.dt.normalize() - wall_before.dt.normalize()).dt.days
+    assert days.abs().between(1, 30).all()
+    assert (wall_after.dt.time == wall_before.dt.time).all()
+    # the sample does cross DST: some rows changed UTC offset
+    offsets = lambda s: s.map(lambda t: t.utcoffset())  # noqa: E731
+    assert (offsets(before) != offsets(after)).any()
+
+
+def test_shift_dates_into_a_dst_gap_or_overlap_is_explicit(ring):
+    from airflow_privacy.core.deid.keyed import shift_dates
+
+    zoned = pd.Series(
+        pd.to_datetime(["2026-03-22 02:30", "2026-10-18 02:30"]).tz_localize("Europe/Paris")
+    )
+    moved = shift_dates(zoned, np.array([7, 7], dtype=np.int64), "t")
+    # 29 March 02:30 does not exist: the first time that does; 25 October 02:30 exists twice:
+    # the first (summer-time) one
+    assert moved.tolist() == [
+        pd.Timestamp("2026-03-29 03:00", tz="Europe/Paris"),
+        pd.Timestamp("2026-10-25 02:30:00+02:00", tz="Europe/Paris"),
+    ]
+    assert moved.iloc[1].utcoffset() == dt.timedelta(hours=2)
+
+
 # -- scrub_pii through deidentify -----------------------------------------------------------
 
 
