@@ -75,7 +75,9 @@ class EncryptOperator(_CryptoOperator):
     Whole-file mode (default): streaming segmented AES-256-GCM envelope; the output reveals
     only the file's length. Column mode (``columns`` / ``deterministic_columns``): the
     listed cells become ``v1:<kek id>:<base64url>`` tokens -- randomized, or deterministic
-    AES-SIV (equal values -> equal tokens, joinable; reveals equality and only equality).
+    AES-SIV (equal values -> equal tokens, joinable). Both kinds of token reveal the
+    approximate length of each value; deterministic ones also reveal equality within the
+    column (see :mod:`airflow_privacy.core.crypto.columns`).
 
     :param source: URI of the input (templated).
     :param destination: URI of the output (templated); written atomically.

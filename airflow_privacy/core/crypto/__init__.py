@@ -10,8 +10,8 @@ Security guarantees (details and citations in each module):
   garbage output; file decryption publishes its output atomically. Key rotation re-wraps
   the data key without touching the body (:func:`rewrap`).
 * :mod:`.columns` -- column tokens ``v1:<kek id>:<base64url>``: randomized AES-256-GCM (hides
-  everything but length) or deterministic AES-256-SIV (reveals equality, and only equality,
-  within a column under one key; joinable).
+  everything but approximate length) or deterministic AES-256-SIV (reveals equality within
+  a column under one key, and approximate length; joinable).
 * :mod:`.keyring` -- :class:`KeyRing`: named 256-bit KEKs, one primary; key bytes never
   appear in ``repr`` or error messages.
 

@@ -4,12 +4,18 @@ Security guarantee
 ------------------
 *Randomized* tokens (``deterministic=False``, the default) are AES-256-GCM ciphertexts with
 a fresh random 96-bit nonce per cell: they hide everything about the values except their
-length (and nullness: nulls stay nulls), even equality between cells. *Deterministic*
-tokens (``deterministic=True``) are AES-256-SIV (RFC 5297) ciphertexts: deterministic
-authenticated encryption (Rogaway & Shrimpton, EUROCRYPT 2006), which reveals **equality
-and only equality** of values within one column under one key -- what makes the tokens
-joinable and groupable. Use them for identifiers that must be joined, never for
-low-entropy attributes whose frequencies would give them away. Both kinds are
+approximate length (and nullness: nulls stay nulls), even equality between cells.
+*Deterministic* tokens (``deterministic=True``) are AES-256-SIV (RFC 5297) ciphertexts:
+deterministic authenticated encryption (Rogaway & Shrimpton, EUROCRYPT 2006), which reveals
+**equality** of values within one column under one key -- what makes the tokens joinable
+and groupable -- **and their approximate length**. Use them for identifiers that must be
+joined, never for low-entropy attributes whose frequencies would give them away.
+
+Length, for both kinds: no padding is added, so a token's length is a function of the
+length of the value's encoding (a kind byte, then UTF-8 text, or a fixed-size number):
+base64 rounds it to a multiple of 3 bytes, so text values are revealed to within 2 bytes.
+Where the length itself is sensitive (names, free text), generalize or hash the column
+instead, or pad the values to a common length before encrypting. Both kinds are
 authenticated and bound to the column name and key id: a token altered, forged, moved to
 another column or decrypted with the wrong key raises
 :class:`~airflow_privacy.core.errors.IntegrityError`; nothing is returned as garbage.
@@ -118,8 +124,8 @@ def encrypt_columns(
     :param columns: names of the columns to encrypt.
     :param ring: key ring; its primary key derives the column keys.
     :param deterministic: False (default): randomized AES-GCM tokens that reveal nothing
-        but length. True: AES-SIV tokens, equal values give equal tokens (joinable;
-        reveals equality within the column).
+        but the approximate length of each value. True: AES-SIV tokens, equal values give
+        equal tokens (joinable; reveals equality within the column and approximate length).
     :return: a new DataFrame with the columns tokenized.
     :raises SchemaError: a column is missing, duplicated, or holds unsupported values.
     """

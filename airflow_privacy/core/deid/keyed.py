@@ -15,7 +15,8 @@ another, and equal values in different columns get unrelated tokens unless asked
   survive.
 * ``tokenize`` gives the tokens :func:`airflow_privacy.core.crypto.encrypt_columns` with
   ``deterministic=True`` gives (AES-256-SIV under its own HKDF subkey; see that module),
-  computed once per distinct value (:func:`~airflow_privacy.core.crypto.columns.deterministic_tokens`).
+  computed once per distinct value. They reveal equality within the column and the
+  approximate length of the value (``hash`` tokens have a fixed width).
 
 Derived keys are bound to the primary key: rotating the ring changes hash tokens, date
 shifts and tokenize tokens for new batches (old tokens keep decrypting while their key

@@ -273,3 +273,16 @@ def test_values_that_compare_equal_keep_their_type(ring, deterministic):
     floats = pd.DataFrame({"f": pd.Series([0.0, -0.0], dtype=object)})
     signs = decrypt_columns(encrypt_columns(floats, ["f"], ring, deterministic), ["f"], ring)
     assert np.signbit(signs["f"].tolist()).tolist() == [False, True]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_tokens_reveal_approximate_length_as_documented(ring, deterministic):
+    """No padding: the token length is 4 * ceil((overhead + len(utf-8)) / 3) plus the prefix,
+    so values are told apart by length up to a multiple of 3 bytes (the module says so)."""
+    df = pd.DataFrame({"v": ["x" * n for n in range(1, 31)]})
+    lengths = encrypt_columns(df, ["v"], ring, deterministic=deterministic)["v"].str.len()
+    # payload: mode byte, (salt, nonce,) SIV or GCM tag, kind byte, the text
+    overhead = 1 + 16 + 1 if deterministic else 1 + 16 + 12 + 16 + 1
+    prefix = len(f"v1:{ring.primary_id}:")
+    expected = [prefix + 4 * -(-(overhead + n) // 3) for n in range(1, 31)]
+    assert lengths.tolist() == expected
