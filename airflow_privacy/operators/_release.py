@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import uuid
 from typing import TYPE_CHECKING, Any
 
+import fsspec
 import pandas as pd
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core import io
 from airflow_privacy.core.dp import dp_aggregate
@@ -58,11 +62,8 @@ def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
         _require_budget(ledger, op.dataset)
 
     previous = ledger.get_release(op.dataset, rid)
-    if previous is not None and previous.output and io.exists(previous.output):
-        op.log.info("Release %s was already published to %s: returning it (no new charge, no new noise)",
-                    rid, previous.output)
-        rows = len(io.read_batch(previous.output))
-        return _finish(op, context, ledger, rid, previous.epsilon, previous.delta, previous.output, rows)
+    if previous is not None and (previous.output_sha256 is not None or previous.status == "released"):
+        return _reuse_release(op, context, ledger, rid, previous)
 
     df = _read_sources(op.source)
     op.log.info("Read %d rows from %s", len(df), op.source)
@@ -85,11 +86,61 @@ def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
         bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
         public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
     )
-    rows = io.write_batch(result.table, op.destination)
+    data, rows = _serialize(result.table, op.destination)
+    # Seal the answer before it can be seen: a retry after this point returns these bytes or
+    # fails, it never draws again. A crash between seal and write leaves a sealed release with
+    # no file -- the retry then fails hard, which costs a new run but never a second answer.
+    ledger.seal_release(op.dataset, rid, output=op.destination, sha256=hashlib.sha256(data).hexdigest())
+    io.write_bytes(data, op.destination)
     ledger.mark_released(op.dataset, rid, op.destination)
     op.log.info("Released %d rows to %s (noise sd per query: %s)", rows, op.destination,
                 {k: round(v, 4) for k, v in result.noise_sd.items()})
     return _finish(op, context, ledger, rid, result.cost.epsilon, result.cost.delta, op.destination, rows)
+
+
+def _serialize(table: pd.DataFrame, destination: str) -> tuple[bytes, int]:
+    """The exact bytes ``io.write_batch`` would write to ``destination``, and the row count.
+
+    Written to an in-memory file of the same name, so the format is inferred as for the
+    destination and serialization stays in ``core.io``.
+    """
+
+    class _Memory:
+        fs = fsspec.filesystem("memory")
+        path = f"/airflow-privacy-release-{uuid.uuid4().hex}/{destination.rstrip('/').rpartition('/')[2]}"
+
+    rows = io.write_batch(table, _Memory)
+    try:
+        return io.read_bytes(_Memory), rows
+    finally:
+        _Memory.fs.rm(_Memory.path.rpartition("/")[0], recursive=True)
+
+
+def _reuse_release(op, context, ledger, rid, previous) -> dict[str, Any]:
+    """Return a sealed release's stored output after checking it is byte-for-byte the one sealed.
+
+    Never re-draws: the charge already has its one answer, and a fresh draw next to a
+    published (then lost or altered) one would release two independent noisy answers for a
+    single charge.
+    """
+    output, sealed = previous.output, previous.output_sha256
+    where = f"release {rid!r} of dataset {op.dataset!r} (ledger status {previous.status!r}, output {output}"
+    where += f", sha256 {sealed})" if sealed else ")"
+    advice = ("It cannot be recomputed under the same charge: fresh noise would publish a second, independent "
+              "answer. Restore the file from a backup, or trigger a new DAG run (a new release id and a new charge).")
+    if not output or not io.exists(output):
+        raise AirflowFailException(f"{where} already exists in the privacy ledger but its output is missing. {advice}")
+    found = hashlib.sha256(io.read_bytes(output)).hexdigest()
+    if sealed is None:  # released by a package older than ledger schema v2: nothing to verify against
+        op.log.warning("Release %s has no recorded sha256 (ledger schema v1); returning %s unverified", rid, output)
+    elif found != sealed:
+        raise AirflowFailException(f"{where} already exists in the privacy ledger but its output was changed "
+                                   f"(sha256 now {found}). {advice}")
+    if previous.status != "released":  # sealed, then the earlier try stopped before recording it
+        ledger.mark_released(op.dataset, rid, output)
+    op.log.info("Release %s was already published to %s: returning it (no new charge, no new noise)", rid, output)
+    rows = len(io.read_batch(output))
+    return _finish(op, context, ledger, rid, previous.epsilon, previous.delta, output, rows)
 
 
 def _require_budget(ledger: PrivacyLedger, dataset: str) -> None:

@@ -89,3 +89,61 @@ def test_parse_time_validation():
     with pytest.raises(InvalidParameterError, match="budget_cap"):
         DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=1,
                             metrics={"n": "count"}, budget_cap=(1.0,))
+
+
+class _TI:
+    """The few task-instance attributes a DP release reads (a retry = same ids again)."""
+
+    dag_id, run_id, task_id, map_index = "dp_test", "manual__1", "stats", -1
+
+    def __init__(self) -> None:
+        self.pushed: dict = {}
+
+    def xcom_push(self, key, value) -> None:
+        self.pushed[key] = value
+
+
+def _release_op(tmp_path, demo_root) -> DPAggregateOperator:
+    import numpy as np
+    import pandas as pd
+
+    source = f"file://{tmp_path}/in.parquet"
+    rng = np.random.default_rng(0)
+    write_batch(pd.DataFrame({"patient_id": np.arange(500), "cost": rng.uniform(0, 100, 500)}), source)
+    return DPAggregateOperator(task_id="stats", source=source, destination=f"file://{tmp_path}/out/stats.parquet",
+                               dataset="patients", epsilon=1.0, metrics={"n": "count", "m": ("mean", "cost")},
+                               privacy_unit="patient_id", bounds={"cost": (0, 100)}, budget_cap=(5.0, 1e-6))
+
+
+@pytest.mark.parametrize("damage", ["delete", "alter"])
+def test_retry_with_lost_or_altered_output_fails_and_never_redraws(tmp_path, ledger_url, demo_root, damage):
+    """A sealed release whose output is missing or changed must not be recomputed: fresh noise
+    under the same charge would publish a second, independent answer. The retry fails (no
+    Airflow retry), writes nothing, charges nothing; the ledger holds the output's SHA-256."""
+    import hashlib
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_privacy.core.io import read_bytes, resolve
+
+    op = _release_op(tmp_path, demo_root)
+    first = op.execute({"ti": _TI()})
+    ledger = PrivacyLedger(ledger_url)
+    sealed = hashlib.sha256(read_bytes(first["output"])).hexdigest()
+    # A retry with the output intact returns the same bytes, no new charge.
+    assert op.execute({"ti": _TI()})["privacy"] == first["privacy"]
+    before = ledger.status("patients")
+
+    fs, path = resolve(first["output"])
+    if damage == "delete":
+        fs.rm(path)
+    else:
+        write_batch(read_batch(first["output"]).assign(n=0), first["output"])
+    altered = None if damage == "delete" else read_bytes(first["output"])
+    with pytest.raises(AirflowFailException, match="missing" if damage == "delete" else "changed") as err:
+        op.execute({"ti": _TI()})
+    assert "restore" in str(err.value).lower() and "new dag run" in str(err.value).lower()
+    assert (not exists(first["output"])) if damage == "delete" else read_bytes(first["output"]) == altered
+    assert ledger.status("patients") == before
+    (charge,) = ledger.history("patients")
+    assert charge.status == "released" and charge.output_sha256 == sealed

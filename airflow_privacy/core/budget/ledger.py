@@ -13,6 +13,10 @@ Guarantees
     * **Idempotent.** A charge is keyed by ``(dataset, release_id)``; charging an id again
       returns the stored charge (``replayed=True``) and spends nothing.
     * Callers charge *before* drawing noise; if the charge fails nothing may be released.
+    * **One answer per charge.** Before a release is written, its SHA-256 is sealed in the
+      charge (:meth:`seal_release`); a retry finding a sealed charge must return exactly that
+      output (verified by the hash) and never draw fresh noise -- two independent noisy
+      answers under one charge would spend the budget twice.
 
 ``spent_epsilon`` is the composed ε of every recorded event at the cap's δ;
 ``spent_delta`` is the sum of the δ's that releases declared for (ε, δ) mechanisms (e.g.
@@ -36,7 +40,7 @@ from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost, compose
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, PrivacyError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
 
 metadata = sa.MetaData()
@@ -71,12 +75,24 @@ charges_table = sa.Table(
     sa.Column("task_id", sa.String(250)),
     sa.Column("map_index", sa.Integer),
     sa.Column("output", sa.Text),
+    sa.Column("output_sha256", sa.String(64)),  # schema v2
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("dataset", "release_id", name="uq_privacy_charge_release"),
 )
 
-_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn)}
+
+
+def _add_output_sha256(conn: sa.Connection) -> None:
+    """v2: the SHA-256 of each release's published output (v1 created tables lack it)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("privacy_charges")}
+    if "output_sha256" not in columns:
+        conn.execute(sa.text("ALTER TABLE privacy_charges ADD COLUMN output_sha256 VARCHAR(64)"))
+
+
+# v1 creates the tables from the current definitions; later steps bring tables created by an
+# older package up to date and are no-ops on tables v1 has just created.
+_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _add_output_sha256}
 _MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
 
 
@@ -113,6 +129,7 @@ class Charge:
     task_id: str | None = None
     map_index: int | None = None
     replayed: bool = False
+    output_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -288,6 +305,32 @@ class PrivacyLedger:
                 releases=row.releases + 1, updated_at=now))
             return self._to_charge(self._charge_row(conn, dataset, release_id), replayed=False)
 
+    def seal_release(self, dataset: str, release_id: str, *, output: str, sha256: str) -> None:
+        """Fix a charged release's answer before it is written: where it goes and its SHA-256.
+
+        From here on the release's answer is this output and no other: a retry must return
+        it (:meth:`get_release` gives the hash to verify it against) and must not draw new
+        noise, even if the file is missing -- it may have been published and then lost.
+        Sealing twice with a different hash is refused.
+
+        :raises KeyError: no such charge.
+        :raises InvalidParameterError: ``sha256`` is not 64 hex digits, or differs from an
+            already sealed one.
+        """
+        if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InvalidParameterError("sha256", sha256, "expected 64 lowercase hex digits")
+        with self.engine.begin() as conn:
+            row = self._charge_row(conn, dataset, release_id)
+            if row is None:
+                raise KeyError(f"dataset {dataset!r} has no charge {release_id!r} to seal")
+            if row.output_sha256 is not None and row.output_sha256 != sha256:
+                raise InvalidParameterError(
+                    "sha256", sha256, f"release {release_id!r} is already sealed with sha256 {row.output_sha256}; "
+                    "one charge has one answer")
+            conn.execute(charges_table.update().where(
+                (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id)).values(
+                    output=output, output_sha256=sha256))
+
     def mark_released(self, dataset: str, release_id: str, output: str | None = None) -> None:
         """Record that a charged release was published (and where)."""
         with self.engine.begin() as conn:
@@ -351,4 +394,4 @@ class PrivacyLedger:
             dataset=row.dataset, release_id=row.release_id, epsilon=row.epsilon, delta=row.delta,
             events=json.loads(row.events), spent_epsilon=row.spent_epsilon, output=row.output,
             status=row.status, created_at=created, dag_id=row.dag_id, run_id=row.run_id,
-            task_id=row.task_id, map_index=row.map_index, replayed=replayed)
+            task_id=row.task_id, map_index=row.map_index, replayed=replayed, output_sha256=row.output_sha256)

@@ -121,3 +121,39 @@ def test_concurrent_processes_never_exceed_cap(ledger):
         p.join()
     assert results.count("ok") == 10 and results.count("over") == 4
     assert ledger.status("patients").releases == 10
+
+
+def test_v1_ledger_is_migrated_and_releases_are_sealed_once(tmp_path):
+    """A ledger created by schema v1 (no output hash) gains the column; a sealed release's
+    hash cannot be replaced by another (one charge, one answer)."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE privacy_schema (version INTEGER PRIMARY KEY, applied_at DATETIME NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO privacy_schema VALUES (1, '2026-01-01 00:00:00')")
+        conn.exec_driver_sql(
+            "CREATE TABLE privacy_datasets (name VARCHAR(200) PRIMARY KEY, cap_epsilon FLOAT NOT NULL, "
+            "cap_delta FLOAT NOT NULL, accountant VARCHAR(16) NOT NULL, spent_epsilon FLOAT NOT NULL, "
+            "spent_delta FLOAT NOT NULL, releases INTEGER NOT NULL, created_at DATETIME NOT NULL, "
+            "updated_at DATETIME NOT NULL)")
+        conn.exec_driver_sql(
+            "CREATE TABLE privacy_charges (id INTEGER PRIMARY KEY AUTOINCREMENT, dataset VARCHAR(200) NOT NULL, "
+            "release_id VARCHAR(1000) NOT NULL, epsilon FLOAT NOT NULL, delta FLOAT NOT NULL, events TEXT NOT NULL, "
+            "spent_epsilon FLOAT NOT NULL, dag_id VARCHAR(250), run_id VARCHAR(250), task_id VARCHAR(250), "
+            "map_index INTEGER, output TEXT, status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL, "
+            "UNIQUE (dataset, release_id))")
+    engine.dispose()
+    led = PrivacyLedger(url)
+    led.set_budget("patients", epsilon=1.0, delta=1e-6)
+    led.charge("patients", release_id="r", cost=_cost(0.25))
+    assert led.get_release("patients", "r").output_sha256 is None
+    led.seal_release("patients", "r", output="file:///o.parquet", sha256="a" * 64)
+    led.seal_release("patients", "r", output="file:///o.parquet", sha256="a" * 64)  # same answer: fine
+    with pytest.raises(InvalidParameterError, match="already sealed"):
+        led.seal_release("patients", "r", output="file:///o.parquet", sha256="b" * 64)
+    with pytest.raises(InvalidParameterError, match="sha256"):
+        led.seal_release("patients", "r", output="file:///o.parquet", sha256="xyz")
+    assert led.get_release("patients", "r").output_sha256 == "a" * 64
+    assert PrivacyLedger(url).get_release("patients", "r").output == "file:///o.parquet"  # reopening: no-op
