@@ -5,11 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+# The demo's Airflow home is the checkout's .airflow, whatever AIRFLOW_HOME your shell
+# exports: `make demo` resets its home's ledger and data, which must never be a real
+# ~/airflow. Another (new or empty) directory only by naming it: make demo DEMO_HOME=/tmp/x
+DEMO_HOME := $(CURDIR)/.airflow
+export AIRFLOW_HOME := $(DEMO_HOME)
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
-export AIRFLOW_PRIVACY_DEMO_ROOT ?= file://$(AIRFLOW_HOME)/demo-data
+export AIRFLOW_PRIVACY_DEMO_ROOT := file://$(AIRFLOW_HOME)/demo-data
 
 PYTEST_ARGS ?=
 

@@ -13,7 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from airflow_privacy.demo.home import scrub_environment  # imports no Airflow
+
 REPO = Path(__file__).resolve().parent.parent
+# Nothing inherited may point the session at a real deployment: a shell's
+# AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, AIRFLOW_CONFIG or AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT
+# would have the tests migrate, fill and charge a user's metadata DB and ledger.
+scrub_environment(os.environ, keep=())
 _HOME = Path(tempfile.mkdtemp(prefix="airflow-privacy-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
@@ -22,7 +28,6 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 # A 64-byte JWT secret, as production should have (Airflow's generated default is 16 bytes).
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = os.urandom(64).hex()
 os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"] = f"file://{_HOME}/demo-data"
-os.environ.pop("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", None)
 # The test session's key ring: an ordinary env connection, like a secrets backend would give.
 from airflow_privacy.core.crypto import KeyRing  # noqa: E402
 

@@ -3,6 +3,9 @@
 Initialises the embedded Airflow (SQLite under ``$AIRFLOW_HOME``), runs every example DAG
 with ``airflow dags test`` for a few consecutive logical dates, then prints what was
 produced. Each capability appends its DAG to :data:`DEMO_DAGS`.
+
+It runs only in a demo home (see :mod:`airflow_privacy.demo.home`): inherited Airflow
+settings and connections are dropped, and it refuses to reset a directory it did not create.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import os
 import subprocess
 import sys
 import time
+
+from airflow_privacy.demo.data import demo_root
+from airflow_privacy.demo.home import claim_home, scrub_environment, start_fresh
 
 #: Example DAGs in the order the demo runs them for each logical date.
 DEMO_DAGS: list[str] = [
@@ -58,7 +64,6 @@ def _airflow(*args: str, log) -> None:
 
 def _summary(dates: list[str]) -> str:
     from airflow_privacy.core.io import read_batch, resolve
-    from airflow_privacy.demo.data import demo_root
 
     fs, root = resolve(demo_root())
     lines = [f"Demo output under {demo_root()}"]
@@ -87,25 +92,6 @@ def _budget_lines() -> list[str]:
     return budget_lines() + federated_lines()
 
 
-def _start_fresh(home: str) -> None:
-    """The demo replays the same dates each time: start from an empty ledger and data dir,
-    or the second `make demo` would (rightly) find the demo budget already spent."""
-    import shutil
-
-    from airflow_privacy.core.io import resolve
-    from airflow_privacy.demo.data import demo_root
-
-    ledger = os.path.join(home, "privacy_budget.db")
-    if os.path.exists(ledger):
-        os.remove(ledger)
-    fs, root = resolve(demo_root())
-    if fs.exists(root):
-        if getattr(fs, "protocol", None) in ("file", ("file", "local")):
-            shutil.rmtree(root)
-        else:
-            fs.rm(root, recursive=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_privacy.demo", description=__doc__)
     parser.add_argument("--start", default="2026-01-01", help="first logical date (ISO)")
@@ -114,18 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standalone", action="store_true",
                         help="instead: start `airflow standalone` with the demo's connections")
     args = parser.parse_args(argv)
-    if args.standalone:
-        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-        os.execve(airflow, [airflow, "standalone"], {**os.environ, **demo_connections(os.environ["AIRFLOW_HOME"])})
-    if args.days < 1:
-        parser.error(f"--days must be >= 1, got {args.days}")
+    dropped = scrub_environment(os.environ)
+    if dropped:
+        print(f"[demo] ignoring inherited Airflow settings (the demo uses its own home): {', '.join(dropped)}",
+              flush=True)
     home = os.environ.get("AIRFLOW_HOME")
     if not home:
         parser.error("AIRFLOW_HOME is not set; run through `make demo`")
-    os.makedirs(home, exist_ok=True)
+    if args.standalone:
+        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+        home = str(claim_home(home))
+        os.execve(airflow, [airflow, "standalone"], {**os.environ, **demo_connections(home)})
+    if args.days < 1:
+        parser.error(f"--days must be >= 1, got {args.days}")
     start = dt.date.fromisoformat(args.start)
     dates = [(start + dt.timedelta(days=i)).isoformat() for i in range(args.days)]
-    _start_fresh(home)
+    # The demo replays the same dates each time: start from an empty ledger and data dir,
+    # or the second `make demo` would (rightly) find the demo budget already spent.
+    start_fresh(claim_home(home), demo_root())
     log_path = os.path.join(home, "demo.log")
     t0 = time.monotonic()
     with open(log_path, "w") as log:

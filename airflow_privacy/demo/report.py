@@ -1,18 +1,39 @@
-"""Budget lines of the demo summary (reads the embedded ledger; no Airflow import)."""
+"""Budget and model lines of the demo summary."""
 
 from __future__ import annotations
 
 import os
 
 
+def ledger_url() -> str:
+    """The ledger the demo's DAGs charge: the ``privacy_budget_default`` connection as
+    :class:`~airflow_privacy.hooks.budget.PrivacyBudgetHook` resolves it (SQLite under
+    ``$AIRFLOW_HOME`` when the demo's metadata DB has no such connection)."""
+    from airflow_privacy.hooks.budget import PrivacyBudgetHook
+
+    return PrivacyBudgetHook().get_url()
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or url
+    return parsed.render_as_string(hide_password=True)
+
+
 def budget_lines() -> list[str]:
+    from sqlalchemy.engine import make_url
+
     from airflow_privacy.core.budget import PrivacyLedger
 
-    path = os.path.join(os.environ["AIRFLOW_HOME"], "privacy_budget.db")
-    if not os.path.exists(path):
-        return []
-    ledger = PrivacyLedger(f"sqlite:///{path}")
-    lines = ["Privacy budget (ledger " + path + "):"]
+    url = ledger_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and os.path.exists(parsed.database)):
+        return []  # no DP release ran: opening it would create an empty ledger
+    ledger = PrivacyLedger(url)
+    lines = [f"Privacy budget (ledger {_shown(url)}):"]
     for st in ledger.datasets():
         lines.append(
             f"  {st.dataset:<16} spent epsilon {st.spent_epsilon:.3f} of {st.cap_epsilon:g} "
