@@ -19,6 +19,7 @@
 #                                               NAME/Q: a worker with SERVICE's environment on Q
 #   cluster.sh status STATE
 #   cluster.sh topology                         services, commands, key connections
+#   cluster.sh settings                         the Airflow settings every service shares
 #
 # `up` writes STATE/cluster.env (mode 0600): API URL, admin user and password, ledger URL,
 # demo root, ... for clients such as tests/integration. Environment: VENV (default the
@@ -147,12 +148,20 @@ ensure_packages() {
   [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || need+=(postgresql)
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || need+=(redis-server)
   if [ ${#need[@]} -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || die "missing ${need[*]}: run as root, or: sudo apt-get install -y ${need[*]}"
+    local sudo=()  # as scripts/install_chromium.sh: root, or passwordless sudo, or a clear error
+    if [ "$(id -u)" -ne 0 ]; then
+      if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo=(sudo -n)
+      else
+        die "missing ${need[*]}: run as root or with passwordless sudo, or: sudo apt-get install -y ${need[*]}"
+      fi
+    fi
     log "installing Debian packages: ${need[*]}"
     # Only the binaries are used: our servers run from the state directory on free ports,
     # so a system-wide server the packages may start does not get in the way.
-    timeout 900 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    timeout 900 "${sudo[@]}" apt-get update -qq
+    timeout 900 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
   [ -x "$PY" ] || die "no Python at $PY (run \`make install\` or set VENV)"
   if ! "$PY" -c "import airflow.providers.celery, asyncpg, psycopg2, redis" 2>/dev/null; then
@@ -265,16 +274,11 @@ for name in names:
 EOF
 }
 
-# The whole environment of one service: started with `env -i`, so nothing leaks in from the
-# caller (a test session's own key connections, AIRFLOW_HOME, ...).
-service_env() {  # SERVICE [NODE]: NODE names the process (default SERVICE)
-  local svc="$1" node="${2:-$1}" home="$STATE/homes/$1"
-  mkdir -p "$home"
-  local env=(
-    "PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    "HOME=$home" "LANG=C.UTF-8" "TZ=UTC" "PYTHONPATH=$HERE"
-    "AIRFLOW_HOME=$home"
-    "AIRFLOW_PRIVACY_CLUSTER_NODE=$node"
+# The Airflow settings every service shares, NUL-separated: docker-compose.yml's
+# x-airflow-common environment, natively (`cluster.sh settings` prints them for
+# tests/integration/test_cluster_matches_compose.py).
+common_settings() {
+  local settings=(
     "AIRFLOW__CORE__HOSTNAME_CALLABLE=cluster_node.hostname"
     "AIRFLOW__CORE__EXECUTOR=CeleryExecutor"
     "AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -309,6 +313,30 @@ service_env() {  # SERVICE [NODE]: NODE names the process (default SERVICE)
     "AIRFLOW_PRIVACY_DEMO_ROOT=file://$STATE/demo-data"
     "AIRFLOW_PRIVACY_MAX_ACTIVE_RUNS=16"
   )
+  printf '%s\0' "${settings[@]}"
+}
+
+cmd_settings() {  # common_settings, one a line, with <placeholders> for what `up` picks
+  STATE="<state>" DAGS_FOLDER="$REPO/dags" USE_JOB_SCHEDULE=True FERNET_KEY="<fernet-key>"
+  API_PORT="<api-port>" API_SECRET="<api-secret>" JWT_SECRET="<jwt-secret>"
+  PG_PORT="<pg-port>" PG_PASSWORD="<pg-password>" REDIS_PORT="<redis-port>" REDIS_PASSWORD="<redis-password>"
+  WORKER_LOG_PORT="<worker-log-port>" TRIGGER_LOG_PORT="<trigger-log-port>"
+  common_settings | tr '\0' '\n'
+}
+
+# The whole environment of one service: started with `env -i`, so nothing leaks in from the
+# caller (a test session's own key connections, AIRFLOW_HOME, ...).
+service_env() {  # SERVICE [NODE]: NODE names the process (default SERVICE)
+  local svc="$1" node="${2:-$1}" home="$STATE/homes/$1"
+  mkdir -p "$home"
+  local env=(
+    "PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    "HOME=$home" "LANG=C.UTF-8" "TZ=UTC" "PYTHONPATH=$HERE"
+    "AIRFLOW_HOME=$home"
+    "AIRFLOW_PRIVACY_CLUSTER_NODE=$node"
+  )
+  local kv
+  while IFS= read -r -d '' kv; do env+=("$kv"); done < <(common_settings)
   local keys
   keys="$(service_keys "$svc")"
   if [ -n "$keys" ]; then env+=("$(conn_var "$keys")=$(cat "$STATE/keys/$keys.conn")"); fi
@@ -423,11 +451,24 @@ do_down() {
   done
   stop_services "${extra[@]}" "${SERVICES[@]}"
   stop_services redis
-  if [ -f "$STATE/pids/postgres.pid" ]; then
-    log "stopping postgres (pid $(cat "$STATE/pids/postgres.pid"))"
-    as_pg "$(pg_bindir)/pg_ctl" -D "$STATE/postgres/data" -m fast -w -t "$WAIT_STOP" stop >/dev/null 2>&1 || true
-    stop_pid postgres KILL
+  stop_postgres
+}
+
+# Also when STATE/pids/postgres.pid was never written: `pg_ctl -w -t` may time out while the
+# postmaster it started keeps running (and records itself in postmaster.pid).
+stop_postgres() {
+  local data="$STATE/postgres/data" pid=""
+  if [ ! -f "$STATE/pids/postgres.pid" ] && [ -f "$data/postmaster.pid" ]; then
+    pid="$(head -n 1 "$data/postmaster.pid" 2>/dev/null | tr -d ' ')" || true
+    # a stale file's PID may belong to another process by now: only a postgres is ours
+    if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = postgres ]; then
+      echo "$pid" >"$STATE/pids/postgres.pid"
+    fi
   fi
+  [ -f "$STATE/pids/postgres.pid" ] || return 0
+  log "stopping postgres (pid $(cat "$STATE/pids/postgres.pid"))"
+  as_pg "$(pg_bindir)/pg_ctl" -D "$data" -m fast -w -t "$WAIT_STOP" stop >/dev/null 2>&1 || true
+  stop_pid postgres KILL
 }
 
 do_up() {
@@ -488,10 +529,14 @@ main() {
     up)
       parse_up_options "$@"
       new_state_dir
-      # A failed start stops whatever it had started.
+      # A failed or interrupted start stops whatever it had started. The EXIT trap sees $? = 0
+      # when bash dies of a signal, so each signal exits non-zero first (128 + its number).
       trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed (exit $rc): stopping what was started"; do_down; fi' EXIT
+      trap 'exit 129' HUP
+      trap 'exit 130' INT
+      trap 'exit 143' TERM
       do_up
-      trap - EXIT
+      trap - EXIT HUP INT TERM
       echo "$STATE"
       ;;
     run)
@@ -499,7 +544,9 @@ main() {
       [ ${#REST[@]} -gt 0 ] || die "usage: cluster.sh run [up options] -- COMMAND..."
       new_state_dir
       trap 'rc=$?; do_down; if [ "${AIRFLOW_PRIVACY_CLUSTER_KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then log "state kept in $STATE"; else rm -rf "$STATE"; fi; exit $rc' EXIT
-      trap 'exit 130' INT TERM
+      trap 'exit 129' HUP
+      trap 'exit 130' INT
+      trap 'exit 143' TERM
       do_up
       set +e
       (set -a; . "$STATE/cluster.env"; set +a; export AIRFLOW_PRIVACY_CLUSTER_ENV="$STATE/cluster.env"; exec "${REST[@]}")
@@ -548,6 +595,7 @@ main() {
       done
       ;;
     topology) cmd_topology ;;
+    settings) cmd_settings ;;
     _watch) STATE="$1"; load_state; cmd_watch "$2" "$3" ;;
     *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; [ -z "$cmd" ] || exit 2 ;;
   esac
