@@ -390,6 +390,17 @@ def _check_columns(df: Any, columns: Any) -> list[Hashable]:
     duplicated = [c for c in names if (df.columns == c).sum() > 1]
     if duplicated or len(set(names)) != len(names):
         raise SchemaError(f"columns {sorted(set(duplicated) | _repeats(names))} are ambiguous")
+    # Column keys, associated data and hints use the name's text, so that tokens survive
+    # CSV and Parquet (where a column 0 comes back as "0"); two names with one text in a
+    # frame (0 and "0") would share keys, and tokens could move between them unnoticed.
+    texts = [str(c) for c in df.columns]
+    clashing = [c for c in names if texts.count(str(c)) > 1]
+    if clashing:
+        raise SchemaError(
+            f"columns {clashing!r} share their text with another column of the batch "
+            f"({[c for c in df.columns if str(c) in {str(n) for n in clashing}]!r}); "
+            "rename one"
+        )
     return names
 
 

@@ -39,7 +39,15 @@ from airflow_privacy.core.crypto.columns import ATTRS_KEY
 from airflow_privacy.core.deid.anonymity import Enforcement, enforce
 from airflow_privacy.core.deid.dedupe import distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
-from airflow_privacy.core.deid.rules import Batch, Drop, Keep, Rule, parse_rule, parse_rules
+from airflow_privacy.core.deid.rules import (
+    Batch,
+    Drop,
+    Keep,
+    Rule,
+    is_column_name,
+    parse_rule,
+    parse_rules,
+)
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
 __all__ = ["REPORT_VERSION", "deidentify"]
@@ -105,6 +113,12 @@ def deidentify(
     if not df.columns.is_unique:
         duplicated = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise SchemaError(f"the batch has duplicated column names {duplicated}")
+    texts = pd.Index([str(c) for c in df.columns])
+    if not texts.is_unique:
+        # Keys, the report and decryption hints are per column *text* (what survives CSV or
+        # Parquet): 0 and "0" would share keyed tokens and one report entry.
+        clash = sorted({repr(c) for c in df.columns if (texts == str(c)).sum() > 1})
+        raise SchemaError(f"the batch has column names that are equal as text: {clash}")
     if unlisted not in _UNLISTED:
         raise InvalidParameterError("unlisted", unlisted, f"expected one of {list(_UNLISTED)}")
     parsed = parse_rules(rules, df)
@@ -310,6 +324,11 @@ def _check_anonymity(
             f"{where}.quasi_identifiers", qis, "expected a non-empty list of column names"
         )
     qis = list(qis)
+    unnamed = [q for q in qis if not is_column_name(q)]
+    if unnamed:
+        raise InvalidParameterError(
+            f"{where}.quasi_identifiers", unnamed[0], "expected column names, not lists or dicts"
+        )
     if len(set(qis)) != len(qis):
         raise InvalidParameterError(f"{where}.quasi_identifiers", qis, "names must be unique")
     for qi in qis:
@@ -339,6 +358,8 @@ def _check_anonymity(
         k = _at_least_two(k_spec.get("k"), "k_anonymity.k")
         entity = k_spec.get("entity")
         if entity is not None:
+            if not is_column_name(entity):
+                raise InvalidParameterError("k_anonymity.entity", entity, "expected a column name")
             if entity not in df.columns:
                 raise SchemaError(f"k_anonymity.entity: column {entity!r} is not in the batch")
             if entity in qis:
@@ -351,6 +372,10 @@ def _check_anonymity(
         sensitive = l_spec.get("sensitive")
         if sensitive is None:
             raise InvalidParameterError("l_diversity.sensitive", None, "a column is required")
+        if not is_column_name(sensitive):
+            raise InvalidParameterError(
+                "l_diversity.sensitive", sensitive, "expected a column name"
+            )
         if sensitive not in df.columns:
             raise SchemaError(f"l_diversity.sensitive: column {sensitive!r} is not in the batch")
         if sensitive in qis:

@@ -117,9 +117,7 @@ _SSN = re.compile(
 )
 _SSN_FILTER = r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}"
 # Nine bare digits are an SSN only right after the keyword; the keyword is kept.
-_SSN_KEYWORD = (
-    r"\b(?i:ssn|social security(?: number| no\.?)?)[ \t]*(?:[:#=-][ \t]*)?"
-)
+_SSN_KEYWORD = r"\b(?i:ssn|social security(?: number| no\.?)?)[ \t]*(?:[:#=-][ \t]*)?"
 _SSN_BARE = re.compile(
     _SSN_KEYWORD + r"(?P<value>(?P<area>[0-9]{3})(?P<group>[0-9]{2})(?P<serial>[0-9]{4}))(?![0-9])"
 )

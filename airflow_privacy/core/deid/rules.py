@@ -345,7 +345,7 @@ class Bucket(Rule):
             )
         self.width = self.edges = None
         if has_width:
-            self.width = params.number("width", None, positive=True)
+            self.width = params.number("width", _MISSING, positive=True)
             self.origin = params.number("origin", 0)
             self.top = params.number("top", None)
             self.params = {"width": self.width, "origin": self.origin, "top": self.top}
@@ -462,7 +462,7 @@ class ShiftDates(Rule):
         # Required: one shift for a whole column keeps every interval between all its rows,
         # so a single date known from outside (one admission in the news) undoes it for all.
         self.by = params.get("by")
-        if self.by is None or not _is_column_name(self.by):
+        if self.by is None or not is_column_name(self.by):
             raise InvalidParameterError(
                 params.where("by"),
                 self.by,
@@ -559,10 +559,9 @@ RULES: tuple[str, ...] = tuple(_RULE_TYPES)
 """Every rule name :func:`~airflow_privacy.core.deid.deidentify` accepts."""
 
 
-def _is_column_name(value: Any) -> bool:
-    """Hashable (so ``in df.columns`` cannot raise TypeError) and not a bool."""
-    if isinstance(value, bool):
-        return False
+def is_column_name(value: Any) -> bool:
+    """Whether ``value`` can name a column: hashable, so ``value in df.columns`` and sets of
+    names cannot raise a bare TypeError (a list or dict where a name was meant)."""
     try:
         hash(value)
     except TypeError:

@@ -286,3 +286,18 @@ def test_tokens_reveal_approximate_length_as_documented(ring, deterministic):
     prefix = len(f"v1:{ring.primary_id}:")
     expected = [prefix + 4 * -(-(overhead + n) // 3) for n in range(1, 31)]
     assert lengths.tolist() == expected
+
+
+def test_column_names_equal_as_text_are_rejected(ring):
+    """Column keys derive from the name's text (so a column 0 read back from CSV as "0" still
+    decrypts); within one frame, 0 and "0" would share a key and tokens could be swapped."""
+    df = pd.DataFrame({0: ["a", "b"], "0": ["a", "b"], "x": [1, 2]})
+    with pytest.raises(SchemaError, match=r"share their text"):
+        encrypt_columns(df, [0], ring, deterministic=True)
+    with pytest.raises(SchemaError, match=r"share their text"):
+        decrypt_columns(df, ["0"], ring)
+    enc = encrypt_columns(df, ["x"], ring)  # other columns are unaffected
+    assert decrypt_columns(enc, ["x"], ring)["x"].tolist() == [1, 2]
+    only_int = encrypt_columns(df[[0]], [0], ring, deterministic=True)
+    as_text = only_int.rename(columns={0: "0"})
+    assert decrypt_columns(as_text, ["0"], ring)["0"].tolist() == ["a", "b"]

@@ -121,7 +121,9 @@ def test_equal_comparing_values_of_different_types_get_their_own_tokens(ring):
     rules = {"v": {"tokenize": {}}, "h": {"hash": {}}}
 
     def release(cells):
-        df = pd.DataFrame({"v": pd.Series(cells, dtype=object), "h": pd.Series(cells, dtype=object)})
+        df = pd.DataFrame(
+            {"v": pd.Series(cells, dtype=object), "h": pd.Series(cells, dtype=object)}
+        )
         return deidentify(df, rules, keyring=ring)[0]
 
     out = release(values)

@@ -392,7 +392,9 @@ def test_shift_dates_keeps_wall_clock_time_across_dst(ring, arrow):
     )
     zoned = pd.Series(local.tz_localize("Europe/Paris"))
     pids = [f"p{i}" for i in range(200)]
-    df = pd.DataFrame({"pid": pids, "t": zoned.sample(200, replace=True, random_state=1).reset_index(drop=True)})
+    df = pd.DataFrame(
+        {"pid": pids, "t": zoned.sample(200, replace=True, random_state=1).reset_index(drop=True)}
+    )
     if arrow:
         df["t"] = df["t"].astype(pd.ArrowDtype(pa.timestamp("us", tz="Europe/Paris")))
     out, _ = deidentify(df, {"t": {"shift_dates": {"max_days": 30, "by": "pid"}}}, keyring=ring)

@@ -67,6 +67,7 @@ def test_unknown_column_is_a_schema_error(df):
         ({"pid": {"hash": {"length": True}}}, "rules['pid'].hash.length"),
         ({"pid": {"tokenize": {"deterministic": False}}}, "rules['pid'].tokenize.deterministic"),
         ({"age": {"bucket": {"width": 0}}}, "rules['age'].bucket.width"),
+        ({"age": {"bucket": {"width": None}}}, "rules['age'].bucket.width"),
         ({"age": {"bucket": {}}}, "rules['age'].bucket.width"),
         ({"age": {"bucket": {"width": 10, "edges": [0, 5]}}}, "rules['age'].bucket.width"),
         ({"age": {"bucket": {"edges": [10, 5]}}}, "rules['age'].bucket.edges"),
@@ -88,7 +89,10 @@ def test_unknown_column_is_a_schema_error(df):
         ({"when": {"shift_dates": {"max_days": 3}}}, "rules['when'].shift_dates.by"),
         ({"when": {"shift_dates": {"max_days": 3, "by": "when"}}}, "rules['when'].shift_dates.by"),
         ({"when": {"shift_dates": {"max_days": 3, "by": ["pid"]}}}, "rules['when'].shift_dates.by"),
-        ({"when": {"shift_dates": {"max_days": 3, "by": {"c": 1}}}}, "rules['when'].shift_dates.by"),
+        (
+            {"when": {"shift_dates": {"max_days": 3, "by": {"c": 1}}}},
+            "rules['when'].shift_dates.by",
+        ),
         ({"dx": {"scrub_pii": {"entities": ["NAME"]}}}, "rules['dx'].scrub_pii.entities"),
         ({"dx": {"scrub_pii": {"entities": "EMAIL"}}}, "rules['dx'].scrub_pii.entities"),
     ],
@@ -138,6 +142,19 @@ def test_keyed_rules_need_a_keyring(df, rule):
         ({"quasi_identifiers": "age", "k": 2}, None, "k_anonymity.quasi_identifiers"),
         ({"quasi_identifiers": [], "k": 2}, None, "k_anonymity.quasi_identifiers"),
         ({"quasi_identifiers": ["age", "age"], "k": 2}, None, "k_anonymity.quasi_identifiers"),
+        ({"quasi_identifiers": [["age"]], "k": 2}, None, "k_anonymity.quasi_identifiers"),
+        ({"quasi_identifiers": [{"age": 1}], "k": 2}, None, "k_anonymity.quasi_identifiers"),
+        ({"quasi_identifiers": ["age"], "k": 2, "entity": ["pid"]}, None, "k_anonymity.entity"),
+        (
+            None,
+            {"quasi_identifiers": [["age"]], "l": 2, "sensitive": "dx"},
+            "l_diversity.quasi_identifiers",
+        ),
+        (
+            {"quasi_identifiers": ["age"], "k": 2},
+            {"sensitive": ["dx"], "l": 2},
+            "l_diversity.sensitive",
+        ),
         ({"quasi_identifiers": ["zip"], "k": 2}, None, "k_anonymity.quasi_identifiers"),
         (
             {"quasi_identifiers": ["age"], "k": 2, "max_suppression": 1.0},
@@ -232,3 +249,16 @@ def test_needs_keyring_sees_both_spellings():
     assert KEYED_RULES == ("hash", "tokenize", "shift_dates")
     assert needs_keyring({"email": "hash"}) and needs_keyring({"d": {"shift_dates": {}}})
     assert not needs_keyring({"name": "drop", "ssn": {"mask": {}}, "x": ["bad"]})
+
+
+def test_column_names_equal_as_text_are_rejected(df):
+    """Keys, report entries and decryption hints go by a column's text: 0 and "0" would
+    share keyed tokens and one report entry."""
+    clash = df.assign(**{"0": df["pid"]})
+    clash.insert(0, 0, df["pid"])
+    with pytest.raises(SchemaError, match="equal as text"):
+        deidentify(clash, {0: {"tokenize": {}}}, keyring=KeyRing.generate())
+    out, report = deidentify(
+        df.rename(columns={"pid": 0}), {0: {"tokenize": {}}}, keyring=KeyRing.generate()
+    )
+    assert report["columns"]["0"]["transform"] == "tokenize"
