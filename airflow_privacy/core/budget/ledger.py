@@ -18,10 +18,13 @@ Guarantees
       output (verified by the hash) and never draw fresh noise -- two independent noisy
       answers under one charge would spend the budget twice.
 
-``spent_epsilon`` is the composed ε of every recorded event at the cap's δ;
-``spent_delta`` is the sum of the δ's that releases declared for (ε, δ) mechanisms (e.g.
-partition selection) -- DP-SGD and Gaussian events carry no δ of their own and are
-accounted at the cap's δ.
+``spent_epsilon`` is the composed ε of every recorded event at the cap's δ: the whole
+history is (spent_epsilon, cap δ)-DP. ``spent_delta`` is the part of the cap's δ that
+(ε, δ) mechanisms (e.g. partition selection) consume outright -- the sum of their δ's; it
+must stay below the cap's δ, and composition uses what remains. DP-SGD, Gaussian and zCDP
+events carry no δ of their own and consume none outright: their δ is the cap's, at which
+they are composed. (Ledgers before schema v3 summed each release's declared δ instead; v3
+recomputes it.)
 """
 
 from __future__ import annotations
@@ -36,11 +39,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost, compose_epsilon
+from airflow_privacy.core.dp.accounting import (
+    ACCOUNTANTS,
+    PrivacyCost,
+    compose_epsilon,
+    is_real_number,
+    outright_delta,
+    validate_events,
+)
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, PrivacyError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
 
 metadata = sa.MetaData()
@@ -90,9 +100,20 @@ def _add_output_sha256(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE privacy_charges ADD COLUMN output_sha256 VARCHAR(64)"))
 
 
+def _recompute_spent_delta(conn: sa.Connection) -> None:
+    """v3: ``spent_delta`` is the δ consumed outright by (ε, δ) events (was: sum of declared δ)."""
+    names = conn.execute(sa.select(datasets_table.c.name)).scalars().all()
+    for name in names:
+        texts = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == name)).scalars()
+        events = [ev for text in texts for ev in json.loads(text)]
+        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(
+            spent_delta=outright_delta(events)))
+
+
 # v1 creates the tables from the current definitions; later steps bring tables created by an
 # older package up to date and are no-ops on tables v1 has just created.
-_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _add_output_sha256}
+_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _add_output_sha256,
+                               3: _recompute_spent_delta}
 _MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
 
 
@@ -227,6 +248,11 @@ class PrivacyLedger:
                 acc = accountant or row.accountant
                 events = self._events(conn, dataset)
                 spent = compose_epsilon(events, delta, acc)
+                if not math.isfinite(spent):
+                    raise BudgetExceededError(
+                        f"cannot set the cap of dataset {dataset!r} to epsilon={epsilon}, delta={delta}: delta is the "
+                        f"binding constraint -- its (epsilon, delta) mechanisms already spent delta="
+                        f"{outright_delta(events):.3g} outright")
                 if spent > epsilon * (1 + _TOLERANCE):
                     raise BudgetExceededError(
                         f"cannot set the cap of dataset {dataset!r} to epsilon={epsilon}, delta={delta}: "
@@ -271,7 +297,21 @@ class PrivacyLedger:
     ) -> Charge:
         """Record a release's cost if it fits under the cap; idempotent on ``release_id``.
 
-        :raises BudgetExceededError: the composed spend would exceed the cap (nothing written).
+        The spend is computed from ``cost.events`` -- the mechanisms that actually run --
+        never from the claimed ``cost.epsilon``, so the events must be present and valid.
+        The claim ``(cost.epsilon, cost.delta)`` must not understate them: the events must
+        compose (PLD, the tightest accountant) to at most ``cost.epsilon`` at ``cost.delta``,
+        and ``cost.delta`` may not exceed the cap's δ. A cost of ``epsilon = delta = 0``
+        states no claim; the charge then records the events' own ε at the cap's δ (under the
+        dataset's accountant) and the cap's δ.
+
+        Charging a ``release_id`` again with the same cost returns the stored charge
+        (``replayed=True``) and spends nothing; with a different cost it is refused.
+
+        :raises InvalidParameterError: malformed or empty events, a claim below what the
+            events compose to, or a replay of ``release_id`` with a different cost.
+        :raises BudgetExceededError: the composed spend would exceed the cap -- the message
+            says whether ε or δ is the binding constraint (nothing written).
         :raises KeyError: the dataset has no cap.
         """
         _check_name(dataset)
@@ -279,6 +319,22 @@ class PrivacyLedger:
             raise InvalidParameterError("release_id", release_id, "expected a non-empty string")
         if not isinstance(cost, PrivacyCost):
             raise InvalidParameterError("cost", type(cost).__name__, "expected a PrivacyCost")
+        events = validate_events(cost.events)
+        claim_eps, claim_delta = cost.epsilon, cost.delta
+        if not is_real_number(claim_eps) or not math.isfinite(claim_eps) or claim_eps < 0:
+            raise InvalidParameterError("cost.epsilon", claim_eps, "expected a finite number >= 0")
+        if not is_real_number(claim_delta) or not 0 <= claim_delta < 1:
+            raise InvalidParameterError("cost.delta", claim_delta, "expected a number in [0, 1)")
+        claim_eps, claim_delta = float(claim_eps), float(claim_delta)
+        stated = claim_eps > 0 or claim_delta > 0
+        if stated:
+            tight = compose_epsilon(events, claim_delta, "pld")
+            if not tight <= claim_eps * (1 + _TOLERANCE):
+                raise InvalidParameterError(
+                    "cost.epsilon", claim_eps,
+                    f"the cost's {len(events)} event(s) compose to epsilon={tight:.6g} at delta={claim_delta:.3g} "
+                    "(PLD); a cost may not claim less than its mechanisms spend (or pass epsilon=delta=0 to let "
+                    "the ledger compute it)")
         with self.engine.begin() as conn:
             row = self._lock_dataset(conn, dataset)
             if row is None:
@@ -286,23 +342,46 @@ class PrivacyLedger:
                                f"`airflow-privacy budget set {dataset} --epsilon E --delta D`")
             existing = self._charge_row(conn, dataset, release_id)
             if existing is not None:
+                same = validate_events(json.loads(existing.events)) == events and (
+                    not stated or (math.isclose(existing.epsilon, claim_eps, rel_tol=1e-12)
+                                   and math.isclose(existing.delta, claim_delta, rel_tol=1e-12)))
+                if not same:
+                    raise InvalidParameterError(
+                        "release_id", release_id,
+                        f"dataset {dataset!r} already holds this release with a different cost (epsilon="
+                        f"{existing.epsilon:.6g}, delta={existing.delta:.3g}, events {existing.events}); a retry "
+                        "must replay the same cost -- a different release needs a new release_id")
                 return self._to_charge(existing, replayed=True)
-            events = self._events(conn, dataset) + list(cost.events)
-            spent = compose_epsilon(events, row.cap_delta, row.accountant)
+            where = f"privacy budget of dataset {dataset!r} (cap epsilon={row.cap_epsilon:.6g}, " \
+                    f"delta={row.cap_delta:.3g}, {row.accountant})"
+            if claim_delta > row.cap_delta * (1 + _TOLERANCE):
+                raise BudgetExceededError(
+                    f"{where} exceeded: delta is the binding constraint -- this release needs delta={claim_delta:.3g}, "
+                    f"more than the cap delta={row.cap_delta:.3g} allows; nothing was released")
+            history = self._events(conn, dataset) + events
+            spent = compose_epsilon(history, row.cap_delta, row.accountant)
+            outright = outright_delta(history)
+            if not math.isfinite(spent):
+                raise BudgetExceededError(
+                    f"{where} exceeded: delta is the binding constraint -- with this release the (epsilon, delta) "
+                    f"mechanisms of the dataset spend delta={outright:.3g} outright, which leaves no room for "
+                    f"composition within the cap delta={row.cap_delta:.3g}; nothing was released")
             if spent > row.cap_epsilon * (1 + _TOLERANCE):
                 remaining = max(row.cap_epsilon - row.spent_epsilon, 0.0)
+                needs = claim_eps if stated else compose_epsilon(events, row.cap_delta, row.accountant)
                 raise BudgetExceededError(
-                    f"privacy budget of dataset {dataset!r} exceeded: this release needs epsilon={cost.epsilon:.6g} "
-                    f"(delta={cost.delta:.3g}) but only {remaining:.6g} of the cap epsilon={row.cap_epsilon:.6g} "
-                    f"(delta={row.cap_delta:.3g}, {row.accountant}) remains; nothing was released")
+                    f"{where} exceeded: this release needs epsilon={needs:.6g} (delta={claim_delta:.3g}) but only "
+                    f"{remaining:.6g} of the cap epsilon={row.cap_epsilon:.6g} (delta={row.cap_delta:.3g}, "
+                    f"{row.accountant}) remains; nothing was released")
+            if not stated:
+                claim_eps, claim_delta = compose_epsilon(events, row.cap_delta, row.accountant), row.cap_delta
             now = _now()
             conn.execute(charges_table.insert().values(
-                dataset=dataset, release_id=release_id, epsilon=cost.epsilon, delta=cost.delta,
-                events=json.dumps(cost.events), spent_epsilon=spent, dag_id=dag_id, run_id=run_id,
+                dataset=dataset, release_id=release_id, epsilon=claim_eps, delta=claim_delta,
+                events=json.dumps(events), spent_epsilon=spent, dag_id=dag_id, run_id=run_id,
                 task_id=task_id, map_index=map_index, output=output, status="charged", created_at=now))
             conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
-                spent_epsilon=spent, spent_delta=row.spent_delta + cost.delta,
-                releases=row.releases + 1, updated_at=now))
+                spent_epsilon=spent, spent_delta=outright, releases=row.releases + 1, updated_at=now))
             return self._to_charge(self._charge_row(conn, dataset, release_id), replayed=False)
 
     def seal_release(self, dataset: str, release_id: str, *, output: str, sha256: str) -> None:

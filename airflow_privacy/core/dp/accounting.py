@@ -46,9 +46,13 @@ looser than the plain sum).
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from airflow_privacy.core.errors import InvalidParameterError
 
@@ -74,25 +78,75 @@ class PrivacyCost:
         return cls(float(data["epsilon"]), float(data["delta"]), validate_events(data["events"]))
 
 
+_REQUIRED = {
+    "discrete_laplace": ("parameter", "sensitivity"),
+    "discrete_gaussian": ("sigma", "sensitivity", "epsilon", "delta"),
+    "exponential": ("epsilon",),
+    "pure": ("epsilon",),
+    "approx": ("epsilon", "delta"),
+    "poisson_subsampled_gaussian": ("noise_multiplier", "sampling_probability"),
+    "distributed_discrete_gaussian": ("rho",),
+    "zcdp": ("rho",),
+}
+# The PLDs of the discrete mechanisms take integer sensitivities: 1.5 must not become 1.
+_INTEGER_KEYS = {("discrete_laplace", "sensitivity"), ("discrete_gaussian", "sensitivity")}
+
+
+def is_real_number(value: Any) -> bool:
+    """A real number of any numeric type (``int``, ``float``, numpy scalars), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def validate_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not isinstance(events, list) or not events:
+    """Check mechanism events and return them JSON-normal (plain floats/ints, explicit count).
+
+    Every event needs a known ``kind`` and its parameters as finite numbers (``delta`` in
+    [0, 1), ``sampling_probability`` in (0, 1], integer sensitivities of the discrete
+    mechanisms, everything else > 0); ``count`` is an integer >= 1 (default 1).
+
+    :raises InvalidParameterError: naming the event's position, the key and the bad value.
+    """
+    if not isinstance(events, (list, tuple)) or not events:
         raise InvalidParameterError("events", events, "expected a non-empty list of mechanism events")
     out = []
-    for ev in events:
-        if not isinstance(ev, dict) or ev.get("kind") not in _KINDS:
-            raise InvalidParameterError("events", ev, f"each event needs kind in {_KINDS}")
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Mapping) or ev.get("kind") not in _KINDS:
+            raise InvalidParameterError(f"events[{i}]", ev, f"each event needs kind in {_KINDS}")
+        kind = ev["kind"]
         count = ev.get("count", 1)
-        if not isinstance(count, int) or count < 1:
-            raise InvalidParameterError("events.count", count, "expected an int >= 1")
-        for key in {"discrete_laplace": ("parameter", "sensitivity"), "discrete_gaussian": ("sigma", "sensitivity", "epsilon", "delta"),
-                    "exponential": ("epsilon",), "pure": ("epsilon",), "approx": ("epsilon", "delta"),
-                    "poisson_subsampled_gaussian": ("noise_multiplier", "sampling_probability"),
-                    "distributed_discrete_gaussian": ("rho",), "zcdp": ("rho",)}[ev["kind"]]:
+        if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral) or count < 1:
+            raise InvalidParameterError(f"events[{i}].count", count, "expected an integer >= 1")
+        norm = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in ev.items()}
+        for key in _REQUIRED[kind]:
             v = ev.get(key)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and key != "delta"):
-                raise InvalidParameterError(f"events.{key}", v, "expected a finite positive number")
-        out.append({**ev, "count": count})
+            if key == "delta":
+                ok = is_real_number(v) and 0 <= v < 1
+                allowed = "expected a number in [0, 1)"
+            elif key == "sampling_probability":
+                ok = is_real_number(v) and 0 < v <= 1
+                allowed = "expected a number in (0, 1]"
+            elif (kind, key) in _INTEGER_KEYS:
+                ok = is_real_number(v) and math.isfinite(v) and v >= 1 and float(v).is_integer()
+                allowed = "expected an integer >= 1 (sensitivity in lattice steps)"
+            else:
+                ok = is_real_number(v) and math.isfinite(v) and v > 0
+                allowed = "expected a finite number > 0"
+            if not ok:
+                raise InvalidParameterError(f"events[{i}].{key}", v, f"{kind}: {allowed}")
+            norm[key] = int(v) if (kind, key) in _INTEGER_KEYS else float(v)
+        norm["count"] = int(count)
+        out.append(norm)
     return out
+
+
+def outright_delta(events: list[dict[str, Any]]) -> float:
+    """The δ that (ε, δ) events (``approx``) consume outright: the sum of their δ·count.
+
+    Every accountant spends at least this much of a target δ before any composition (their
+    δ's add up); mechanisms with a privacy-loss distribution or a zCDP bound are accounted
+    at whatever δ remains and consume none of it outright.
+    """
+    return float(sum(ev["delta"] * ev.get("count", 1) for ev in events if ev["kind"] == "approx"))
 
 
 def event_epsilon_delta(ev: dict[str, Any]) -> tuple[float, float]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import threading
 
@@ -7,6 +8,7 @@ import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost, compose_epsilon
+from airflow_privacy.core.dp.accounting import validate_events
 from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError
 
 
@@ -157,3 +159,63 @@ def test_v1_ledger_is_migrated_and_releases_are_sealed_once(tmp_path):
         led.seal_release("patients", "r", output="file:///o.parquet", sha256="xyz")
     assert led.get_release("patients", "r").output_sha256 == "a" * 64
     assert PrivacyLedger(url).get_release("patients", "r").output == "file:///o.parquet"  # reopening: no-op
+
+
+@pytest.mark.parametrize("cost, match", [
+    (PrivacyCost(100.0, 0.0, []), "events"),  # no mechanism: would have spent nothing
+    (PrivacyCost(0.5, 0.0, [{"kind": "pure", "epsilon": "0.5"}]), r"events\[0\]\.epsilon"),
+    (PrivacyCost(0.5, 0.0, [{"kind": "pure", "epsilon": True}]), r"events\[0\]\.epsilon"),
+    (PrivacyCost(0.5, 0.0, [{"kind": "discrete_laplace", "parameter": 0.5, "sensitivity": 1.5}]), "sensitivity"),
+    (PrivacyCost(0.5, 0.0, [{"kind": "laplace", "epsilon": 0.5}]), "kind"),
+    (PrivacyCost(0.5, 0.0, [{"kind": "pure", "epsilon": 0.5, "count": 0}]), "count"),
+    (PrivacyCost(0.5, 0.0, ["pure"]), "kind"),
+    (PrivacyCost(0.1, 0.0, [{"kind": "pure", "epsilon": 0.5}]), "cost.epsilon"),  # understated claim
+    (PrivacyCost(0.5, 0.0, [{"kind": "approx", "epsilon": 0.5, "delta": 1e-7}]), "cost.epsilon"),  # δ understated
+    (PrivacyCost(math.nan, 0.0, [{"kind": "pure", "epsilon": 0.5}]), "cost.epsilon"),
+    (PrivacyCost(0.5, -1e-9, [{"kind": "pure", "epsilon": 0.5}]), "cost.delta"),
+])
+def test_malformed_or_understated_costs_are_refused_and_spend_nothing(ledger, cost, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        ledger.charge("patients", release_id="bad", cost=cost)
+    assert ledger.status("patients").releases == 0 and ledger.get_release("patients", "bad") is None
+
+
+def test_delta_is_checked_against_the_cap_and_named_when_binding(ledger):
+    # A release claiming more delta than the whole cap allows.
+    with pytest.raises(BudgetExceededError, match="delta is the binding constraint.*delta=0.5"):
+        ledger.charge("patients", release_id="d", cost=PrivacyCost(0.5, 0.5, [{"kind": "pure", "epsilon": 0.1}]))
+    # (ε, δ) events consume δ outright: two of 6e-7 need 1.2e-6 > the cap's 1e-6, though ε is ample.
+    approx = PrivacyCost(0.01, 6e-7, [{"kind": "approx", "epsilon": 0.01, "delta": 6e-7}])
+    ledger.charge("patients", release_id="a1", cost=approx)
+    assert ledger.status("patients").spent_delta == pytest.approx(6e-7)
+    with pytest.raises(BudgetExceededError, match="delta is the binding constraint"):
+        ledger.charge("patients", release_id="a2", cost=approx)
+    st = ledger.status("patients")
+    assert st.releases == 1 and st.spent_delta == pytest.approx(6e-7) and st.spent_delta <= st.cap_delta
+    # Mechanisms accounted at the cap's δ consume none of it outright.
+    ledger.charge("patients", release_id="lap", cost=_cost(0.1))
+    assert ledger.status("patients").spent_delta == pytest.approx(6e-7)
+
+
+def test_replay_with_a_different_cost_is_refused(ledger):
+    ledger.charge("patients", release_id="r", cost=_cost(0.25))
+    assert ledger.charge("patients", release_id="r", cost=_cost(0.25)).replayed
+    with pytest.raises(InvalidParameterError, match="release_id.*different cost"):
+        ledger.charge("patients", release_id="r", cost=_cost(0.5))
+    with pytest.raises(InvalidParameterError, match="release_id.*different cost"):  # same events, other claim
+        ledger.charge("patients", release_id="r", cost=PrivacyCost(0.3, 0.0, _cost(0.25).events))
+    assert ledger.status("patients").releases == 1
+
+
+def test_events_are_normalized_and_unstated_claims_computed(ledger):
+    import numpy as np
+
+    ev = {"kind": "discrete_laplace", "parameter": np.float32(0.25), "sensitivity": np.int64(2)}
+    c = ledger.charge("patients", release_id="np", cost=PrivacyCost(np.float64(0.5), 0.0, [ev]))
+    assert c.events == [{"kind": "discrete_laplace", "parameter": 0.25, "sensitivity": 2, "count": 1}]
+    # epsilon = delta = 0 states no claim (what the federated operators pass): the ledger
+    # records the events' own ε at the cap's δ.
+    zcdp = [{"kind": "zcdp", "rho": 0.001}]
+    u = ledger.charge("patients", release_id="z", cost=PrivacyCost(0.0, 0.0, zcdp))
+    assert u.delta == 1e-6 and u.epsilon == pytest.approx(compose_epsilon(validate_events(zcdp), 1e-6, "pld"))
+    assert u.epsilon > 0.001
