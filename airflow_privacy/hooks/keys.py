@@ -9,6 +9,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.errors import InvalidParameterError
 
 
 class PrivacyKeyHook(BaseHook):
@@ -41,10 +42,20 @@ class PrivacyKeyHook(BaseHook):
         }
 
     def get_conn(self) -> KeyRing:
+        """The connection's key ring.
+
+        :raises InvalidParameterError: the password field is empty or not a valid key ring
+            (a :class:`~airflow_privacy.core.errors.PrivacyError`: retrying cannot help, so
+            operators fail without retry); the message names the field, never its content.
+        """
         conn = self.get_connection(self.key_conn_id)
         text = conn.password
         if not text:
-            raise ValueError(f"connection {self.key_conn_id!r} has no key ring in its password field")
+            raise InvalidParameterError(
+                f"connection {self.key_conn_id!r} password",
+                None,
+                "expected the key-ring JSON of `airflow-privacy keys generate`",
+            )
         mask_secret(text)
         try:
             for key in json.loads(text).get("keys", []):
@@ -52,6 +63,11 @@ class PrivacyKeyHook(BaseHook):
                     mask_secret(key["key"])
         except (ValueError, AttributeError):
             pass  # KeyRing.from_json reports the problem without echoing the content
-        return KeyRing.from_json(text)
+        try:
+            return KeyRing.from_json(text)
+        except InvalidParameterError as exc:  # its value is already redacted
+            raise InvalidParameterError(
+                f"connection {self.key_conn_id!r} password: {exc.name}", exc.value, exc.allowed
+            ) from None
 
     get_keyring = get_conn

@@ -31,6 +31,20 @@ def _columns(name: str, value: Sequence[str] | None) -> list[str]:
     return list(value)
 
 
+def _paths(value: Any) -> list[str]:
+    # A lone string would otherwise be iterated character by character.
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(p, str) and p for p in value)
+    ):
+        raise InvalidParameterError(
+            "paths", value, "expected a non-empty list of file URIs, e.g. ['s3://b/x.enc']"
+        )
+    return list(value)
+
+
 class _CryptoOperator(BaseOperator):
     template_fields: Sequence[str] = ("source", "destination", "associated_data")
     ui_color = "#d5e8f5"
@@ -60,8 +74,10 @@ class _CryptoOperator(BaseOperator):
         self.associated_data = associated_data
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
         try:
+            # inside the try: a malformed ring or an empty connection fails the same way on
+            # every retry (its message never holds key material)
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
             if self.columns or self.deterministic_columns:
                 return self._columns_mode(ring)
             return self._file_mode(ring)
@@ -131,7 +147,7 @@ class RotateKeysOperator(BaseOperator):
     run this: each file's header is rewritten atomically, its body is untouched, and files
     already under the primary are skipped, so the task is safe to retry.
 
-    :param paths: explicit URIs of encrypted files (templated).
+    :param paths: explicit URIs of encrypted files, a non-empty list (templated).
     :param prefix: or a folder URI: every ``*.enc`` file below it (templated).
     :param key_conn_id: ``privacy_keys`` connection holding the rotated ring.
     """
@@ -150,17 +166,21 @@ class RotateKeysOperator(BaseOperator):
         super().__init__(**kwargs)
         if (paths is None) == (prefix is None):
             raise InvalidParameterError("paths", paths, "give exactly one of paths or prefix")
+        if isinstance(paths, Sequence):  # str included
+            _paths(paths)  # else an XComArg: checked once rendered
         self.paths = paths
         self.prefix = prefix
         self.key_conn_id = key_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
-        if self.prefix is not None:
+        try:
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
+            targets = None if self.paths is None else _paths(self.paths)
+        except PrivacyError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if targets is None:
             fs, root = io.resolve(self.prefix)
             targets = sorted(fs.unstrip_protocol(p) for p in fs.find(root) if p.endswith(".enc"))
-        else:
-            targets = list(self.paths)
         rewrapped = unchanged = 0
         for i, target in enumerate(targets, 1):
             try:

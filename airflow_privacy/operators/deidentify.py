@@ -30,7 +30,7 @@ class DeidentifyOperator(BaseOperator):
 
     :param source: URI of the raw batch (templated).
     :param destination: URI of the de-identified batch (templated).
-    :param rules: ``{column: rule}`` (templated strings inside are rendered).
+    :param rules: ``{column: rule}`` (templated: strings among the values are rendered).
     :param k_anonymity: ``{"quasi_identifiers", "k", "entity", "max_suppression"}`` or None.
     :param l_diversity: ``{"sensitive", "l"}`` or None.
     :param key_conn_id: ``privacy_keys`` connection for keyed rules.
@@ -40,7 +40,7 @@ class DeidentifyOperator(BaseOperator):
     :param unlisted: columns without a rule: ``"keep"``, ``"drop"`` or ``"error"``.
     """
 
-    template_fields: Sequence[str] = ("source", "destination", "report_destination")
+    template_fields: Sequence[str] = ("source", "destination", "report_destination", "rules")
     ui_color = "#d5f5e0"
 
     def __init__(
@@ -76,15 +76,18 @@ class DeidentifyOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         df = io.read_batch(self.source)
         self.log.info("De-identifying %d rows of %s with %d rules", len(df), self.source, len(self.rules))
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring() if needs_keyring(self.rules) else None
         try:
+            # the ring inside the try: a malformed ring or an empty connection is not retried
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring() if needs_keyring(self.rules) else None
             out, report = deidentify(df, self.rules, keyring=ring, k_anonymity=self.k_anonymity,
                                      l_diversity=self.l_diversity, unlisted=self.unlisted)
         except PrivacyError as exc:
             raise AirflowFailException(str(exc)) from exc
         report_uri = self.report_destination or f"{self.destination}.report.json"
-        rows = io.write_batch(out, self.destination)
+        # Report first: each write is atomic, so a failure in between leaves at worst a report
+        # of a batch not yet written (a retry rewrites both), never a batch without its audit.
         io.write_bytes(json.dumps(report, indent=2, default=str).encode(), report_uri)
+        rows = io.write_batch(out, self.destination)
         summary = {
             "output": self.destination,
             "report": report_uri,

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pendulum
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.io import read_batch, read_bytes, write_batch
@@ -40,12 +41,20 @@ def test_every_coarsened_column_is_a_quasi_identifier(dagbag):
         assert coarsened and set(coarsened) <= set(qis), (task.task_id, coarsened, qis)
 
 
-def test_outputs_are_k_anonymous_l_diverse_and_leak_nothing(run, dagbag, demo_root, airflow_home, capfd):
+def test_outputs_are_k_anonymous_l_diverse_and_leak_nothing(
+    run, dagbag, demo_root, airflow_home, capfd
+):
     assert run.state == "success"
     tis = {t.task_id: t for t in run.get_task_instances()}
     tasks = {t.task_id: t for t in dagbag.get_dag("deidentify_daily_batches").tasks}
     raw = pd.concat([generate_batch(s, DATE) for s in SITES])
-    secrets = set(raw["name"]) | set(raw["email"]) | set(raw["ssn"]) | set(raw["phone"]) | set(raw["patient_id"])
+    secrets = (
+        set(raw["name"])
+        | set(raw["email"])
+        | set(raw["ssn"])
+        | set(raw["phone"])
+        | set(raw["patient_id"])
+    )
     texts = []
     for site in SITES:
         ret = tis[f"deidentify_{site}"].xcom_pull(task_ids=f"deidentify_{site}")
@@ -67,7 +76,9 @@ def test_outputs_are_k_anonymous_l_diverse_and_leak_nothing(run, dagbag, demo_ro
         texts.append(json.dumps(ret))
     captured = capfd.readouterr()
     texts += [captured.out, captured.err]
-    texts += [p.read_text(errors="ignore") for p in (airflow_home / "logs").rglob("*") if p.is_file()]
+    texts += [
+        p.read_text(errors="ignore") for p in (airflow_home / "logs").rglob("*") if p.is_file()
+    ]
     blob = "\n".join(texts)
     leaked = sorted(s for s in secrets if s in blob)
     assert leaked == []
@@ -77,7 +88,10 @@ def test_same_patient_same_token_across_days(dagbag, demo_root, run):
     day2 = "2026-09-02"
     for site in SITES:
         write_batch(generate_batch(site, day2), f"{demo_root}/raw/site={site}/date={day2}.parquet")
-    assert dagbag.get_dag("deidentify_daily_batches").test(logical_date=pendulum.parse(day2)).state == "success"
+    assert (
+        dagbag.get_dag("deidentify_daily_batches").test(logical_date=pendulum.parse(day2)).state
+        == "success"
+    )
     raw1, raw2 = generate_batch("site_a", DATE), generate_batch("site_a", day2)
     both = sorted(set(raw1.patient_id) & set(raw2.patient_id))
     assert both
@@ -89,3 +103,58 @@ def test_same_patient_same_token_across_days(dagbag, demo_root, run):
 def test_parameter_validation():
     with pytest.raises(InvalidParameterError, match="rules"):
         DeidentifyOperator(task_id="d", source="s", destination="d", rules={})
+
+
+def _small_batch(tmp_path) -> str:
+    src = str(tmp_path / "raw.parquet")
+    write_batch(pd.DataFrame({"pid": ["a", "b"], "email": ["a@x.org", "b@y.org"]}), src)
+    return src
+
+
+def test_bad_key_ring_fails_without_retry(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_KEYS_EMPTY", json.dumps({"conn_type": "privacy_keys"}))
+    op = DeidentifyOperator(
+        task_id="d",
+        source=_small_batch(tmp_path),
+        destination=str(tmp_path / "out.parquet"),
+        rules={"email": {"hash": {}}},
+        key_conn_id="privacy_keys_empty",
+    )
+    with pytest.raises(AirflowFailException, match="privacy_keys_empty"):
+        op.execute({})
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_report_is_written_before_the_batch(tmp_path, monkeypatch):
+    """Two atomic writes: if the second fails, what is left must be the audit report of a
+    batch not yet released, never a released batch without its report."""
+    import airflow_privacy.operators.deidentify as module
+
+    real_write = module.io.write_bytes
+
+    def no_report(data, target):  # write_batch goes through write_bytes too
+        if str(target).endswith(".report.json"):
+            raise OSError("report storage unavailable")
+        real_write(data, target)
+
+    op = DeidentifyOperator(
+        task_id="d",
+        source=_small_batch(tmp_path),
+        destination=str(tmp_path / "out.parquet"),
+        rules={"email": "redact"},
+    )
+    monkeypatch.setattr(module.io, "write_bytes", no_report)
+    with pytest.raises(OSError, match="report storage"):
+        op.execute({})
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_rules_are_templated_as_documented():
+    op = DeidentifyOperator(
+        task_id="d",
+        source="s",
+        destination="d",
+        rules={"site": {"replace": {"value": "{{ params.site }}"}}, "email": "drop"},
+    )
+    op.render_template_fields({"params": {"site": "site_a"}})
+    assert op.rules == {"site": {"replace": {"value": "site_a"}}, "email": "drop"}
