@@ -147,3 +147,23 @@ def test_retry_with_lost_or_altered_output_fails_and_never_redraws(tmp_path, led
     assert ledger.status("patients") == before
     (charge,) = ledger.history("patients")
     assert charge.status == "released" and charge.output_sha256 == sealed
+
+
+def test_retry_after_a_charge_that_sealed_nothing_reuses_the_charge(tmp_path, ledger_url, demo_root, monkeypatch):
+    """An earlier try charged, then died before its answer was sealed (so nothing could have
+    been published): the retry replays the same charge -- no second charge -- and releases."""
+    from airflow_privacy.core.budget import ledger as ledger_module
+
+    op = _release_op(tmp_path, demo_root)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="worker lost"):
+        patch.setattr(ledger_module.PrivacyLedger, "seal_release", crash)
+        op.execute({"ti": _TI()})
+    ledger = PrivacyLedger(ledger_url)
+    assert [c.status for c in ledger.history("patients")] == ["charged"]
+    out = op.execute({"ti": _TI()})
+    (charge,) = ledger.history("patients")
+    assert charge.status == "released" and exists(out["output"]) and ledger.status("patients").releases == 1
