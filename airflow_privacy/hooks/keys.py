@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -17,8 +19,9 @@ class PrivacyKeyHook(BaseHook):
 
     The key ring JSON (``airflow-privacy keys generate``) lives in the connection's
     *password* field, which Airflow masks in logs and the UI; this hook additionally
-    registers every key with the secrets masker, so a key that ends up in a log line or a
-    rendered template is redacted too.
+    registers every key with the secrets masker in each form it could be printed in
+    (:func:`key_forms`: base64 variants, hex, ``repr`` of the bytes), so a key that ends up
+    in a log line or a rendered template is redacted too.
 
     :param key_conn_id: connection id (default ``privacy_keys_default``; per site
         ``privacy_keys_<site>``).
@@ -60,8 +63,9 @@ class PrivacyKeyHook(BaseHook):
         try:
             for key in json.loads(text).get("keys", []):
                 if isinstance(key, dict) and isinstance(key.get("key"), str):
-                    mask_secret(key["key"])
-        except (ValueError, AttributeError):
+                    for form in key_forms(key["key"]):
+                        mask_secret(form)
+        except (ValueError, AttributeError, TypeError):
             pass  # KeyRing.from_json reports the problem without echoing the content
         try:
             return KeyRing.from_json(text)
@@ -71,3 +75,20 @@ class PrivacyKeyHook(BaseHook):
             ) from None
 
     get_keyring = get_conn
+
+
+def key_forms(encoded: str) -> list[str]:
+    """Every spelling of one key that could end up in a log: the base64 of the ring JSON,
+    and, of the raw bytes, unpadded and URL-safe base64, lower- and upper-case hex (what
+    ``bytes.hex()`` and debuggers print) and the inside of ``repr(bytes)``."""
+    forms = [encoded]
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return forms  # not a key KeyRing.from_json would accept
+    if not raw:
+        return forms
+    standard, url_safe = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()
+    forms += [standard, standard.rstrip("="), url_safe, url_safe.rstrip("=")]
+    forms += [raw.hex(), raw.hex().upper(), repr(raw)[2:-1]]
+    return list(dict.fromkeys(forms))

@@ -211,3 +211,29 @@ def test_keys_cli(tmp_path):
         [exe, "keys", "inspect", str(tmp_path / "ring.json")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_hook_masks_every_printable_form_of_each_key(monkeypatch):
+    import airflow_privacy.hooks.keys as keys_module
+
+    ring = KeyRing.generate().rotate()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PRIVACY_KEYS_MASKED",
+        json.dumps({"conn_type": "privacy_keys", "password": ring.to_json()}),
+    )
+    masked: list[str] = []
+    monkeypatch.setattr(keys_module, "mask_secret", lambda s, name=None: masked.append(s))
+    assert keys_module.PrivacyKeyHook("privacy_keys_masked").get_keyring() == ring
+    for entry in json.loads(ring.to_json())["keys"]:
+        raw = base64.b64decode(entry["key"])
+        printed = [
+            entry["key"],
+            base64.urlsafe_b64encode(raw).decode(),
+            base64.urlsafe_b64encode(raw).decode().rstrip("="),
+            base64.b64encode(raw).decode().rstrip("="),
+            raw.hex(),
+            raw.hex().upper(),
+            repr(raw)[2:-1],
+        ]
+        for form in printed:  # a log line holding the form holds a masked string
+            assert any(m in f"log: {form} end" for m in masked), form
