@@ -83,6 +83,32 @@ def test_every_single_bit_flip_is_rejected(blob, ring):
     assert accepted == []
 
 
+def test_every_single_bit_flip_is_rejected_by_the_streaming_file_path(blob, ring, tmp_path):
+    """decrypt_file reads segment by segment with one of look-ahead (a different code path
+    from decrypt_bytes): a flip anywhere -- header, any of the 4 segments, a tag -- must
+    raise, and no plaintext may be published, not even the segments before the flip."""
+    header, segments = _split(blob)
+    assert len(segments) == 4
+    src, dst = tmp_path / "flip.enc", tmp_path / "flip.out"
+    accepted, published = [], []
+    for position in range(len(blob)):
+        for bit in range(8):
+            tampered = bytearray(blob)
+            tampered[position] ^= 1 << bit
+            src.write_bytes(bytes(tampered))
+            try:
+                decrypt_file(src, dst, ring, AD)
+            except IntegrityError:
+                pass
+            else:
+                accepted.append((position, bit))
+            if dst.exists():
+                published.append((position, bit))
+                dst.unlink()
+    assert accepted == [] and published == []
+    assert list(tmp_path.iterdir()) == [src]  # no temporary sibling left behind either
+
+
 def test_every_truncation_is_rejected(blob, ring):
     header, segments = _split(blob)
     boundaries = {len(header) + i * (SEG + TAG) for i in range(len(segments))}
