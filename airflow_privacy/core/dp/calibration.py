@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from scipy.special import ndtr
@@ -43,6 +44,7 @@ def _gaussian_delta(sigma: float, epsilon: float, sensitivity: float) -> float:
     return float(ndtr(a - b) - math.exp(epsilon) * ndtr(-a - b))
 
 
+@functools.lru_cache(maxsize=256)
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
     """Smallest σ of the (continuous) Gaussian mechanism that is (ε, δ)-DP (Balle-Wang 2018).
 
@@ -79,6 +81,7 @@ def discrete_gaussian_sigma(epsilon: float, delta: float, sensitivity: int) -> f
     raise InvalidParameterError("epsilon", epsilon, "could not calibrate a discrete Gaussian")  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=256)
 def zcdp_rho(epsilon: float, delta: float) -> float:
     """Largest ρ such that a ρ-zCDP mechanism is (ε, δ)-DP under the ledger's conversion.
 

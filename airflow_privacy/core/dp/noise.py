@@ -54,6 +54,36 @@ def numpy_generator(source: RandomSource) -> np.random.Generator:
     return np.random.default_rng(source.getrandbits(128))
 
 
+def uniform_grid_floats(rng: RandomSource, size: int) -> np.ndarray:
+    """``size`` independent uniforms on ``{k·2^-53 : 0 <= k < 2^53}``, from ``rng``'s bits.
+
+    Drawn in bulk (64 random bits per value, in chunks of 2^20 values) from the random source
+    itself -- the CSPRNG in a release -- never from a seeded numpy generator. For a float
+    ``f`` in [0, 1), ``P[U < f] = ceil(f·2^53)/2^53``: exactly ``f`` when ``f`` is a multiple of
+    2^-53 (every fractional part of a float >= 1 in magnitude is), within 2^-53 otherwise.
+    """
+    out = np.empty(size, dtype=np.float64)
+    chunk = 1 << 20
+    for start in range(0, size, chunk):
+        k = min(chunk, size - start)
+        words = np.frombuffer(rng.getrandbits(64 * k).to_bytes(8 * k, "little"), dtype="<u8")
+        np.multiply(words >> np.uint64(11), 2.0**-53, out=out[start:start + k])
+    return out
+
+
+def stochastic_round(y: np.ndarray, rng: RandomSource) -> np.ndarray:
+    """Unbiased randomized rounding to the integers: ``floor(y) + Bernoulli(y - floor(y))``.
+
+    ``E[result] = y`` (to within 2^-53 per value, see :func:`uniform_grid_floats`) and the
+    result is always ``floor(y)`` or ``ceil(y)``, so any bound on ``|y|`` bounds ``|result|``
+    by its ceiling. Deterministic rounding would instead add a bias of up to 1/2 per value,
+    which grows with the number of values while the noise does not.
+    """
+    floor = np.floor(y)
+    up = uniform_grid_floats(rng, len(floor)) < (y - floor)
+    return floor.astype(np.int64) + up
+
+
 def rational_at_least(x: float, max_denominator: int = 1 << 16) -> Fraction:
     """The smallest fraction with denominator ``max_denominator`` that is ``>= x``."""
     if not math.isfinite(x) or x <= 0:
