@@ -34,10 +34,11 @@ Construction
        Mean and variance use the normalized-sum construction (values shifted by the bounds'
        midpoint; mean = S/N + m, variance = Q/N − (S/N)²) with a noisy count N -- never a
        "public n".
-    5. Quantiles: exponential mechanism over the intervals between sorted clamped values
-       (Smith, STOC 2011; as in Google's DP library), utility −|rank − q·n|, sensitivity Linf,
-       ε/L0 per group. The interval is drawn by the Gumbel-max trick in floating point; see
-       Ilvento, CCS 2020 for the exact base-2 alternative.
+    5. Quantiles: exponential mechanism over a fixed power-of-two grid of ~2^12 candidates
+       in the bounds (clamped values rounded to the grid), rank utility with ties handled
+       (Smith, STOC 2011), sensitivity Linf, ε/L0 per group, sampled exactly with integer
+       arithmetic and the random source (rejection with CKS20's exact Bernoulli(exp(−γ)); cf.
+       Ilvento, CCS 2020). See :func:`_dp_quantiles`.
     6. Private partition selection: a group is released when its noisy unit count
        (discrete Laplace, L1 sensitivity L0) reaches the integer threshold
        ``T = 1 + ceil(ln(δ(1+p)/L0) / ln p)``, p = e^{-1/scale}, so a group with a single
@@ -56,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_privacy.core.dp.accounting import PrivacyCost, compose_epsilon
-from airflow_privacy.core.dp.bounding import bound_contributions, rank_within
+from airflow_privacy.core.dp.bounding import bound_contributions
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
     check_delta,
@@ -66,6 +67,7 @@ from airflow_privacy.core.dp.calibration import (
 )
 from airflow_privacy.core.dp.noise import (
     RandomSource,
+    bernoulli_exp_array,
     default_random_source,
     discrete_gaussian,
     discrete_gaussian_variance,
@@ -74,6 +76,7 @@ from airflow_privacy.core.dp.noise import (
     numpy_generator,
     rational_at_least,
     stochastic_round,
+    uniform_below,
 )
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
@@ -81,6 +84,7 @@ METRICS = ("count", "count_units", "sum", "mean", "variance", "std", "quantile",
 MECHANISMS = ("laplace", "gaussian")
 _NOISE_STEPS = 1 << 12  # the noise of a fixed-point sum spans at least this many grid steps...
 _MAX_ROW_STEPS = 1 << 14  # ...unless one value's range would need more than this many
+_QUANTILE_CANDIDATES = 1 << 12  # quantile outputs: a power-of-two grid of ~this many points
 
 
 @dataclass(frozen=True)
@@ -496,7 +500,7 @@ def dp_aggregate(
         if q[0] == "quantile":
             col, qq = q[1], q[2]
             answers[q] = _dp_quantiles(data[col].to_numpy(dtype=float, na_value=np.nan), gcodes, n_groups,
-                                       col_bounds[col], qq, eps_each / l0, linf, nprng)
+                                       col_bounds[col], qq, eps_each / l0, linf, rng)
 
     # -- assemble the table (post-processing only) ------------------------------------------
     out = groups.copy() if by else pd.DataFrame(index=range(1))
@@ -535,6 +539,25 @@ def _int_group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.
     return sums
 
 
+def _quantile_grid(bounds: tuple[float, float], candidates: int) -> tuple[float, int, int]:
+    """``(g, first, m)``: the candidates are ``(first + k)·g``, k < m, with ``g`` the finest power
+    of two giving at most ``candidates + 1`` of them inside the bounds (data-independent)."""
+    lo, hi = bounds
+    g = 2.0 ** math.ceil(math.log2((hi - lo) / candidates))
+    first, last = math.ceil(lo / g), math.floor(hi / g)
+    return g, first, last - first + 1
+
+
+def _quantile_rate(eps_group: float, linf: int) -> tuple[int, int]:
+    """``(A, F)``: the exponential mechanism's rate ε_group/(2·Linf) rounded *down* to A/2^F with
+    2^20 <= A < 2^21 (relative loss < 2^-20; rounding down only adds privacy)."""
+    rate = Fraction(eps_group) / (2 * linf)
+    log2_den = 20 - math.floor(math.log2(rate))
+    if log2_den > 52:
+        raise InvalidParameterError("epsilon", eps_group, "too small for a quantile (rate below 2^-32)")
+    return math.floor(rate * (1 << log2_den)), log2_den
+
+
 def _dp_quantiles(
     values: np.ndarray,
     gcodes: np.ndarray,
@@ -543,29 +566,65 @@ def _dp_quantiles(
     q: float,
     eps_group: float,
     linf: int,
-    rng: np.random.Generator,
+    rng: RandomSource,
+    candidates: int = _QUANTILE_CANDIDATES,
 ) -> np.ndarray:
-    """Per-group ε_group-DP quantile by the exponential mechanism (vectorized Gumbel-max)."""
+    """Per-group ε_group-DP q-quantile: the exponential mechanism (McSherry-Talwar 2007) over a
+    fixed grid of candidates, sampled *exactly* (no floating-point Gumbel or uniform).
+
+    Candidates: the power-of-two grid of :func:`_quantile_grid` over the bounds, the same for
+    every group and independent of the data; clamped values are rounded to their nearest
+    candidate (a fixed per-row map, error <= g/2), so tied values sit on a candidate. With
+    L(c) = #{x < c}, E(c) = #{x = c}, n values and target rank t = floor(q·n), the score is
+
+        s(c) = max(L(c) - t, t - L(c) - E(c), 0)   (utility -s; = |L(c) - q·n| up to rounding
+                                                   of q·n wherever E(c) = 0)
+
+    so a candidate holding the quantile among ties scores 0 (the plain |L - q·n| would score
+    every candidate alike when all values tie). Adding or removing one value moves L, E, t
+    and n by at most one each, in ways that change s by at most 1 (Smith, STOC 2011, for the
+    rank utility), so a unit's <= Linf values change it by <= Linf: sampling
+    P[c] ∝ exp(-A/2^F · s(c)) with A/2^F <= ε_group/(2·Linf) is ε_group-DP.
+
+    Sampling: rejection from the uniform proposal over the candidates, accepting c with
+    probability exp(-A/2^F · (s(c) - min s)) by the exact Bernoulli(exp(-γ)) of
+    Canonne-Kamath-Steinke 2020 (Algorithm 1) on rational γ with uniform integers from the
+    random source -- the output distribution is exactly the exponential mechanism's, as
+    Ilvento ("Implementing the Exponential Mechanism with Base-2 Differential Privacy",
+    CCS 2020) requires of an implementation; the rational rate plays the role of her base-2
+    parameter. All groups draw batches of proposals at once (first acceptance per group
+    wins); expected proposals per group <= the number of candidates.
+    """
     lo, hi = bounds
+    g, first, m = _quantile_grid(bounds, candidates)
+    base = first * g
+    rate_num, log2_den = _quantile_rate(eps_group, linf)
     valid = ~np.isnan(values)
-    v, g = np.clip(values[valid], lo, hi), gcodes[valid]
-    order = np.lexsort((v, g))
-    v, g = v[order], g[order]
-    n_per = np.bincount(g, minlength=n_groups)
-    # Intervals of group k: [lo, x1], [x1, x2], ..., [xn, hi] -> n_k + 1 intervals.
-    starts = np.r_[0, np.cumsum(n_per)[:-1]]
-    lower = np.insert(v, starts, lo)
-    upper = np.insert(v, starts + n_per, hi)
-    ig = np.repeat(np.arange(n_groups), n_per + 1)
-    rank = rank_within(ig)
-    utility = -np.abs(rank - q * n_per[ig])
-    with np.errstate(divide="ignore"):
-        score = np.log(upper - lower) + eps_group * utility / (2 * linf)
-    score = score + rng.gumbel(size=len(score))
-    best = np.full(n_groups, -np.inf)
-    np.maximum.at(best, ig, score)
-    is_best = score == best[ig]
-    chosen = np.full(n_groups, -1, dtype=np.int64)
-    chosen[ig[is_best][::-1]] = np.flatnonzero(is_best)[::-1]
-    out = lower[chosen] + rng.random(n_groups) * (upper[chosen] - lower[chosen])
+    idx = np.clip(np.rint((np.clip(values[valid], lo, hi) - base) / g), 0, m - 1).astype(np.int64)
+    gv = gcodes[valid]
+    out = np.empty(n_groups, dtype=float)
+    qq = Fraction(q)
+    chunk = max(1, (1 << 22) // m)  # groups per block: a block's score matrix holds <= 2^22 entries
+    order = np.argsort(gv, kind="stable")
+    gv, idx = gv[order], idx[order]
+    starts = np.searchsorted(gv, np.arange(0, n_groups + chunk, chunk))
+    for b, g0 in enumerate(range(0, n_groups, chunk)):
+        k = min(chunk, n_groups - g0)
+        rows = slice(starts[b], starts[b + 1])
+        counts = np.bincount((gv[rows] - g0) * m + idx[rows], minlength=k * m).reshape(k, m)
+        n = counts.sum(axis=1)
+        t = np.array([int(qq * int(x)) for x in n], dtype=np.int64)[:, None]  # floor(q·n), exact
+        below = np.cumsum(counts, axis=1) - counts
+        score = np.maximum(np.maximum(below - t, t - below - counts), 0)
+        score -= score.min(axis=1, keepdims=True)
+        chosen = np.full(k, -1, dtype=np.int64)
+        todo, batch = np.arange(k), 64
+        while todo.size:
+            props = uniform_below(rng, m, todo.size * batch).astype(np.int64).reshape(todo.size, batch)
+            accept = bernoulli_exp_array(rng, rate_num * score[todo[:, None], props].ravel(), log2_den)
+            accept = accept.reshape(todo.size, batch)
+            hit = accept.any(axis=1)
+            chosen[todo[hit]] = props[hit, accept[hit].argmax(axis=1)]
+            todo, batch = todo[~hit], min(batch * 2, 1 << 12)
+        out[g0:g0 + k] = base + chosen * g
     return np.clip(out, lo, hi)

@@ -54,21 +54,90 @@ def numpy_generator(source: RandomSource) -> np.random.Generator:
     return np.random.default_rng(source.getrandbits(128))
 
 
-def uniform_grid_floats(rng: RandomSource, size: int) -> np.ndarray:
-    """``size`` independent uniforms on ``{k·2^-53 : 0 <= k < 2^53}``, from ``rng``'s bits.
+def uniform_words(rng: RandomSource, size: int) -> np.ndarray:
+    """``size`` independent uniform 64-bit words (uint64) from ``rng``'s own bits, in bulk.
 
-    Drawn in bulk (64 random bits per value, in chunks of 2^20 values) from the random source
-    itself -- the CSPRNG in a release -- never from a seeded numpy generator. For a float
-    ``f`` in [0, 1), ``P[U < f] = ceil(f·2^53)/2^53``: exactly ``f`` when ``f`` is a multiple of
-    2^-53 (every fractional part of a float >= 1 in magnitude is), within 2^-53 otherwise.
+    Chunks of 2^20 words; the random source itself -- the CSPRNG in a release -- never a
+    seeded numpy generator.
     """
-    out = np.empty(size, dtype=np.float64)
+    out = np.empty(size, dtype=np.uint64)
     chunk = 1 << 20
     for start in range(0, size, chunk):
         k = min(chunk, size - start)
-        words = np.frombuffer(rng.getrandbits(64 * k).to_bytes(8 * k, "little"), dtype="<u8")
-        np.multiply(words >> np.uint64(11), 2.0**-53, out=out[start:start + k])
+        out[start:start + k] = np.frombuffer(rng.getrandbits(64 * k).to_bytes(8 * k, "little"), dtype="<u8")
     return out
+
+
+def uniform_below(rng: RandomSource, bound: np.ndarray | int, size: int | None = None) -> np.ndarray:
+    """Exactly uniform integers in ``[0, bound)`` (elementwise; 1 <= bound <= 2^63), as uint64.
+
+    ``w mod bound`` of a uniform 64-bit word ``w``, rejecting the ``2^64 mod bound`` largest
+    words so that every residue is equally likely (redrawn until accepted).
+    """
+    bounds = np.asarray(bound, dtype=np.uint64)
+    if size is not None:
+        bounds = np.broadcast_to(bounds, (size,))
+    bounds = bounds.ravel()
+    out = np.empty(len(bounds), dtype=np.uint64)
+    todo = np.arange(len(bounds))
+    zero = np.uint64(0)
+    while todo.size:
+        b = bounds[todo]
+        w = uniform_words(rng, todo.size)
+        r = (zero - b) % b  # 2^64 mod b
+        ok = (r == 0) | (w < zero - r)
+        out[todo[ok]] = w[ok] % b[ok]
+        todo = todo[~ok]
+    return out
+
+
+def _bernoulli_exp_le1_array(rng: RandomSource, num: np.ndarray, log2_den: int) -> np.ndarray:
+    """Elementwise Bernoulli(exp(-num/2^log2_den)) for 0 <= num <= 2^log2_den (CKS20 Alg. 1).
+
+    K = 1; while Bernoulli(γ/K): K += 1; return K odd -- for all elements at once, each
+    Bernoulli(γ/K) an exact comparison of a uniform integer below K·2^log2_den with num.
+    """
+    k = np.ones(len(num), dtype=np.int64)
+    active = np.arange(len(num))
+    while active.size:
+        u = uniform_below(rng, k[active].astype(np.uint64) << np.uint64(log2_den))
+        go_on = u < num[active].astype(np.uint64)
+        active = active[go_on]
+        k[active] += 1
+    return k % 2 == 1
+
+
+def bernoulli_exp_array(rng: RandomSource, num: np.ndarray, log2_den: int) -> np.ndarray:
+    """Elementwise Bernoulli(exp(-γ)) for γ = num/2^log2_den >= 0, exactly (CKS20 Alg. 1).
+
+    exp(-γ) = exp(-1)^floor(γ) · exp(-(γ - floor(γ))): the product of independent exact
+    coins, drawn for all elements at once and stopped at an element's first failure.
+
+    :param num: non-negative int64 numerators.
+    :param log2_den: the denominator's exponent (0 <= log2_den <= 52).
+    """
+    num = np.asarray(num, dtype=np.int64)
+    den = 1 << log2_den
+    whole, frac = num >> log2_den, num & (den - 1)
+    out = _bernoulli_exp_le1_array(rng, frac, log2_den)
+    idx = np.flatnonzero(out & (whole > 0))
+    left = whole[idx]
+    while idx.size:
+        ok = _bernoulli_exp_le1_array(rng, np.full(idx.size, den, dtype=np.int64), log2_den)  # exp(-1)
+        out[idx[~ok]] = False
+        idx, left = idx[ok], left[ok] - 1
+        idx, left = idx[left > 0], left[left > 0]
+    return out
+
+
+def uniform_grid_floats(rng: RandomSource, size: int) -> np.ndarray:
+    """``size`` independent uniforms on ``{k·2^-53 : 0 <= k < 2^53}``, from ``rng``'s bits.
+
+    For a float ``f`` in [0, 1), ``P[U < f] = ceil(f·2^53)/2^53``: exactly ``f`` when ``f`` is
+    a multiple of 2^-53 (every fractional part of a float >= 1 in magnitude is), within
+    2^-53 otherwise.
+    """
+    return (uniform_words(rng, size) >> np.uint64(11)) * 2.0**-53
 
 
 def stochastic_round(y: np.ndarray, rng: RandomSource) -> np.ndarray:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from airflow_privacy.core.dp.noise import (
+    bernoulli_exp_array,
     discrete_gaussian,
     discrete_gaussian_variance,
     discrete_laplace,
     discrete_laplace_variance,
     rational_at_least,
+    uniform_below,
 )
 
 N = 20_000
@@ -61,3 +63,26 @@ def test_discrete_gaussian_moments(sigma2):
 def test_rational_rounds_up():
     r = rational_at_least(math.pi)
     assert r >= Fraction(math.pi) and float(r) - math.pi < 2**-16
+
+
+@pytest.mark.parametrize("gamma", [Fraction(0), Fraction(3, 10), Fraction(1), Fraction(5, 2), Fraction(7)])
+def test_vectorized_bernoulli_exp_is_exact(gamma):
+    """Frequency of Bernoulli(exp(-γ)) over N draws: binomial sd sqrt(p(1-p)/N); 5 sd."""
+    log2_den = 20
+    num = np.full(N, int(gamma * (1 << log2_den)), dtype=np.int64)
+    x = bernoulli_exp_array(random.Random(17), num, log2_den)
+    p = math.exp(-float(gamma))
+    assert abs(x.mean() - p) <= 5 * math.sqrt(p * (1 - p) / N) + (1e-12 if p in (0, 1) else 0)
+
+
+def test_uniform_below_is_uniform():
+    """Pearson chi-square of 7 equally likely residues (7 does not divide 2^64), vs the
+    chi-square(6) quantile at 1 - 1e-6; and the bits come from the given source."""
+    from scipy.stats import chi2
+
+    x = uniform_below(random.Random(5), 7, N)
+    counts = np.bincount(x.astype(np.int64), minlength=7)
+    assert counts.sum() == N and len(counts) == 7
+    stat = ((counts - N / 7) ** 2 / (N / 7)).sum()
+    assert stat < chi2.ppf(1 - 1e-6, df=6)
+    assert np.array_equal(x, uniform_below(random.Random(5), 7, N))
