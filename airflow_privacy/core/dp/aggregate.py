@@ -299,8 +299,11 @@ def dp_aggregate(
     :param metrics: ``{output column: spec}``; spec is ``"count"``, ``"count_units"``,
         ``("sum"|"mean"|"variance"|"std", column)``, ``("quantile", column, q)`` or
         ``("median", column)``.
-    :param by: group-by columns (empty: one global row).
+    :param by: group-by columns (empty: one global row). Rows with a missing key in any of
+        them belong to no group and are dropped -- unless ``public_groups`` lists the missing
+        value (NaN/None), which then is a group like any other.
     :param privacy_unit: column identifying the protected individual; ``None`` protects rows.
+        It may hold no missing values (``SchemaError`` naming the column and their count).
     :param bounds: ``{column: (lo, hi)}`` for every value column; values are clamped.
     :param max_groups_per_unit: L0 bound (ignored, = 1, when ``privacy_unit`` is None).
     :param max_rows_per_group: Linf bound (ignored, = 1, when ``privacy_unit`` is None).
@@ -363,6 +366,14 @@ def dp_aggregate(
             raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
     if public_groups is not None and not by:
         raise InvalidParameterError("public_groups", public_groups, "only meaningful with `by` columns")
+    if privacy_unit is not None:
+        n_missing = int(df[privacy_unit].isna().sum())
+        if n_missing:
+            # Merging them into one "missing" unit would let many people share one contribution
+            # bound; dropping them silently would hide a data problem. The caller decides.
+            raise SchemaError(
+                f"privacy_unit column {privacy_unit!r} has {n_missing} missing value(s); every row must "
+                "belong to a known unit -- fill or drop those rows before the release")
 
     rng = default_random_source(random_source)
     nprng = numpy_generator(rng)
@@ -377,6 +388,9 @@ def dp_aggregate(
         inside = group_codes >= 0
         data, group_codes = data[inside], group_codes[inside]
     elif by:
+        # A missing key is not a group: those rows are dropped (never released as "NaN"); list
+        # NaN in public_groups to release it as a group of its own.
+        data = data[data[by].notna().all(axis=1).to_numpy()]
         group_codes, uniques = pd.MultiIndex.from_frame(data[by]).factorize()
         groups = uniques.to_frame(index=False)
         groups.columns = by
@@ -388,7 +402,7 @@ def dp_aggregate(
     if privacy_unit is None:
         unit_codes = np.arange(len(data), dtype=np.int64)
     else:
-        unit_codes, _ = pd.factorize(data[privacy_unit], use_na_sentinel=False)
+        unit_codes, _ = pd.factorize(data[privacy_unit])  # no missing values (checked above)
     kept = bound_contributions(unit_codes, group_codes, l0, linf, nprng)
     data = data.iloc[kept]
     gcodes = group_codes[kept]

@@ -262,3 +262,25 @@ def test_quantile_selection_probabilities_are_the_exponential_mechanism():
     assert observed.sum() == groups
     stat = ((observed - groups * p) ** 2 / (groups * p)).sum()
     assert stat < chi2.ppf(1 - 1e-6, df=len(cands) - 1)
+
+
+def test_missing_privacy_unit_is_refused_with_its_count():
+    df = pd.DataFrame({"u": [1.0, np.nan, 3.0, np.nan], "x": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(SchemaError, match=r"'u' has 2 missing"):
+        dp_aggregate(df, epsilon=1.0, metrics={"n": "count"}, privacy_unit="u", random_source=0)
+
+
+def test_missing_group_keys_are_dropped_unless_listed_public():
+    """Rows with a missing key are in no group: private selection never releases a "NaN"
+    group; with public groups the NaN group exists only when listed."""
+    df = pd.DataFrame({"g": ["a"] * 3000 + [None] * 3000, "u": np.arange(6000)})
+    kw = dict(epsilon=1.0, metrics={"n": "count"}, by=["g"], random_source=1)
+    res = dp_aggregate(df, delta=1e-6, privacy_unit="u", **kw)
+    assert list(res.table["g"]) == ["a"]
+    # the 3000 NaN rows are not counted in "a": 3000 is 6000 rows away, the tolerance 8 noise sd
+    assert abs(res.table["n"][0] - 3000) < 8 * res.noise_sd["count"]
+    assert list(dp_aggregate(df, public_groups={"g": ["a"]}, **kw).table["g"]) == ["a"]
+    listed = dp_aggregate(df, public_groups={"g": ["a", None]}, **kw)
+    t = listed.table
+    assert len(t) == 2 and t["g"].isna().sum() == 1
+    assert abs(t.loc[t["g"].isna(), "n"].iloc[0] - 3000) < 8 * listed.noise_sd["count"]
