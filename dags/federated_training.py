@@ -4,8 +4,10 @@ Every day, after the day's batches exist, each site trains the current global mo
 own batch on its own worker (``queue=<site>``) with DP-SGD (record-level differential
 privacy: ε ≤ 8 per site over the 30 planned rounds, δ = 1e-5, charged to the ledger as
 ``patients_<site>``); the updates are summed with the masking secure sum, so the aggregator
-only ever sees their sum; the aggregator applies FedAvg, evaluates on an agreed held-out set
-and writes the next checkpoint (plus ``metrics.png``). The checkpoint persists between runs:
+only ever sees their sum. Besides its masked update a site publishes only its spent ε: its
+row count, training loss and update norm stay in its own task log. The aggregator applies
+FedAvg, evaluates on an agreed held-out set and writes the next checkpoint (plus
+``metrics.png``). The checkpoint persists between runs:
 each run continues the round counter and the privacy accountant. ``rounds_per_run`` rounds
 run per DAG run. Changing the model or features invalidates the checkpoint: the run fails
 with the list of changed settings instead of silently restarting.

@@ -3,22 +3,27 @@
 ``federated_round_group(...)`` wires, per DAG run, an ``init`` task (create or validate the
 global checkpoint) and ``rounds_per_run`` rounds of:
 
+* ``charge`` (site-level DP only) -- :class:`FederatedRoundOperator`: charges the round's
+  cost to ``dataset`` before any site draws its noise share or masks; over the cap the round
+  stops here and releases nothing;
 * ``train_<site>`` -- :class:`FederatedClientOperator` on the site's queue: loads the global
   checkpoint, trains on the site's own batch, keeps its update in site storage (encrypted
-  under the site's key ring; a retry resubmits the same update), charges record-level DP to
-  the site's dataset, publishes only a report (metrics, privacy events; no vector);
+  under the site's key ring; a retry resubmits the same update), plans and charges
+  record-level DP against the site's own ledger dataset, logs its training diagnostics
+  and publishes only a report (site, round, config hash, spent epsilon);
 * ``secure_sum`` -- the masking secure sum of the sites' ``[weight * delta, weight]`` (site-
   level DP noise shares added before masking), see :mod:`.secure_sum`;
 * ``aggregate`` -- :class:`FederatedRoundOperator`: applies the server optimizer to the sum,
-  charges site-level DP, evaluates, writes the next checkpoint (and a PNG of the metrics)
-  atomically and returns ``{"checkpoint", "round", "metrics", "privacy"}``.
+  evaluates, writes the next checkpoint (and a PNG of the metrics) atomically and returns
+  ``{"checkpoint", "round", "metrics", "privacy"}``.
 
-Shared storage therefore holds checkpoints, masked updates, reports and metrics -- never a
-site's rows or unmasked update.
+Shared storage and XCom therefore hold checkpoints, masked updates, reports and aggregate
+metrics -- never a site's rows, unmasked update, row count, sampling rate, loss or norm.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -32,6 +37,7 @@ from airflow_privacy.core import io
 from airflow_privacy.core.crypto import decrypt_bytes, encrypt_bytes
 from airflow_privacy.core.dp.accounting import PrivacyCost
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
+from airflow_privacy.core.secure_sum.config import MIN_COHORT
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
 from airflow_privacy.operators._release import privacy_summary
@@ -41,10 +47,22 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 _SPEC_KEYS = ("features", "label", "ranges", "categories", "classes")
+ROUND_STEPS = ("init", "charge", "aggregate")
 
 
 def check_training(training: Mapping[str, Any], n_sites: int) -> dict[str, Any]:
-    """Validate the training parameters at parse time (cheap; no torch import)."""
+    """Validate the training parameters at parse time; returns them with defaults filled in.
+
+    Builds the :class:`~airflow_privacy.core.federated.FeatureSpec` and
+    :class:`~airflow_privacy.core.federated.FederatedConfig` (every name and range they
+    check: strategy, model name, lr, rounds, dp, ...) and checks the cohort -- without
+    importing torch or building the model (a ``package.module:factory`` model is imported
+    on the workers only), so a DAG file stays cheap to parse.
+
+    :raises InvalidParameterError: naming the parameter, its value and what is accepted.
+    """
+    from airflow_privacy.core.federated.config import FederatedConfig
+
     if not isinstance(training, Mapping):
         raise InvalidParameterError("training", training, "expected a dict like simulate()'s keyword arguments")
     for key in ("features", "label"):
@@ -59,15 +77,24 @@ def check_training(training: Mapping[str, Any], n_sites: int) -> dict[str, Any]:
         raise InvalidParameterError(
             "training.aggregator", training["aggregator"],
             "robust aggregators cannot be combined with secure sum (the aggregator never sees single updates)")
+    if n_sites < MIN_COHORT:
+        raise InvalidParameterError("sites", n_sites, f"secure aggregation needs a cohort of at least {MIN_COHORT} sites")
+    known = {f.name for f in dataclasses.fields(FederatedConfig)}
+    unknown = sorted(set(training) - known - set(_SPEC_KEYS))
+    if unknown:
+        raise InvalidParameterError("training", unknown, f"unknown keys; expected {sorted(known | set(_SPEC_KEYS))}")
     dp = training.get("dp")
     if isinstance(dp, Mapping) and dp.get("level") == "site" and training.get("min_sites") is None:
         training["min_sites"] = n_sites // 2 + 1
+    _, config = setup(training)
+    config.cohort_minimum(n_sites)
     return training
 
 
 @functools.lru_cache(maxsize=16)
 def _setup(training_json: str):
-    from airflow_privacy.core.federated import FeatureSpec, FederatedConfig
+    from airflow_privacy.core.federated.config import FederatedConfig
+    from airflow_privacy.core.federated.features import FeatureSpec
 
     training = json.loads(training_json)
     spec = FeatureSpec.build(training.pop("features"), training.pop("label"), ranges=training.pop("ranges", None),
@@ -119,6 +146,10 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
     :param site_storage: the site's private URI prefix (its encrypted update).
     :param dataset: privacy budget scope; record-level DP charges ``<dataset>_<site>``.
     :param key_conn_id: the site's key ring connection (default ``privacy_keys_<site>``).
+
+    Returns (and writes to shared storage) only ``update.report()``: site, round, config
+    hash and, under record-level DP, the site's spent ``(epsilon, delta)``. Its training
+    diagnostics (rows, loss, update norm, clipping) go to this task's log on the site.
     """
 
     template_fields: Sequence[str] = ("source",)
@@ -152,39 +183,69 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             df = io.read_batch(self.source)
             self.log.info("Site %s trains on %d rows of %s", self.site, len(df), self.source)
             try:
-                update = client_update(self.latest, df, spec, config, site=self.site)
+                prior = self._prior_events(context, config)
+                update = client_update(self.latest, df, spec, config, site=self.site, prior_events=prior)
                 self._charge_record_level(context, update)
             except PrivacyError as exc:
                 raise AirflowFailException(f"site {self.site}: {exc}") from exc
             io.write_bytes(encrypt_bytes(update.to_bytes(), ring, associated_data=aad), path)
+        # Diagnostics of the site's rows (not DP): this task's log, on the site, only.
+        self.log.info("Site %s, update for round %d: %s", self.site, update.round + 1, update.metrics)
         report = update.report()
         io.write_bytes(json.dumps(report).encode(), self._report_path(context, self.site))
-        self.log.info("Site %s, update for round %d: %s", self.site, update.round + 1, report["metrics"])
         return report
+
+    @property
+    def site_dataset(self) -> str:
+        return f"{self.dataset}_{self.site}"
+
+    def _release_id(self, context: Context) -> str:
+        return f"{self._round_id(context)}/{self.site}"
+
+    def _prior_events(self, context: Context, config) -> list[dict[str, Any]] | None:
+        """Record-level DP: every earlier event of the site's ledger dataset (rounds that were
+        charged but never aggregated included) -- the ledger is the source of truth."""
+        from airflow_privacy.core.federated import RecordDP
+        from airflow_privacy.core.federated.accounting import EVENT_KINDS
+
+        dp = config.dp
+        if not isinstance(dp, RecordDP):
+            return None
+        ledger = PrivacyBudgetHook().get_ledger()
+        if dp.epsilon is not None:  # the training's target is the site's cap
+            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta)
+        rid = self._release_id(context)
+        events = [dict(e) for c in ledger.history(self.site_dataset) if c.release_id != rid for e in c.events]
+        foreign = sorted({str(e.get("kind")) for e in events} - set(EVENT_KINDS))
+        if foreign:
+            raise InvalidParameterError(
+                "dataset", self.site_dataset,
+                f"it also holds releases of kind(s) {foreign}; DP-SGD plans its noise over "
+                f"{list(EVENT_KINDS)} events only: give record-level training a dataset of its own",
+            )
+        return events
 
     def _charge_record_level(self, context: Context, update) -> None:
         from airflow_privacy.core.federated import RecordDP
 
         if not isinstance(setup(self.training)[1].dp, RecordDP) or not update.events:
             return
-        dp = setup(self.training)[1].dp
         ledger = PrivacyBudgetHook().get_ledger()
-        dataset = f"{self.dataset}_{self.site}"
-        if dp.epsilon is not None:  # the training's target is the site's cap
-            ledger.ensure_budget(dataset, epsilon=dp.epsilon, delta=dp.delta)
         try:
-            ledger.charge(dataset, release_id=f"{self._round_id(context)}/{self.site}",
+            ledger.charge(self.site_dataset, release_id=self._release_id(context),
                           cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
                           dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
         except KeyError as exc:
-            raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {dataset!r}") from exc
+            raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {self.site_dataset!r}") from exc
 
 
 class FederatedRoundOperator(_FederatedMixin, BaseOperator):
     """The aggregator of one round: server optimizer, DP accounting, evaluation, checkpoint.
 
     :param step: ``"init"`` (create the first checkpoint, or validate the existing one against
-        the configuration) or ``"aggregate"``.
+        the configuration), ``"charge"`` (site-level DP: check-and-charge the round's cost to
+        ``dataset`` before any site draws noise or masks; idempotent on the round's release
+        id) or ``"aggregate"``.
     :param sum_task_id: task id of the secure sum's ``unmask`` step (aggregate only).
     :param sum_destination: URI where that step wrote the summed vector.
     :param eval_source: URI of a held-out batch evaluated after the round (templated).
@@ -199,8 +260,8 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
                  sum_task_id: str | None = None, sum_destination: str | None = None,
                  eval_source: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if step not in ("init", "aggregate"):
-            raise InvalidParameterError("step", step, "expected 'init' or 'aggregate'")
+        if step not in ROUND_STEPS:
+            raise InvalidParameterError("step", step, f"expected one of {ROUND_STEPS}")
         self.step = step
         self.sum_task_id = sum_task_id
         self.sum_destination = sum_destination
@@ -209,6 +270,8 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
+            if self.step == "charge":
+                return self._charge(context)
             return self._init() if self.step == "init" else self._aggregate(context)
         except PrivacyError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -229,6 +292,7 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
 
     def _aggregate(self, context: Context) -> dict[str, Any]:
         from airflow_privacy.core.federated import (
+            SiteDP,
             load_checkpoint,
             privacy_spent,
             save_checkpoint,
@@ -248,33 +312,66 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
                 self.log.info("Round %d was already aggregated; returning it", ckpt.round)
                 return self._result(context, ckpt, config)
             raise AirflowFailException(f"updates are for round(s) {sorted(base)}, the model is at {ckpt.round}")
+        self._check_charged(context, config)
         total = io.read_batch(self.sum_destination)["value"].to_numpy()
         vector, weight = split_total(total)
         eval_df = io.read_batch(self.eval_source) if self.eval_source else None
         nxt = server_aggregate(ckpt, vector, weight, config, spec=spec, reports=reports, eval_data=eval_df,
                                extra_metrics={"bytes_up": int(total.size * 8 * len(reports))})
-        self._charge_site_level(context, ckpt, nxt, config)
         round_uri = f"{self.checkpoint_dir.rstrip('/')}/round-{nxt.round:05d}.pt"
         save_checkpoint(nxt, round_uri)
         save_checkpoint(nxt, self.latest)
+        if isinstance(config.dp, SiteDP):
+            PrivacyBudgetHook().get_ledger().mark_released(self.dataset, self._round_id(context), round_uri)
         self._plot(nxt, privacy_spent(nxt, config))
         self.log.info("Round %d aggregated from %s: %s", nxt.round, summed["survivors"], nxt.history[-1])
         return self._result(context, nxt, config)
 
-    def _charge_site_level(self, context: Context, old, new, config) -> None:
+    def _charge(self, context: Context) -> dict[str, Any]:
+        """Site-level DP: charge the round before any site draws its noise share or masks.
+
+        The cost is :func:`~airflow_privacy.core.federated.distributed_dp.charged_round_event`
+        (the worst admissible number of survivors: they are not known yet). Check-and-charge
+        is one ledger transaction, idempotent on the round's release id (a retry spends
+        nothing); over the cap it raises and the clients -- downstream -- never run, so no
+        noise is drawn and no sum or checkpoint is written.
+        """
+        from airflow_privacy.core.federated import SiteDP, compose_federated_epsilon
+        from airflow_privacy.core.federated.distributed_dp import charged_round_event
+
+        training_json = json.dumps(self.training, sort_keys=True, default=list)
+        _, config = _setup(training_json)
+        if not isinstance(config.dp, SiteDP):
+            raise InvalidParameterError("step", self.step, "the charge step is for site-level DP")
+        event = charged_round_event(config, _dimension(training_json), len(self.sites))
+        cost = PrivacyCost(0.0, 0.0, [event])  # zCDP: the ledger composes it at the cap's delta
+        rid = self._round_id(context)
+        ledger = PrivacyBudgetHook().get_ledger()
+        ti = context["ti"]
+        try:
+            done = ledger.charge(self.dataset, release_id=rid, cost=cost,
+                                 dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+        except KeyError as exc:
+            raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
+        if done.replayed and done.events != cost.events:
+            raise PrivacyError(f"round {rid} was charged with different parameters; refusing to train it")
+        privacy = privacy_summary(self.dataset, rid, done.epsilon, done.delta, ledger.status(self.dataset))
+        context["ti"].xcom_push(key="privacy_budget", value=privacy)
+        self.log.info("Charged site-level DP of this round (%d-%d survivors, worst case rho=%.4g: epsilon=%.4g "
+                      "alone at delta=%g); %r has spent %.4g of %.4g%s", config.cohort_minimum(len(self.sites)),
+                      len(self.sites), event["rho"], compose_federated_epsilon([event], config.dp.delta),
+                      config.dp.delta, self.dataset, privacy["spent_epsilon"], privacy["cap_epsilon"],
+                      " (retry: already charged)" if done.replayed else "")
+        return {"privacy": privacy}
+
+    def _check_charged(self, context: Context, config) -> None:
+        """Fail closed: a site-level round is applied only if the charge step charged it."""
         from airflow_privacy.core.federated import SiteDP
 
-        if not isinstance(config.dp, SiteDP):
-            return
-        events = new.privacy.get("site", [])[len(old.privacy.get("site", [])):]
-        if events:
-            ledger = PrivacyBudgetHook().get_ledger()
-            try:
-                ledger.charge(self.dataset, release_id=self._round_id(context),
-                              cost=PrivacyCost(0.0, 0.0, [dict(e) for e in events]),
-                              dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
-            except KeyError as exc:
-                raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
+        if isinstance(config.dp, SiteDP) and PrivacyBudgetHook().get_ledger().get_release(
+                self.dataset, self._round_id(context)) is None:
+            raise AirflowFailException(f"round {self._round_id(context)} was not charged to {self.dataset!r}; "
+                                       "nothing is applied")
 
     def _result(self, context: Context, ckpt, config) -> dict[str, Any]:
         from airflow_privacy.core.federated import privacy_spent
@@ -298,7 +395,7 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         return {"checkpoint": self.latest, "round": ckpt.round, "metrics": metrics, "privacy": privacy}
 
     def _plot(self, ckpt, spent) -> None:
-        """Accuracy, loss and epsilon per round as a PNG next to the checkpoint."""
+        """Held-out accuracy, AUC and loss and epsilon per round as a PNG next to the checkpoint."""
         try:
             import matplotlib
 
@@ -309,7 +406,7 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         hist = ckpt.history
         rounds = [h["round"] for h in hist]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key in ("eval_accuracy", "eval_auc", "train_loss"):
+        for key in ("eval_accuracy", "eval_auc", "eval_loss"):
             if any(h.get(key) is not None for h in hist):
                 ax.plot(rounds, [h.get(key) for h in hist], marker="o", label=key)
         if any(h.get("epsilon") is not None for h in hist):
@@ -317,7 +414,8 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
             ax2.plot(rounds, [h.get("epsilon") for h in hist], color="black", linestyle="--", label="epsilon")
             ax2.set_ylabel("epsilon")
         ax.set_xlabel("round")
-        ax.legend(loc="lower left", fontsize=8)
+        if ax.get_lines():  # without an eval set only epsilon is plotted
+            ax.legend(loc="lower left", fontsize=8)
         ax.set_title(f"federated training, round {ckpt.round}")
         import io as _io
 
@@ -380,20 +478,28 @@ def federated_round_group(
     :param sites: the cohort (>= 3); site tasks run on ``queue=<site>``.
     :param source: URI template of each site's batch (``{site}`` replaced), templated.
     :param training: ``simulate()``-style parameters (features, label, ranges, categories,
-        model, rounds = planned total, local_epochs, batch_size, lr, strategy, dp, ...).
-        Robust aggregators are rejected here, at parse time: they need single updates,
-        which secure sum never reveals.
+        model, rounds = planned total, local_epochs, batch_size, lr, strategy, dp, ...),
+        validated here, at parse time (:func:`check_training`). Robust aggregators are
+        rejected: they need single updates, which secure sum never reveals.
     :param checkpoint_dir: shared URI prefix of the checkpoints (persist across runs).
     :param shared_storage: shared URI prefix of protocol messages and reports.
     :param site_storage: URI template of each site's private storage.
     :param rounds_per_run: rounds trained per DAG run.
     :param eval_source: held-out batch the aggregator evaluates after every round.
-    :param dataset: privacy budget scope (record-level DP: ``<dataset>_<site>`` per site).
+    :param dataset: privacy budget scope (record-level DP: ``<dataset>_<site>`` per site,
+        charged by each site's task; site-level DP: ``<dataset>``, charged by each round's
+        ``charge`` task before any site trains or masks).
+    :raises InvalidParameterError: a training parameter, the cohort or ``rounds_per_run``
+        is invalid (the message names it, its value and what is accepted).
     """
     if not isinstance(rounds_per_run, int) or rounds_per_run < 1:
         raise InvalidParameterError("rounds_per_run", rounds_per_run, "expected an int >= 1")
     sites = sorted(sites)
     training = check_training(training, len(sites))
+    _, config = setup(training)
+    if rounds_per_run > config.rounds:
+        raise InvalidParameterError("rounds_per_run", rounds_per_run, f"expected <= training rounds={config.rounds}")
+    site_level = config.dp is not None and config.dp.level == "site"
     common = dict(sites=sites, training=training, checkpoint_dir=checkpoint_dir, shared_storage=shared_storage,
                   dataset=dataset)
     with TaskGroup(group_id=group_id) as group:
@@ -419,7 +525,11 @@ def federated_round_group(
                     task_id="aggregate", step="aggregate", round_name=name, eval_source=eval_source,
                     sum_task_id=f"{group_id}.round_{r}.secure_sum.unmask", sum_destination=sum_dest, **common)
                 ss >> aggregate
-                previous >> list(clients.values())
+                if site_level:  # charged before any site draws its noise share (in training) or masks
+                    charge = FederatedRoundOperator(task_id="charge", step="charge", round_name=name, **common)
+                    previous >> charge >> list(clients.values())
+                else:
+                    previous >> list(clients.values())
                 previous >> ss
             previous = aggregate
     return group

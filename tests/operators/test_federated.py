@@ -1,9 +1,15 @@
 """federated_training under dag.test(): rounds continue across runs, epsilon grows, a site
-dropping out is recovered by the secure sum, shared storage holds no rows."""
+dropping out is recovered by the secure sum, shared storage and XCom hold no rows and no
+site statistics; site-level DP is charged before any site masks; bad training parameters
+fail at parse time."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pendulum
 import pytest
@@ -52,15 +58,30 @@ def test_two_runs_continue_rounds_and_accounting_with_a_dropout(dagbag, ledger_u
     assert {d.dataset for d in ledger.datasets()} == {"patients_site_a", "patients_site_b", "patients_site_c"}
     assert all(d.spent_epsilon <= d.cap_epsilon for d in ledger.datasets())
 
-    # Shared storage: checkpoints, masked messages, reports, metrics -- never a row.
+    # Shared storage: checkpoints, masked messages, reports, metrics -- never a row, and no
+    # statistic of one site: its row count (nor the DP-SGD sampling rate batch_size / rows,
+    # which names it), training loss, update norm or clipped fraction.
     fs, root = resolve(f"{demo_root}/federated")
     raw = generate_batch("site_a", "2026-10-01")
     needles = [s.encode() for s in list(raw.patient_id[:50]) + list(raw.name[:50])]
+    site_stats = [b"examples", b"sampling_probability", b"train_loss", b"clipped_fraction"]
+    reports = []
     for path in fs.find(root):
         if path.endswith("holdout.parquet"):
             continue  # the agreed synthetic evaluation set
         blob = fs.cat_file(path)
         assert not any(n in blob for n in needles), path
+        assert not [k for k in site_stats if k in blob], path
+        if "/reports/" in path:
+            reports.append(json.loads(blob))
+    # 3 + 3 rounds, 3 + 2 sites
+    assert len(reports) == 15
+    xcoms = [tis[t].xcom_pull(task_ids=t) for tis in (tis1, tis2) for t in tis
+             if ".train_" in t and tis[t].state == "success"]
+    assert len(xcoms) == 15
+    for report in reports + xcoms:
+        assert set(report) == {"site", "round", "config_hash", "privacy"}, report
+        assert set(report["privacy"]) == {"epsilon", "delta"}
     assert fs.exists(f"{root}/checkpoints/metrics.png")
 
 
@@ -73,3 +94,135 @@ def test_robust_aggregation_with_secure_sum_is_rejected_at_parse_time():
     with DAG("parse_check", schedule=None), pytest.raises(InvalidParameterError, match="secure sum"):
         federated_round_group("f", sites=list(SITES), source="s", training=training, checkpoint_dir="c",
                               shared_storage="x", site_storage="y")
+
+
+# -- site-level DP: charged before any site masks ---------------------------------------------
+
+SITE_DP_TRAINING = {
+    "features": ["age", "cost", "sex"], "label": "outcome",
+    "ranges": {"age": (18, 100), "cost": (0, 10_000)}, "categories": {"sex": ["F", "M"]},
+    "rounds": 5, "lr": 0.2, "dp": {"level": "site", "noise_multiplier": 1.0, "clip": 0.5},
+}
+SITE_DP_DAGS = {"site_dp_in_budget": "sitedp", "site_dp_over_cap": "sitedp_small"}
+_SITE_DP_DAG_FILE = """
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_privacy.demo.data import SITES, demo_root
+from airflow_privacy.operators.federated import federated_round_group
+
+for dag_id, dataset in {dags!r}.items():
+    base = f"{base}/{{dataset}}"
+    with DAG(dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+        federated_round_group(
+            "federated", sites=list(SITES), source=f"{{demo_root()}}/raw/site={{{{site}}}}/date={{{{{{{{ ds }}}}}}}}.parquet",
+            training={training!r}, checkpoint_dir=f"{{base}}/checkpoints", shared_storage=f"{{base}}/messages",
+            site_storage=f"{{base}}/site-private/{{{{site}}}}", dataset=dataset,
+        )
+    globals()[dag_id] = dag
+"""
+
+
+@pytest.fixture(scope="module")
+def site_dp_dags(airflow_db, tmp_path_factory):
+    """Two site-level DP DAGs in a DAG bundle of their own (dag.test() runs only DAGs that a
+    bundle holds): ``{dag_id: (dag, storage root)}``."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_privacy.demo.data import demo_root
+
+    folder = tmp_path_factory.mktemp("site-dp-dags")
+    base = tmp_path_factory.mktemp("site-dp-storage")
+    (folder / "site_dp.py").write_text(
+        _SITE_DP_DAG_FILE.format(dags=SITE_DP_DAGS, base=f"file://{base}", training=SITE_DP_TRAINING))
+    bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+               {"name": "federated-site-dp", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(folder), "refresh_interval": 0}}]
+    for site in SITES:
+        write_batch(generate_batch(site, "2026-10-05"), f"{demo_root()}/raw/site={site}/date=2026-10-05.parquet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+        bag = DagBag(dag_folder=str(folder))
+        assert bag.import_errors == {}
+        yield {dag_id: (bag.get_dag(dag_id), base / dataset) for dag_id, dataset in SITE_DP_DAGS.items()}
+
+
+@pytest.mark.filterwarnings("ignore:site-level DP with 3 sites")
+def test_site_level_round_is_charged_before_any_site_masks(site_dp_dags, ledger_url):
+    ledger = PrivacyLedger(ledger_url)
+    ledger.set_budget("sitedp", epsilon=20.0, delta=1e-5)
+    dag, _ = site_dp_dags["site_dp_in_budget"]
+    run = dag.test(logical_date=pendulum.parse("2026-10-05"))
+    assert run.state == "success"
+    tis = {t.task_id: t for t in run.get_task_instances()}
+    (charge,) = ledger.history("sitedp")
+    assert charge.task_id == "federated.round_1.charge" and charge.status == "released"
+    assert charge.output.endswith("round-00001.pt") and charge.spent_epsilon > 0
+    # every site trained (drew its noise share) and masked after the charge was recorded
+    sites_start = min(t.start_date for t_id, t in tis.items() if ".train_" in t_id or ".mask_" in t_id)
+    assert charge.created_at <= sites_start
+    assert tis["federated.round_1.charge"].end_date <= sites_start
+    privacy = tis["federated.round_1.aggregate"].xcom_pull(task_ids="federated.round_1.aggregate")["privacy"]
+    assert privacy["level"] == "site" and privacy["spent_epsilon"] == pytest.approx(charge.spent_epsilon)
+
+
+@pytest.mark.filterwarnings("ignore:site-level DP with 3 sites")
+def test_over_cap_site_level_round_fails_and_releases_nothing(site_dp_dags, ledger_url):
+    ledger = PrivacyLedger(ledger_url)
+    ledger.set_budget("sitedp_small", epsilon=1.0, delta=1e-5)  # one round costs ~5.3
+    dag, root = site_dp_dags["site_dp_over_cap"]
+    run = dag.test(logical_date=pendulum.parse("2026-10-05"))
+    assert run.state == "failed"
+    tis = {t.task_id: t for t in run.get_task_instances()}
+    assert tis["federated.round_1.charge"].state == "failed"
+    assert {tis[f"federated.round_1.train_{s}"].state for s in SITES} == {"upstream_failed"}
+    assert {tis[f"federated.round_1.secure_sum.mask_{s}"].state for s in SITES} == {"upstream_failed"}
+    assert tis["federated.round_1.aggregate"].state == "upstream_failed"
+    assert ledger.history("sitedp_small") == [] and ledger.status("sitedp_small").spent_epsilon == 0.0
+    written = sorted(p.name for p in root.rglob("*") if p.is_file())
+    assert not [n for n in written if n.startswith("sum-") or n.startswith("round-") or n == "update.enc"], written
+    assert "latest.pt" in written  # the init step's round-0 model, nothing trained
+
+
+# -- parse-time validation ------------------------------------------------------------------
+
+TRAINING = {"features": ["age", "sex"], "label": "outcome", "ranges": {"age": (0, 100)},
+            "categories": {"sex": ["F", "M"]}}
+
+
+@pytest.mark.parametrize(
+    ("change", "name", "value", "allowed"),
+    [
+        ({"strategy": "fedadm"}, "strategy", "fedadm", "fedavg"),
+        ({"lr": -1}, "lr", -1, "> 0"),
+        ({"rounds": 0}, "rounds", 0, ">= 1"),
+        ({"dp": {"level": "record"}}, "dp", {"epsilon": None, "noise_multiplier": None}, "epsilon"),
+        ({"dp": {"level": "recrd", "epsilon": 1.0}}, "dp.level", "recrd", "record"),
+        ({"model": "nope"}, "model", "nope", "logistic"),
+        ({"learning_rate": 0.1}, "training", ["learning_rate"], "lr"),
+        ({"sites": ["site_a", "site_b"]}, "sites", 2, "at least 3"),
+        ({"rounds": 2, "rounds_per_run": 3}, "rounds_per_run", 3, "rounds=2"),
+    ],
+)
+def test_bad_training_parameters_fail_when_the_dag_is_parsed(change, name, value, allowed):
+    from airflow.sdk import DAG
+
+    from airflow_privacy.operators.federated import federated_round_group
+
+    change = dict(change)
+    sites = change.pop("sites", list(SITES))
+    rounds_per_run = change.pop("rounds_per_run", 1)
+    with DAG("parse_check", schedule=None), pytest.raises(InvalidParameterError) as exc:
+        federated_round_group("f", sites=sites, source="s", training={**TRAINING, **change}, checkpoint_dir="c",
+                              shared_storage="x", site_storage="y", rounds_per_run=rounds_per_run)
+    assert (exc.value.name, exc.value.value) == (name, value)
+    assert allowed in exc.value.allowed and repr(value) in str(exc.value)
+
+
+def test_parsing_the_example_dag_validates_without_importing_torch():
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch imported at parse time'")
+    dag_file = Path(__file__).resolve().parents[2] / "dags" / "federated_training.py"
+    proc = subprocess.run([sys.executable, "-c", code, str(dag_file)], capture_output=True, text=True,
+                          env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]

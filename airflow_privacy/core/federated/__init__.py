@@ -27,7 +27,8 @@ Step functions (what the operators call)
 ---------------------------------------
 Site, on its queue (``FederatedClientOperator``)::
 
-    update = client_update(checkpoint_uri, batch, spec, config, site=site)
+    update = client_update(checkpoint_uri, batch, spec, config, site=site,
+                           prior_events=site_ledger_events)  # record-level DP
     # keep update.to_bytes() site-local: a retry must resubmit the same update
     values, noise = update.secure_input()              # secure=True: into the secure sum,
     ss = secure_sum_config(config, round_id=..., sites=cohort,
@@ -35,7 +36,8 @@ Site, on its queue (``FederatedClientOperator``)::
     ... advertise_keys / share_keys / mask_input(ss, state, bundle, values, noise_share=noise)
     ... / reveal_shares                                  # (core.secure_sum.masking)
     # secure=False instead: publish update.plain_input()
-    xcom = update.report()                              # events + metrics, no vector
+    shared = update.report()     # site, round, config hash, spent epsilon: no vector, no
+                                 # row count, loss or norm (update.metrics: the site's log)
 
 Aggregator (``FederatedRoundOperator``)::
 
@@ -45,7 +47,7 @@ Aggregator (``FederatedRoundOperator``)::
     nxt = server_aggregate(load_checkpoint(uri), summed, total_weight, config, spec=spec,
                            reports=reports, eval_data=eval_batch)
     save_checkpoint(nxt, next_uri)                      # atomic
-    privacy_spent(nxt, config)                          # epsilon so far, events per site
+    privacy_spent(nxt, config)                          # epsilon so far (per site: reported)
 
 Usage
 -----
@@ -57,39 +59,94 @@ Usage
 >>> res.history[-1]["eval_accuracy"], res.state_dict                 # doctest: +SKIP
 """
 
-from airflow_privacy.core.federated.accounting import (
-    calibrate_noise_multiplier,
-    compose_federated_epsilon,
-)
-from airflow_privacy.core.federated.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    init_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    parameter_count,
-    save_checkpoint,
-)
-from airflow_privacy.core.federated.client import ClientUpdate, client_update
-from airflow_privacy.core.federated.config import (
-    AGGREGATORS,
-    STRATEGIES,
-    FederatedConfig,
-    RecordDP,
-    SiteDP,
-    fingerprint,
-)
-from airflow_privacy.core.federated.features import FeatureSpec
-from airflow_privacy.core.federated.models import build_model, proximal_term
-from airflow_privacy.core.federated.secure import secure_bounds, secure_sum_config
-from airflow_privacy.core.federated.server import (
-    aggregate_plain,
-    evaluate,
-    privacy_spent,
-    server_aggregate,
-    split_total,
-)
-from airflow_privacy.core.federated.simulation import FederatedResult, simulate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use (PEP 562): DAG files validate their training parameters at parse
+# time through ``.config`` and ``.features``, which need neither torch nor the rest of the
+# package -- importing torch would add seconds to every parse of the DAG file.
+_EXPORTS = {
+    "calibrate_noise_multiplier": "accounting",
+    "compose_federated_epsilon": "accounting",
+    "Checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "init_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "model_from_checkpoint": "checkpoint",
+    "parameter_count": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "ClientUpdate": "client",
+    "client_update": "client",
+    "AGGREGATORS": "config",
+    "STRATEGIES": "config",
+    "FederatedConfig": "config",
+    "RecordDP": "config",
+    "SiteDP": "config",
+    "fingerprint": "config",
+    "FeatureSpec": "features",
+    "build_model": "models",
+    "proximal_term": "models",
+    "secure_bounds": "secure",
+    "secure_sum_config": "secure",
+    "aggregate_plain": "server",
+    "evaluate": "server",
+    "privacy_spent": "server",
+    "server_aggregate": "server",
+    "split_total": "server",
+    "FederatedResult": "simulation",
+    "simulate": "simulation",
+}
+
+if TYPE_CHECKING:
+    from airflow_privacy.core.federated.accounting import (
+        calibrate_noise_multiplier,
+        compose_federated_epsilon,
+    )
+    from airflow_privacy.core.federated.checkpoint import (
+        Checkpoint,
+        CheckpointError,
+        init_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+        parameter_count,
+        save_checkpoint,
+    )
+    from airflow_privacy.core.federated.client import ClientUpdate, client_update
+    from airflow_privacy.core.federated.config import (
+        AGGREGATORS,
+        STRATEGIES,
+        FederatedConfig,
+        RecordDP,
+        SiteDP,
+        fingerprint,
+    )
+    from airflow_privacy.core.federated.features import FeatureSpec
+    from airflow_privacy.core.federated.models import build_model, proximal_term
+    from airflow_privacy.core.federated.secure import secure_bounds, secure_sum_config
+    from airflow_privacy.core.federated.server import (
+        aggregate_plain,
+        evaluate,
+        privacy_spent,
+        server_aggregate,
+        split_total,
+    )
+    from airflow_privacy.core.federated.simulation import FederatedResult, simulate
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AGGREGATORS",

@@ -20,8 +20,11 @@ with dp-accounting directly):
     ``ZCDpEvent(rho)`` (RDP accountant; PLD cannot express zCDP, so these events are always
     composed with RDP).
 
-Record-level events are kept *per site* (each site's rows are a separate privacy unit
-scope); site-level events once for the federation.
+Record-level events are kept *per site*, by the site (each site's rows are a separate
+privacy unit scope): in its own ledger dataset. They stay there because ``sampling_probability``
+is ``batch_size / rows``: an event names the site's row count. The shared checkpoint records
+only each site's reported ``{"epsilon", "delta"}`` (:func:`recorded_site_epsilon`). Site-level
+events (public parameters only) are kept once for the federation, in the checkpoint.
 """
 
 from __future__ import annotations
@@ -250,8 +253,20 @@ def calibrate_noise_multiplier(
     return hi
 
 
-def site_epsilons(
-    record_events: Mapping[str, list[Mapping[str, Any]]], delta: float, accountant: str = "rdp"
-) -> dict[str, float]:
-    """Composed epsilon of each site's record-level events."""
-    return {s: compose_federated_epsilon(evs, delta, accountant) for s, evs in sorted(record_events.items())}
+def recorded_site_epsilon(entry: Any, delta: float, accountant: str = "rdp") -> float:
+    """A site's record-level spend as a checkpoint records it: ``{"epsilon", "delta"}`` (what
+    the site reported), ``None`` (nothing yet), or -- checkpoints written before sites kept
+    their events to themselves -- a list of events, composed here."""
+    if entry is None:
+        return 0.0
+    if isinstance(entry, Mapping):
+        eps = entry.get("epsilon")
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+            raise InvalidParameterError("privacy.epsilon", eps, "expected a finite number >= 0")
+        return float(eps)
+    return compose_federated_epsilon(entry, delta, accountant)
+
+
+def site_epsilons(record: Mapping[str, Any], delta: float, accountant: str = "rdp") -> dict[str, float]:
+    """Spent epsilon of each site of a checkpoint's record-level entries."""
+    return {s: recorded_site_epsilon(entry, delta, accountant) for s, entry in sorted(record.items())}

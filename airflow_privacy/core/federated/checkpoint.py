@@ -15,8 +15,11 @@ Format (version 1), a dict:
 ``weights``       ``{name: tensor}``: the model's ``state_dict`` (parameters and buffers)
 ``server_state``  ``{name: float64 tensor}``: server-optimizer state over the flat parameter
                   vector (FedAvgM ``momentum``; FedAdam ``m`` and ``v``; empty otherwise)
-``meta``          JSON text: ``privacy`` (``{"record": {site: [events]}, "site": [events]}``,
-                  see :mod:`.accounting`), ``history`` (one metrics dict per round) and
+``meta``          JSON text: ``privacy`` (``{"record": {site: {"epsilon", "delta"}}, "site":
+                  [events]}``: each site's reported record-level spend -- its events, which
+                  name its sampling rate, stay with the site -- and the federation's
+                  site-level events, see :mod:`.accounting`), ``history`` (one metrics dict
+                  per aggregated round, figures of the aggregate only) and
                   ``config`` (the fingerprinted fields, to say *what* changed on a mismatch)
 
 Writes go through :func:`airflow_privacy.core.io.write_bytes`: atomic, so a failed round
@@ -72,10 +75,6 @@ class Checkpoint:
             history=copy.deepcopy(self.history),
             config=copy.deepcopy(self.config),
         )
-
-    def record_events(self, site: str) -> list[dict[str, Any]]:
-        """Record-level privacy events spent so far by ``site``."""
-        return list(self.privacy.get("record", {}).get(site, []))
 
     def check(self, spec: FeatureSpec, config: FederatedConfig) -> None:
         """Raise :class:`InvalidParameterError` if this checkpoint was written under another

@@ -6,9 +6,13 @@
 - ``update.secure_input()`` -> ``(values, noise_share)`` for the secure sum's ``mask_input``
   (``secure=True``), or ``update.plain_input()`` for a trusted aggregator (``secure=False``):
   the vector ``[weight * delta, weight]`` of length ``d + 1``;
-- ``update.report()``: a small JSON-able dict for XCom (site, round, config hash, privacy
-  events, training metrics). The metrics are *not* covered by any DP guarantee (a training
-  loss is a statistic of the site's rows); the row count is left out under ``secure=True``.
+- ``update.report()``: a small JSON-able dict for shared storage and XCom: site, round,
+  config hash and, under record-level DP, the ``(epsilon, delta)`` the site has spent so far.
+  Nothing else: the training diagnostics in ``update.metrics`` (row count, loss, update norm
+  before clipping, clipped fraction, DP-SGD steps and sampling rate ``batch_size / rows``)
+  are statistics of the site's rows without any DP guarantee, and the mechanism events
+  (``update.events``) name the sampling rate, hence the row count. Both stay on the site: in
+  its task log, its encrypted update and its own ledger dataset.
 
 Privacy of the update itself:
 
@@ -36,7 +40,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +54,7 @@ from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.federated.accounting import (
     calibrate_noise_multiplier,
     compose_federated_epsilon,
+    recorded_site_epsilon,
     subsampled_gaussian_event,
 )
 from airflow_privacy.core.federated.checkpoint import (
@@ -86,6 +91,11 @@ class ClientUpdate:
         ``2**-frac_bits`` lattice, weight 1), ``delta`` = local minus global parameters.
     :ivar weight: the site's weight (row count capped at ``max_weight``, or 1).
     :ivar noise_share: site-level DP only: int64 ``(d,)`` noise in fixed-point units.
+    :ivar metrics: the site's training diagnostics (site-local; see the module docstring).
+    :ivar events: record-level DP: this round's mechanism events (site-local: they are
+        charged to the site's own ledger dataset).
+    :ivar privacy: record-level DP: ``{"epsilon", "delta"}`` this site has spent over all
+        rounds, this one included -- the only privacy figure it publishes.
     """
 
     site: str
@@ -98,6 +108,7 @@ class ClientUpdate:
     noise_share: np.ndarray | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    privacy: dict[str, float] | None = None
 
     def plain_input(self) -> np.ndarray:
         """``[weight * delta (+ noise), weight]`` for an aggregator without secure sum."""
@@ -127,7 +138,7 @@ class ClientUpdate:
             "meta": json.dumps({
                 "site": self.site, "round": self.round, "config_hash": self.config_hash,
                 "weight": self.weight, "frac_bits": self.frac_bits, "secure": self.secure,
-                "metrics": self.metrics, "events": self.events,
+                "metrics": self.metrics, "events": self.events, "privacy": self.privacy,
             }),
         }
         buf = io.BytesIO()
@@ -149,22 +160,23 @@ class ClientUpdate:
                 secure=bool(meta["secure"]),
                 noise_share=None if noise is None else noise.numpy().astype(np.int64),
                 metrics=dict(meta["metrics"]), events=list(meta["events"]),
+                privacy=None if meta.get("privacy") is None else dict(meta["privacy"]),
             )
         except Exception as exc:  # fail closed
             raise CheckpointError(f"cannot read a ClientUpdate: {exc}") from None
 
     def report(self) -> dict[str, Any]:
-        """What the site discloses in the clear (XCom): no vector, no key material."""
-        metrics = dict(self.metrics)
-        if self.secure:
-            metrics.pop("examples", None)
-        return {
-            "site": self.site,
-            "round": self.round,
-            "config_hash": self.config_hash,
-            "events": [dict(e) for e in self.events],
-            "metrics": metrics,
-        }
+        """What the site discloses in the clear (shared storage, XCom).
+
+        Only what the aggregator needs: which site trained on which round under which
+        configuration (public protocol metadata), and under record-level DP the site's spent
+        ``(epsilon, delta)`` -- public by design, as the ledger's spend is (DESIGN §4). No
+        vector, no key material, no row count, sampling rate, loss or norm of the site.
+        """
+        out: dict[str, Any] = {"site": self.site, "round": self.round, "config_hash": self.config_hash}
+        if self.privacy is not None:
+            out["privacy"] = {"epsilon": float(self.privacy["epsilon"]), "delta": float(self.privacy["delta"])}
+        return out
 
 
 def client_update(
@@ -174,6 +186,7 @@ def client_update(
     config: FederatedConfig,
     *,
     site: str,
+    prior_events: Sequence[Mapping[str, Any]] | None = None,
     random_source: RandomSource | int | None = None,
 ) -> ClientUpdate:
     """Train the global model on ``site_df`` for one round and return the site's update.
@@ -181,6 +194,12 @@ def client_update(
     :param checkpoint: the global :class:`Checkpoint`, its bytes, or a URI to it.
     :param site_df: the site's batch (must hold the spec's features and label, >= 1 row).
     :param site: this site's name (keys its privacy spend in the checkpoint).
+    :param prior_events: record-level DP: every privacy event this site has spent before
+        this round -- its ledger dataset's history (``FederatedClientOperator``) or what
+        :func:`~.simulation.simulate` kept for it. The noise is planned and the reported
+        epsilon composed over them (the shared checkpoint records only each site's spent
+        epsilon, which cannot be composed tightly). ``None`` means nothing yet, and is
+        refused when the checkpoint shows the site spent budget in an earlier round.
     :param random_source: randomness for batching, DP noise and rounding: ``None`` for the
         OS CSPRNG (production), an int seed or a ``random.Random`` for tests.
     :raises InvalidParameterError: bad parameter, or a checkpoint of another configuration.
@@ -207,12 +226,13 @@ def client_update(
     n = len(y_np)
     events: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"examples": n}
+    privacy = None
     if isinstance(config.dp, RecordDP):
-        stats = _train_dp_sgd(model, x, y, ckpt, config, site, generator)
+        prior = _prior_events(ckpt, config.dp, site, prior_events)
+        stats = _train_dp_sgd(model, x, y, ckpt, config, site, generator, prior)
         events.append(subsampled_gaussian_event(stats["noise_multiplier"], stats["sampling_probability"], stats["steps"]))
-        metrics["epsilon"] = compose_federated_epsilon(
-            [*ckpt.record_events(site), *events], config.dp.delta, config.dp.accountant
-        )
+        metrics["epsilon"] = compose_federated_epsilon([*prior, *events], config.dp.delta, config.dp.accountant)
+        privacy = {"epsilon": metrics["epsilon"], "delta": config.dp.delta}
     else:
         stats = _train_sgd(model, x, y, ckpt, config, site, generator)
     metrics.update(stats)
@@ -249,7 +269,34 @@ def client_update(
         noise_share=noise,
         metrics=metrics,
         events=events,
+        privacy=privacy,
     )
+
+
+def _prior_events(
+    ckpt: Checkpoint, dp: RecordDP, site: str, prior_events: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The site's earlier events, checked against what the checkpoint says it spent: fail
+    closed rather than plan (and report) a round as if earlier spend had not happened."""
+    recorded = recorded_site_epsilon(ckpt.privacy.get("record", {}).get(site), dp.delta, dp.accountant)
+    if prior_events is None:
+        if recorded > 0:
+            raise InvalidParameterError(
+                "prior_events", None,
+                f"site {site!r} spent epsilon={recorded:.4g} in earlier rounds (per the checkpoint); "
+                "pass its privacy events so far (its ledger dataset's history)",
+            )
+        return []
+    prior = [dict(e) for e in prior_events]
+    if recorded > 0:
+        composed = compose_federated_epsilon(prior, dp.delta, dp.accountant)
+        if composed < recorded * (1 - 1e-6):
+            raise InvalidParameterError(
+                "prior_events", f"{len(prior)} event(s), epsilon={composed:.4g}",
+                f"site {site!r} spent epsilon={recorded:.4g} in earlier rounds (per the checkpoint); "
+                "the events given are not all of its spend",
+            )
+    return prior
 
 
 def check_round(checkpoint: Checkpoint, config: FederatedConfig) -> None:
@@ -313,6 +360,7 @@ def _train_dp_sgd(
     config: FederatedConfig,
     site: str,
     generator: torch.Generator,
+    prior: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """DP-SGD (Abadi et al. 2016, Alg. 1) with Poisson sampling at rate ``q = batch_size / n``.
 
@@ -331,7 +379,7 @@ def _train_dp_sgd(
     if dp.noise_multiplier is not None:
         z = float(dp.noise_multiplier)
     else:
-        z = _planned_noise_multiplier(dp, ckpt.record_events(site), q, steps, config.rounds - ckpt.round, site)
+        z = _planned_noise_multiplier(dp, prior, q, steps, config.rounds - ckpt.round, site)
     clip = float(dp.max_grad_norm)
     names = [name for name, _ in trainable(model)]
     params = {name: p.detach().clone() for name, p in trainable(model)}

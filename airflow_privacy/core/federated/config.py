@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.federated.features import FeatureSpec
-from airflow_privacy.core.federated.models import check_model_name
 from airflow_privacy.core.secure_sum.config import MIN_COHORT
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
@@ -37,6 +37,8 @@ DP_LEVELS = ("record", "site")
 #: designed for hundreds of clients per round, McMahan et al. 2018).
 SITE_DP_MIN_USEFUL_SITES = 20
 _DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedprox": 1.0, "fedavgm": 1.0, "fedadam": 0.03}
+BUILTIN_MODELS = ("logistic", "mlp")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,16 @@ def fingerprint(config: FederatedConfig, spec: FeatureSpec) -> str:
     """Hex SHA-256 of :func:`fingerprint_fields` in canonical JSON."""
     canonical = json.dumps(fingerprint_fields(config, spec), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(b"airflow-privacy/federated/v1/config" + canonical.encode()).hexdigest()
+
+
+def check_model_name(model: Any) -> str:
+    """``model`` is a built-in name or a ``package.module:factory`` reference (not imported
+    here: this module stays free of torch so that DAG files can validate cheaply)."""
+    if not isinstance(model, str) or not (model in BUILTIN_MODELS or _FACTORY.match(model)):
+        raise InvalidParameterError(
+            "model", model, f"expected one of {BUILTIN_MODELS} or 'package.module:factory'"
+        )
+    return model
 
 
 def _is_real(value: Any) -> bool:

@@ -16,7 +16,9 @@ lattice ``2**-f Z`` (``f = config.frac_bits``):
    sees the noisy sum; the weight coordinate is the constant 1 (uniform weighting) and
    carries no noise: participation is public protocol metadata.
 
-Accounting (:func:`~.accounting.ddg_event`) uses the actual number of survivors. Rounding
+Accounting (:func:`~.accounting.ddg_event`) uses the actual number of survivors; the ledger
+is charged before any site draws its share, for the worst admissible number
+(:func:`charged_round_event`), so an over-budget round releases nothing. Rounding
 onto the lattice *before* the noise matters even without secure aggregation: a discrete
 Gaussian only protects integer-valued queries; added to a real vector it would reveal its
 fractional part.
@@ -36,10 +38,12 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from airflow_privacy.core.dp.noise import RandomSource, discrete_gaussian, rational_at_least
+from airflow_privacy.core.federated.accounting import ddg_event
 from airflow_privacy.core.federated.config import SITE_DP_MIN_USEFUL_SITES, FederatedConfig, SiteDP
 
 logger = logging.getLogger("airflow_privacy.federated")
@@ -68,6 +72,24 @@ def site_noise(config: FederatedConfig, dimension: int) -> SiteNoise:
     sigma = dp.noise_multiplier * sensitivity / math.sqrt(config.min_sites)
     bound = math.ceil(NOISE_TAIL_SIGMAS * sigma)
     return SiteNoise(sigma=sigma, sensitivity=sensitivity, noise_bound=bound, frac_bits=config.frac_bits)
+
+
+def charged_round_event(config: FederatedConfig, dimension: int, cohort: int) -> dict[str, Any]:
+    """The site-level DP event one round is charged before any site draws noise or masks.
+
+    The survivors are not known then, so this is the event of the admissible survivor count
+    ``n`` (``config.cohort_minimum(cohort) <= n <= cohort``; fewer fail the round) with the
+    largest ``rho``: an upper bound on the event :func:`~.server.server_aggregate` records
+    for the actual survivors. ``rho = (D / (sqrt(n) s) + tau(n) sqrt(d))² / 2`` (Kairouz, Liu,
+    Steinke 2021, Prop. 14): the first term falls with ``n`` but ``tau`` grows with it, so
+    every ``n`` is evaluated instead of assuming the worst case is ``n = min_sites``.
+    """
+    noise = site_noise(config, dimension)
+    events = [
+        ddg_event(noise.sigma, n, noise.sensitivity, dimension)
+        for n in range(config.cohort_minimum(cohort), cohort + 1)
+    ]
+    return max(events, key=lambda e: e["rho"])
 
 
 def clip_l2(delta: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:

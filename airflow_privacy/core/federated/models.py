@@ -15,7 +15,6 @@ averaged; they keep the values of the initial checkpoint.
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,17 +23,7 @@ import torch
 from torch import nn
 
 from airflow_privacy.core.errors import InvalidParameterError
-
-BUILTIN_MODELS = ("logistic", "mlp")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def check_model_name(model: Any) -> str:
-    if not isinstance(model, str) or not (model in BUILTIN_MODELS or _FACTORY.match(model)):
-        raise InvalidParameterError(
-            "model", model, f"expected one of {BUILTIN_MODELS} or 'package.module:factory'"
-        )
-    return model
+from airflow_privacy.core.federated.config import check_model_name
 
 
 def build_model(

@@ -40,6 +40,7 @@ from airflow_privacy.core.errors import InvalidParameterError, ProtocolError
 from airflow_privacy.core.federated.accounting import (
     compose_federated_epsilon,
     ddg_event,
+    recorded_site_epsilon,
     site_epsilons,
 )
 from airflow_privacy.core.federated.checkpoint import Checkpoint, model_from_checkpoint
@@ -111,18 +112,22 @@ def server_aggregate(
         delta from :func:`aggregate_plain` with ``total_weight=1``).
     :param total_weight: sum of their weights.
     :param reports: the ``ClientUpdate.report()`` of exactly the sites whose update is in the
-        sum (secure sum: its survivors). Their privacy events are recorded in the checkpoint.
+        sum (secure sum: its survivors). Record-level DP: each site's reported spend
+        ``{"epsilon", "delta"}`` is recorded in the checkpoint (its events stay on the site).
     :param eval_data: optional held-out batch: ``eval_*`` metrics in the round's history.
     :param extra_metrics: added to the round's history entry (e.g. ``bytes_up``).
     :returns: a new checkpoint; ``checkpoint`` is left unchanged.
 
     Privacy: post-processing of what the sites released. With site-level DP it records one
-    distributed-discrete-Gaussian event for the actual number of sites summed.
+    distributed-discrete-Gaussian event for the actual number of sites summed. The history
+    entry holds only figures of the aggregate (sites, norm of the averaged update, epsilon,
+    evaluation on ``eval_data``): no site's training loss or clipping statistics, which are
+    not DP (:func:`~.simulation.simulate`, which plays every site, adds their means itself).
     """
     checkpoint.check(spec, config)
     check_round(checkpoint, config)
     reports = list(reports)
-    sites = _check_reports(reports, checkpoint)
+    sites = _check_reports(reports, checkpoint, config)
     model = model_from_checkpoint(checkpoint, spec, config)
     x = parameter_vector(model)
     summed = np.asarray(summed_vector, dtype=np.float64)
@@ -151,10 +156,10 @@ def server_aggregate(
     nxt.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     nxt.server_state = state
     nxt.round = checkpoint.round + 1
-    record = nxt.privacy.setdefault("record", {})
-    for rep in reports:
-        if rep.get("events"):
-            record.setdefault(rep["site"], []).extend(dict(e) for e in rep["events"])
+    if isinstance(config.dp, RecordDP):
+        record = nxt.privacy.setdefault("record", {})
+        for rep in reports:
+            record[rep["site"]] = {"epsilon": float(rep["privacy"]["epsilon"]), "delta": float(rep["privacy"]["delta"])}
     if isinstance(config.dp, SiteDP):
         warn_if_weak(config, len(sites))
         noise = site_noise(config, x.size)
@@ -165,8 +170,6 @@ def server_aggregate(
     entry: dict[str, Any] = {
         "round": nxt.round,
         "sites": sites,
-        "train_loss": _mean([r.get("metrics", {}).get("train_loss") for r in reports]),
-        "clipped_fraction": _mean([r.get("metrics", {}).get("clipped_fraction") for r in reports]),
         "update_norm": float(np.linalg.norm(pseudo_gradient)),
         "epsilon": privacy_spent(nxt, config)["epsilon"],
     }
@@ -175,9 +178,8 @@ def server_aggregate(
     entry.update(dict(extra_metrics or {}))
     nxt.history.append(entry)
     logger.info(
-        "round %d/%d: %d site(s) %s, train loss %s%s%s",
+        "round %d/%d: %d site(s) %s%s%s",
         nxt.round, config.rounds, len(sites), sites,
-        "n/a" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}",
         f", eval accuracy {entry['eval_accuracy']:.4f}" if "eval_accuracy" in entry else "",
         f", epsilon {entry['epsilon']:.3f}" if entry["epsilon"] is not None else "",
     )
@@ -187,7 +189,8 @@ def server_aggregate(
 def privacy_spent(checkpoint: Checkpoint, config: FederatedConfig) -> dict[str, Any]:
     """The privacy spend recorded in ``checkpoint``: ``epsilon`` (the worst site for
     record-level DP; the federation for site-level DP; ``None`` without DP), ``delta``,
-    ``per_site`` epsilons (record-level) and the raw ``events``."""
+    ``per_site`` epsilons as the sites reported them (record-level) or the federation's
+    ``events`` (site-level)."""
     dp = config.dp
     if isinstance(dp, RecordDP):
         per_site = site_epsilons(checkpoint.privacy.get("record", {}), dp.delta, dp.accountant)
@@ -196,7 +199,6 @@ def privacy_spent(checkpoint: Checkpoint, config: FederatedConfig) -> dict[str, 
             "epsilon": max(per_site.values(), default=0.0),
             "delta": dp.delta,
             "per_site": per_site,
-            "events": checkpoint.privacy.get("record", {}),
         }
     if isinstance(dp, SiteDP):
         events = checkpoint.privacy.get("site", [])
@@ -223,7 +225,7 @@ def _server_step(x: np.ndarray, delta: np.ndarray, state: dict[str, torch.Tensor
     return x + eta * m / (np.sqrt(v) + config.tau)
 
 
-def _check_reports(reports: list[Mapping[str, Any]], checkpoint: Checkpoint) -> list[str]:
+def _check_reports(reports: list[Mapping[str, Any]], checkpoint: Checkpoint, config: FederatedConfig) -> list[str]:
     if not reports:
         raise InvalidParameterError("reports", reports, "expected the report of every site in the sum")
     sites = []
@@ -237,15 +239,15 @@ def _check_reports(reports: list[Mapping[str, Any]], checkpoint: Checkpoint) -> 
             )
         if rep.get("config_hash") != checkpoint.config_hash:
             raise ProtocolError(f"site {rep['site']!r} trained under another configuration")
+        if isinstance(config.dp, RecordDP):
+            spent = rep.get("privacy")
+            if not isinstance(spent, Mapping) or spent.get("delta") != config.dp.delta:
+                raise ProtocolError(f"site {rep['site']!r} reported no record-level spend at delta={config.dp.delta:g}")
+            recorded_site_epsilon(spent, config.dp.delta)  # validates the number
         sites.append(rep["site"])
     if len(set(sites)) != len(sites):
         raise ProtocolError(f"duplicate site reports: {sorted(sites)}")
     return sorted(sites)
-
-
-def _mean(values: Sequence[Any]) -> float | None:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
 
 
 def evaluate(

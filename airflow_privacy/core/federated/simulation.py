@@ -59,10 +59,14 @@ logger = logging.getLogger("airflow_privacy.federated")
 class FederatedResult:
     """Outcome of :func:`simulate`.
 
-    :ivar history: one dict per round: ``round``, ``sites``, ``train_loss``, ``eval_loss``,
-        ``eval_accuracy``, ``eval_auc`` (with ``eval_data``), ``epsilon`` (``None`` without DP),
-        ``clipped_fraction``, ``bytes_up`` (bytes all sites sent), ``update_norm``.
+    :ivar history: one dict per round: ``round``, ``sites``, ``eval_loss``, ``eval_accuracy``,
+        ``eval_auc`` (with ``eval_data``), ``epsilon`` (``None`` without DP), ``bytes_up``
+        (bytes all sites sent), ``update_norm`` -- as the checkpoint's history -- plus the
+        means over the round's sites of ``train_loss`` and ``clipped_fraction``, which only
+        the simulation (playing every site) has: in the DAG they stay in each site's log.
     :ivar checkpoint: the final :class:`Checkpoint` (``save_checkpoint`` it to resume).
+    :ivar privacy: :func:`~.server.privacy_spent`; record-level DP also ``events``: every
+        site's privacy events (pass them as ``prior_events`` to resume from the checkpoint).
     """
 
     history: list[dict[str, Any]]
@@ -104,6 +108,7 @@ def simulate(
     eval_data: pd.DataFrame | None = None,
     drop: Mapping[int, Iterable[str]] | None = None,
     checkpoint: Checkpoint | bytes | Any = None,
+    prior_events: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     random_source: RandomSource | int | None = None,
     run_id: str = "simulation",
     **options: Any,
@@ -123,6 +128,8 @@ def simulate(
         round after sharing their secure-sum keys (with ``secure=False``: send nothing).
     :param checkpoint: resume from this checkpoint (object, bytes or URI) instead of a fresh
         model; it must match the configuration.
+    :param prior_events: record-level DP, resuming: ``{site: events}`` spent before
+        (``FederatedResult.privacy["events"]`` of the run that wrote ``checkpoint``).
     :param random_source: ``None`` (OS CSPRNG), or an int seed for a reproducible run.
     :param run_id: prefix of the secure-sum round ids.
     :param options: further :class:`FederatedConfig` fields (``mu``, ``server_lr``,
@@ -172,11 +179,17 @@ def simulate(
     else:
         ckpt = load_checkpoint(checkpoint, spec=spec, config=config)
     cohort = sorted(sites)
+    # Each site's own record-level events, as its ledger dataset would hold them: every round
+    # it trained counts, aggregated or not.
+    site_events: dict[str, list[dict[str, Any]]] = {
+        s: [dict(e) for e in (prior_events or {}).get(s, [])] for s in cohort
+    }
     logger.info(
         "federated simulation: %d site(s) %s, %d round(s), model %s, strategy %s, secure=%s, dp=%s",
         len(cohort), cohort, rounds, model, strategy, secure,
         None if config.dp is None else config.dp.level,
     )
+    history = list(ckpt.history)
     while ckpt.round < config.rounds:
         number = ckpt.round + 1
         dropped = drops.get(number, set())
@@ -189,8 +202,10 @@ def simulate(
             if name in dropped and not secure:
                 continue
             updates[name] = client_update(
-                blob, sites[name], spec, config, site=name, random_source=children[name]
+                blob, sites[name], spec, config, site=name, random_source=children[name],
+                prior_events=site_events[name],
             )
+            site_events[name].extend(updates[name].events)
         if secure:
             total, survivors, bytes_up = _secure_round(
                 updates, config, f"{run_id}/round-{number}", dropped, seed
@@ -211,13 +226,21 @@ def simulate(
             eval_data=eval_data,
             extra_metrics={"bytes_up": bytes_up, "dropped": sorted(dropped)},
         )
-    return FederatedResult(
-        history=list(ckpt.history),
-        checkpoint=ckpt,
-        spec=spec,
-        config=config,
-        privacy=privacy_spent(ckpt, config),
-    )
+        history.append({**ckpt.history[-1], **_site_means(updates, survivors)})
+    privacy = privacy_spent(ckpt, config)
+    if privacy["level"] == "record":
+        privacy["events"] = site_events
+    return FederatedResult(history=history, checkpoint=ckpt, spec=spec, config=config, privacy=privacy)
+
+
+def _site_means(updates: Mapping[str, ClientUpdate], survivors: Sequence[str]) -> dict[str, float | None]:
+    """Means over the survivors of their (non-DP) training diagnostics: the simulation plays
+    every site, so it may look; the aggregator of the DAG never sees them."""
+    out: dict[str, float | None] = {}
+    for key in ("train_loss", "clipped_fraction"):
+        values = [float(updates[s].metrics[key]) for s in survivors if np.isfinite(updates[s].metrics.get(key, np.nan))]
+        out[key] = float(np.mean(values)) if values else None
+    return out
 
 
 def _secure_round(

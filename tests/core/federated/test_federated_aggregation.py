@@ -44,7 +44,7 @@ def weights_of(ckpt, config) -> np.ndarray:
 
 
 def reports_for(ckpt, sites) -> list[dict]:
-    return [{"site": s, "round": ckpt.round, "config_hash": ckpt.config_hash, "events": [], "metrics": {}} for s in sites]
+    return [{"site": s, "round": ckpt.round, "config_hash": ckpt.config_hash} for s in sites]
 
 
 def test_fedavg_of_known_updates_is_the_example_weighted_mean():
@@ -64,7 +64,7 @@ def test_fedavg_of_known_updates_is_the_example_weighted_mean():
     assert nxt.history[-1]["sites"] == sorted(deltas)
 
 
-def test_client_update_sends_weight_times_delta_and_the_row_count():
+def test_client_update_sends_weight_times_delta_and_the_row_count_only_inside_the_vector():
     config = FederatedConfig(secure=False, lr=0.1)
     ckpt = init_checkpoint(SPEC, config, seed=1)
     df = frame(150, seed=3)
@@ -74,12 +74,14 @@ def test_client_update_sends_weight_times_delta_and_the_row_count():
     assert upd.vector.shape == (parameter_vector(model).size,)
     plain = upd.plain_input()
     assert plain[-1] == 150.0 and np.array_equal(plain[:-1], upd.vector)
-    assert upd.report()["metrics"]["examples"] == 150  # plain: the aggregator sees the weight anyway
     secure = FederatedConfig(lr=0.1)
     secure_upd = client_update(init_checkpoint(SPEC, secure, seed=1), df, SPEC, secure, site="site_a", random_source=0)
-    assert "examples" not in secure_upd.report()["metrics"]  # secure: the row count stays in the sum
     values, noise = secure_upd.secure_input()
-    assert values[-1] == 150.0 and noise is None
+    assert values[-1] == 150.0 and noise is None  # secure: the row count stays inside the sum
+    for u in (upd, secure_upd):
+        # the site's diagnostics stay on the site; the report names no row count, loss or norm
+        assert u.metrics["examples"] == 150 and {"train_loss", "update_norm", "steps"} <= set(u.metrics)
+        assert u.report() == {"site": "site_a", "round": 0, "config_hash": u.config_hash}
 
 
 def test_secure_and_plain_aggregation_agree_within_the_quantization_bound():

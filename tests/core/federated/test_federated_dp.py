@@ -3,6 +3,7 @@ Gaussian site-level DP, with their accounting."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -14,6 +15,7 @@ import torch
 
 from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError
 from airflow_privacy.core.federated import (
+    ClientUpdate,
     FeatureSpec,
     FederatedConfig,
     aggregate_plain,
@@ -32,7 +34,12 @@ from airflow_privacy.core.federated.accounting import (
     ddg_tau,
     subsampled_gaussian_event,
 )
-from airflow_privacy.core.federated.distributed_dp import SiteNoise, noise_share, site_noise
+from airflow_privacy.core.federated.distributed_dp import (
+    SiteNoise,
+    charged_round_event,
+    noise_share,
+    site_noise,
+)
 from airflow_privacy.core.secure_sum import simulate as secure_sum
 
 torch.set_num_threads(1)
@@ -121,13 +128,48 @@ def test_record_level_target_epsilon_is_met_per_site_over_all_rounds():
     assert 1.9 < res.privacy["epsilon"] <= 2.0
     assert set(res.privacy["per_site"]) == set(sites)
     for site, df in sites.items():
-        events = res.checkpoint.privacy["record"][site]
+        events = res.privacy["events"][site]  # the site's own (its ledger dataset's, in the DAG)
         assert len(events) == 3
         assert {e["kind"] for e in events} == {"poisson_subsampled_gaussian"}
         assert events[0]["sampling_probability"] == pytest.approx(64 / len(df))
         assert events[0]["count"] == math.ceil(len(df) / 64)
+        assert res.privacy["per_site"][site] == pytest.approx(compose_federated_epsilon(events, 1e-5))
         assert res.privacy["per_site"][site] <= 2.0
+        # the shared checkpoint holds only the spend the site reported
+        assert res.checkpoint.privacy["record"][site] == {"epsilon": res.privacy["per_site"][site], "delta": 1e-5}
     assert all(0 <= h["clipped_fraction"] <= 1 for h in res.history)
+    assert "sampling_probability" not in json.dumps(res.checkpoint.privacy)
+    assert all("clipped_fraction" not in h and "train_loss" not in h for h in res.checkpoint.history)
+
+
+def test_record_level_report_holds_only_the_spent_epsilon_and_the_events_stay_on_the_site():
+    config = FederatedConfig(lr=0.3, dp={"level": "record", "epsilon": 2.0})
+    ckpt = init_checkpoint(SPEC, config, seed=0)
+    upd = client_update(ckpt, frame(150), SPEC, config, site="s", random_source=0)
+    assert upd.events[0]["sampling_probability"] == pytest.approx(64 / 150)  # names the row count
+    eps = compose_federated_epsilon(upd.events, 1e-5)
+    assert upd.report() == {"site": "s", "round": 0, "config_hash": ckpt.config_hash,
+                            "privacy": {"epsilon": pytest.approx(eps), "delta": 1e-5}}
+    assert ClientUpdate.from_bytes(upd.to_bytes()).events == upd.events  # site-local storage keeps them
+
+
+def test_record_level_round_needs_the_sites_earlier_events():
+    config = FederatedConfig(lr=0.3, rounds=3, dp={"level": "record", "epsilon": 2.0})
+    sites = {f"s{i}": frame(150, seed=i) for i in range(3)}
+    res = simulate(sites, SPEC, rounds=1, lr=0.3, dp={"level": "record", "epsilon": 2.0}, random_source=0)
+    ckpt, df = res.checkpoint, sites["s0"]
+    with pytest.raises(InvalidParameterError, match="spent epsilon=.* in earlier rounds") as exc:
+        client_update(ckpt, df, SPEC, config, site="s0", random_source=1)  # as if nothing was spent
+    assert exc.value.name == "prior_events"
+    with pytest.raises(InvalidParameterError, match="not all of its spend"):
+        client_update(ckpt, df, SPEC, config, site="s0", prior_events=[], random_source=1)
+    upd = client_update(ckpt, df, SPEC, config, site="s0", prior_events=res.privacy["events"]["s0"], random_source=1)
+    assert res.privacy["per_site"]["s0"] < upd.privacy["epsilon"] <= 2.0
+    # resuming a simulation: each site's events come along
+    more = simulate(sites, SPEC, rounds=3, lr=0.3, dp={"level": "record", "epsilon": 2.0}, checkpoint=ckpt,
+                    prior_events=res.privacy["events"], random_source=2)
+    assert [len(more.privacy["events"][s]) for s in sites] == [3, 3, 3]
+    assert 1.9 < more.privacy["epsilon"] <= 2.0
 
 
 def test_record_level_weighting_defaults_to_uniform():
@@ -203,6 +245,21 @@ def test_site_level_dp_warns_below_twenty_sites_and_accounts_per_round():
     # shares are calibrated so that min_sites = 2 survivors carry noise z = 2 (rho = 1/(2 z²));
     # all three survived, so each round cost rho = 1/(3 z²)
     assert events[0]["rho"] == pytest.approx(1 / (3 * 2.0**2), rel=1e-3)
+
+
+def test_site_level_round_is_charged_for_the_worst_admissible_number_of_survivors():
+    # charged before anyone masks, when the survivors are unknown: the largest rho of any
+    # survivor count the round may aggregate (min_sites ... cohort), an upper bound of the
+    # event recorded afterwards for the actual survivors
+    for z in (0.05, 1.0):
+        config = FederatedConfig(min_sites=2, frac_bits=8, dp={"level": "site", "noise_multiplier": z, "clip": 0.05})
+        noise = site_noise(config, 10)
+        recorded = {n: ddg_event(noise.sigma, n, noise.sensitivity, 10) for n in range(2, 6)}
+        charged = charged_round_event(config, 10, 5)
+        assert charged == max(recorded.values(), key=lambda e: e["rho"])
+        assert all(charged["rho"] >= e["rho"] for e in recorded.values())
+    with pytest.raises(InvalidParameterError, match="min_sites"):
+        charged_round_event(FederatedConfig(min_sites=6, dp={"level": "site"}), 10, 5)
 
 
 def test_site_level_dp_needs_min_sites_and_uniform_weights():
