@@ -1,53 +1,373 @@
-"""Every `$ ...` command of docs/runbook.md runs, against a throw-away Airflow home."""
+"""Every ``$ ...`` command of docs/runbook.md runs against a demo home and prints what it should.
+
+The home is built the way ``make demo`` builds its own: the demo driver (with the Makefile's
+environment) runs ``demo_patient_batches``, ``dp_daily_statistics`` and ``federated_training``
+for :data:`DAY`; then ``site_c``'s batch goes missing and ``cross_site_totals`` runs for the
+same day (the flaky-site section); an ``airflow api-server`` on a free port serves the REST
+API section. Each ``console`` block runs in one bash (its commands share variables), in the
+runbook's order, and every command has a check of its output below (:data:`CHECKS`) -- a
+command added to the runbook without one fails :func:`test_every_command_has_one_check`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shlex
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from airflow_privacy.core.crypto import KeyRing, encrypt_bytes
+from airflow_privacy.core.budget import PrivacyLedger
+from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.demo.home import scrub_environment
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+REPO = Path(__file__).resolve().parent.parent
+RUNBOOK = REPO / "docs" / "runbook.md"
 BIN = Path(sys.executable).parent
+DAY = "2026-01-01"
+DROPPED = "site_c"  # the site whose batch is missing for cross_site_totals
+_MARK = "@@runbook-command-"
 
 
-def _commands() -> list[str]:
-    blocks = re.findall(r"```console\n(.*?)```", RUNBOOK.read_text(), flags=re.S)
-    return [line[2:].strip() for block in blocks for line in block.splitlines() if line.startswith("$ ")]
+# -- the runbook's commands ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    section: str
+    commands: tuple[str, ...]
 
 
-def test_runbook_has_commands():
-    cmds = _commands()
-    assert any(c.startswith("airflow-privacy budget set") for c in cmds)
-    assert any(c.startswith("airflow dags trigger") for c in cmds)
+def _blocks() -> list[Block]:
+    """The ``console`` blocks: each ``$`` line with its ``\\``-continued lines, under its section."""
+    text = RUNBOOK.read_text()
+    blocks = []
+    for match in re.finditer(r"```console\n(.*?)```", text, flags=re.S):
+        section = re.findall(r"^## (.+)$", text[: match.start()], flags=re.M)[-1]
+        commands: list[str] = []
+        continued = False
+        for line in match.group(1).splitlines():
+            if continued:
+                commands[-1] += "\n" + line
+            elif line.startswith("$ "):
+                commands.append(line[2:])
+            continued = bool(commands) and commands[-1].endswith("\\")
+        blocks.append(Block(section, tuple(commands)))
+    return blocks
 
 
-@pytest.mark.parametrize("command", _commands())
-def test_runbook_command_runs(command, airflow_db, tmp_path_factory):
-    work = tmp_path_factory.getbasetemp() / "runbook"
-    work.mkdir(exist_ok=True)
-    (work / "archive.parquet.enc").write_bytes(encrypt_bytes(b"x" * 100, KeyRing.generate()))
-    env = {**os.environ}
-    if command.startswith("airflow-privacy budget") and " set " not in command:
-        # the budget must exist for show/history: create it the way the runbook says
-        subprocess.run([str(BIN / "airflow-privacy"), "budget", "set", "patients", "--epsilon", "6", "--delta",
-                        "1e-6"], env=env, cwd=work, check=True, capture_output=True)
-    if command.startswith("airflow dags trigger"):
-        # what the dag-processor does in a running deployment: parse the DAGs into the DB
-        subprocess.run([str(BIN / "airflow"), "dags", "reserialize"], env=env, check=True, capture_output=True)
-    argv = shlex.split(command)
-    redirect = None
-    if ">" in argv:
-        i = argv.index(">")
-        argv, redirect = argv[:i], work / argv[i + 1]
-    argv[0] = str(BIN / argv[0])
-    proc = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    if redirect is not None:
-        redirect.write_text(proc.stdout)
+# -- the demo home ------------------------------------------------------------------------------
+@dataclass
+class Demo:
+    home: Path
+    work: Path
+    env: dict[str, str]
+    demo_stdout: str
+    real: Path  # where the inherited (poisoned) settings pointed
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        return PrivacyLedger(f"sqlite:///{self.home}/privacy_budget.db")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.home / "demo-data" / "federated" / "checkpoints"
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT run_id, state, run_type, conf, logical_date FROM dag_run WHERE dag_id = ?",
+                              (dag_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the api-server and its workers (the process group it leads): SIGTERM, then SIGKILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:  # whatever outlived the supervisor
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Demo:
+    from airflow_privacy.demo.__main__ import demo_connections
+
+    base = tmp_path_factory.mktemp("runbook")
+    home, work, real = base / "airflow", base / "work", base / "real"
+    work.mkdir()
+    # What `make demo` exports -- and nothing of the test session's own Airflow settings.
+    env = dict(os.environ)
+    scrub_environment(env, keep=())
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW_PRIVACY_DEMO_ROOT": f"file://{home}/demo-data",
+    })
+    # A user's shell pointing at a real deployment: the demo must not touch it.
+    poisoned = {
+        **env,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{real}/airflow.db",
+        "AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT": json.dumps(
+            {"conn_type": "privacy_budget", "host": f"sqlite:///{real}/ledger.db"}),
+    }
+    real.mkdir()
+    demo_run = _run([sys.executable, "-m", "airflow_privacy.demo", "--start", DAY, "--days", "1", "--dags",
+                     "demo_patient_batches", "dp_daily_statistics", "federated_training"],
+                    poisoned, work, timeout=1500)
+
+    # The flaky site: its batch of the day is gone when the secure sum runs.
+    (home / "demo-data" / "raw" / f"site={DROPPED}" / f"date={DAY}.parquet").unlink()
+    _run([str(BIN / "airflow"), "dags", "test", "cross_site_totals", DAY], {**env, **demo_connections(str(home))},
+         work, timeout=900)
+
+    port = _free_port()
+    env["AIRFLOW_URL"] = f"http://127.0.0.1:{port}"
+    log = (base / "api-server.log").open("w")
+    server = subprocess.Popen([str(BIN / "airflow"), "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+                              env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (base / "api-server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{env['AIRFLOW_URL']}/api/v2/monitor/health", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, (base / "api-server.log").read_text()[-3000:]
+                time.sleep(1)
+        yield Demo(home=home, work=work, env=env, demo_stdout=demo_run.stdout, real=real)
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _run_block(block: Block, demo: Demo) -> list[str]:
+    """Run the block's commands in one bash (``set -euo pipefail``); return each one's stdout."""
+    script = ["set -euo pipefail"]
+    for i, command in enumerate(block.commands):
+        script += [f"printf '\\n{_MARK}%d\\n' {i}", command]
+    proc = subprocess.run(["bash", "-c", "\n".join(script)], env=demo.env, cwd=demo.work, capture_output=True,
+                          text=True, timeout=600)
+    parts = re.split(rf"\n{_MARK}(\d+)\n", proc.stdout)
+    outputs = {int(i): out for i, out in zip(parts[1::2], parts[2::2], strict=True)}
+    if proc.returncode != 0:
+        failed = block.commands[max(outputs, default=0)]
+        raise AssertionError(f"`{failed}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    assert sorted(outputs) == list(range(len(block.commands)))
+    return [outputs[i] for i in range(len(block.commands))]
+
+
+def _json(out: str):
+    """The JSON document in ``out`` (Airflow may log a line or two before it)."""
+    start = re.search(r"^[\[{]", out, flags=re.M)
+    assert start, out
+    return json.JSONDecoder().raw_decode(out[start.start():])[0]
+
+
+def _table(out: str) -> list[list[str]]:
+    """Data rows of Airflow's ``-o table`` output (lines with cells; its header left out)."""
+    rows = [[c.strip() for c in line.split("|")] for line in out.splitlines() if line.count("|") >= 3]
+    return [r for r in rows if r[0] != "dag_id"]
+
+
+# -- what each command must print (or do) -------------------------------------------------------
+def _no_output(out: str, demo: Demo) -> None:
+    assert out.strip() == ""  # an assignment: the next command uses (and so checks) it
+
+
+def _cli_trigger(out: str, demo: Demo) -> None:
+    # Airflow's table wraps long cells over several lines
+    assert "{'note': 'rerun" in out and "queued" in out and "manual" in out
+    (run,) = [r for r in demo.dag_runs("dp_daily_statistics") if r["logical_date"].startswith("2026-01-05")]
+    assert run["state"] == "queued" and run["run_type"] == "manual"
+    assert json.loads(run["conf"]) == {"note": "rerun after fix"}
+
+
+def _rest_trigger(out: str, demo: Demo) -> None:
+    run = json.loads(out)
+    assert run["dag_id"] == "dp_daily_statistics" and run["state"] == "queued"
+    assert run["logical_date"] == "2026-01-06T00:00:00Z" and run["conf"] == {"note": "rerun after fix"}
+    assert run["triggered_by"] == "rest_api" and run["triggering_user_name"] == "admin"
+    (row,) = [r for r in demo.dag_runs("dp_daily_statistics") if r["run_id"] == run["dag_run_id"]]
+    assert row["state"] == "queued" and row["logical_date"].startswith("2026-01-06")
+
+
+def _budget_table(out: str, demo: Demo) -> None:
+    lines = out.strip().splitlines()
+    header = lines[0].split()
+    assert header[:4] == ["dataset", "cap_epsilon", "cap_delta", "spent_epsilon"]
+    shown = {cols[0]: dict(zip(header, cols, strict=True)) for cols in (line.split() for line in lines[1:])}
+    ledger = {s.dataset: s for s in demo.ledger.datasets()}
+    assert set(shown) == set(ledger) == {"patients", "patients_site_a", "patients_site_b", "patients_site_c"}
+    for name, status in ledger.items():
+        assert float(shown[name]["spent_epsilon"]) == pytest.approx(status.spent_epsilon)
+        assert int(shown[name]["releases"]) == status.releases
+
+
+def _budget_json(out: str, demo: Demo) -> None:
+    (shown,) = _json(out)
+    status = demo.ledger.status("patients")
+    assert shown["dataset"] == "patients" and shown["cap_epsilon"] == 6.0 and shown["cap_delta"] == 1e-6
+    assert shown["spent_epsilon"] == pytest.approx(status.spent_epsilon)
+    # dp_daily_statistics (ε = 1) and cross_site_totals (ε = 1 at δ = 1e-7), composed at δ = 1e-6
+    assert shown["releases"] == 2 and 1.9 < shown["spent_epsilon"] <= 2.0 + 1e-9
+
+
+def _budget_history(out: str, demo: Demo) -> None:
+    dp_release, secure_sum = demo.ledger.history("patients")
+    assert dp_release.release_id.startswith("dp_daily_statistics/")
+    assert dp_release.release_id.endswith("/visit_statistics/-1")
+    assert secure_sum.release_id.startswith("cross_site_totals/")
+    rows = out.strip().splitlines()[1:]
+    assert [r.split()[1] for r in rows] == [dp_release.release_id, secure_sum.release_id]
+    assert f"date={DAY}.parquet" in rows[0] and "released" in rows[0]
+
+
+def _budget_set(out: str, demo: Demo) -> None:
+    assert re.search(r"^cap_epsilon\s+8\.0$", out, flags=re.M) and re.search(r"^cap_delta\s+1e-06$", out, flags=re.M)
+    status = demo.ledger.status("patients")
+    assert (status.cap_epsilon, status.cap_delta, status.releases) == (8.0, 1e-6, 2)
+    assert status.remaining_epsilon == pytest.approx(8.0 - status.spent_epsilon)
+
+
+def _keys_generate(out: str, demo: Demo) -> None:
+    assert out.strip() == ""  # redirected into ring.json
+    ring = KeyRing.from_json((demo.work / "ring.json").read_text())
+    assert len(ring) == 1
+
+
+def _keys_rotate(out: str, demo: Demo) -> None:
+    old = KeyRing.from_json((demo.work / "ring.json").read_text())
+    new = KeyRing.from_json((demo.work / "ring-rotated.json").read_text())
+    assert len(new) == 2 and old.primary_id in new and new.primary_id != old.primary_id
+
+
+def _keys_inspect(out: str, demo: Demo) -> None:
+    header = dict(line.split(None, 1) for line in out.strip().splitlines())
+    ring_json = (demo.home / "demo-keyring-default.json").read_text()
+    assert header["magic"] == "APRV" and header["kek_id"] == KeyRing.from_json(ring_json).primary_id
+    assert all(key["key"] not in out for key in json.loads(ring_json)["keys"])  # a header, never a secret
+
+
+def _list_checkpoints(out: str, demo: Demo) -> None:
+    assert {"latest.pt", "round-00001.pt", "round-00002.pt", "round-00003.pt"} <= set(out.split())
+
+
+def _roll_back(out: str, demo: Demo) -> None:
+    from airflow_privacy.core.federated import load_checkpoint
+
+    latest = load_checkpoint(f"file://{demo.checkpoints}/latest.pt")
+    assert latest.round == 2 and [h["round"] for h in latest.history] == [1, 2]
+    assert (demo.checkpoints / "latest.pt").read_bytes() == (demo.checkpoints / "round-00002.pt").read_bytes()
+    assert load_checkpoint(f"file://{demo.checkpoints}/round-00003.pt").round == 3  # kept, not deleted
+
+
+def _site_task_states(out: str, demo: Demo) -> None:
+    states = {row[2]: row[3] for row in _table(out)}
+    assert states == {
+        "secure_sum.advertise_site_c": "success", "secure_sum.share_site_c": "success",
+        "secure_sum.mask_site_c": "upstream_failed", "secure_sum.reveal_site_c": "skipped",
+        "secure_sum.unmask": "success", "local_vector_site_c": "failed",
+    }
+    assert all(row[0] == "cross_site_totals" and row[1].startswith(DAY) for row in _table(out))
+
+
+def _site_batches(out: str, demo: Demo) -> None:
+    listing = {}
+    for section in out.strip().split("\n\n"):  # `ls DIR...`: "DIR:" then its files, per directory
+        header, *files = section.splitlines()
+        listing[re.fullmatch(r".*/raw/site=(\w+)/:", header).group(1)] = files
+    assert listing == {"site_a": [f"date={DAY}.parquet"], "site_b": [f"date={DAY}.parquet"], "site_c": []}
+
+
+#: Command prefix -> its check; each command of the runbook matches exactly one.
+CHECKS: list[tuple[str, Callable[[str, Demo], None]]] = [
+    ("airflow dags trigger dp_daily_statistics", _cli_trigger),
+    ("PASSWORD=$(jq -r .admin", _no_output),
+    ("TOKEN=$(curl", _no_output),
+    ('curl -sf -X POST "$AIRFLOW_URL/api/v2/dags/dp_daily_statistics/dagRuns"', _rest_trigger),
+    ("airflow-privacy budget show patients --json", _budget_json),
+    ("airflow-privacy budget show", _budget_table),
+    ("airflow-privacy budget history patients", _budget_history),
+    ("airflow-privacy budget set patients", _budget_set),
+    ("airflow-privacy keys generate > ring.json", _keys_generate),
+    ("airflow-privacy keys rotate ring.json > ring-rotated.json", _keys_rotate),
+    ("airflow-privacy keys inspect", _keys_inspect),
+    ('CKPT="$AIRFLOW_HOME/demo-data/federated/checkpoints"', _no_output),
+    ('ls "$CKPT"', _list_checkpoints),
+    ('cp "$CKPT/round-00002.pt" "$CKPT/latest.pt"', _roll_back),
+    ("airflow tasks states-for-dag-run cross_site_totals", _site_task_states),
+    ('ls "$AIRFLOW_HOME"/demo-data/raw/site=*/', _site_batches),
+]
+
+
+def _prefix(command: str) -> str:
+    # the longest matching prefix: `budget show patients --json` is also a `budget show`
+    matches = sorted((p for p, _ in CHECKS if command.startswith(p)), key=len, reverse=True)
+    assert matches, f"no check for runbook command `{command}`: add one to CHECKS"
+    return matches[0]
+
+
+def _check(command: str) -> Callable[[str, Demo], None]:
+    return dict(CHECKS)[_prefix(command)]
+
+
+# -- tests --------------------------------------------------------------------------------------
+def test_every_command_has_one_check():
+    """Each runbook command has its own check, and every check has its command."""
+    prefixes = [_prefix(c) for b in _blocks() for c in b.commands]
+    assert sorted(prefixes) == sorted(p for p, _ in CHECKS)
+    sections = {b.section for b in _blocks()}
+    assert {"Trigger a DAG with parameters", "Recover a federated run from a checkpoint",
+            "A site keeps dropping out"} <= sections
+    assert "```bash" not in RUNBOOK.read_text()  # a block the test would not run
+
+
+@pytest.mark.slow
+def test_demo_ignored_the_shells_real_deployment(demo):
+    """The demo home was built with a real metadata DB and ledger in the environment."""
+    assert "ignoring inherited Airflow settings" in demo.demo_stdout
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in demo.demo_stdout
+    assert list(demo.real.iterdir()) == []
+    assert f"Privacy budget (ledger {demo.home}/privacy_budget.db):" in demo.demo_stdout
+    assert re.search(r"^  patients +spent epsilon 1\.000 of 6 ", demo.demo_stdout, flags=re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", _blocks(), ids=lambda b: re.sub(r"\W+", "-", b.section.lower()).strip("-"))
+def test_runbook_block(block, demo):
+    for command, out in zip(block.commands, _run_block(block, demo), strict=True):
+        _check(command)(out, demo)
