@@ -17,6 +17,7 @@ Audit report (JSON-able, no data values, no key material)::
     {"version", "rows_in", "rows_out", "suppressed", "k_achieved", "l_achieved",
      "columns": {column: {"transform", "params"?, "key_id"?, "algorithm"?,
                           "found"? (scrub_pii matches per entity),
+                          "known_replaced"? (scrub_pii: rows x known columns replaced),
                           "nulled_without_entity"? (shift_dates rows without an entity),
                           "generalization"?: {"level", "description"}}},
      "k_anonymity"?: {"quasi_identifiers", "k", "entity", "max_suppression", "k_achieved",

@@ -27,3 +27,28 @@ def test_known_validation():
         deidentify(df, {"note": {"scrub_pii": {"known": "name"}}})
     with pytest.raises(SchemaError, match="nope"):
         deidentify(df, {"note": {"scrub_pii": {"known": ["nope"]}}})
+
+
+def test_known_replacement_is_per_row_over_distinct_combinations():
+    """Rows repeating a (note, identifiers) combination are replaced alike and counted per
+    row; equal notes of different patients each lose their own identifiers only."""
+    note = "Pt Ann Lee, mail ann@x.org; also Bo Chen"
+    df = pd.DataFrame(
+        {
+            "name": ["Ann Lee", "Ann Lee", "Bo Chen", "Ann Lee", None],
+            "email": ["ann@x.org", "ann@x.org", "bo@y.org", None, "ann@x.org"],
+            "note": [note, note, note, note, note],
+        }
+    )
+    rules = {"note": {"scrub_pii": {"known": ["name", "email"], "entities": ["PHONE"]}}}
+    out, report = deidentify(df, rules)
+    assert out["note"].tolist() == [
+        "Pt <NAME>, mail <EMAIL>; also Bo Chen",
+        "Pt <NAME>, mail <EMAIL>; also Bo Chen",
+        "Pt Ann Lee, mail ann@x.org; also <NAME>",
+        "Pt <NAME>, mail ann@x.org; also Bo Chen",
+        "Pt Ann Lee, mail <EMAIL>; also Bo Chen",
+    ]
+    assert report["columns"]["note"]["known_replaced"] == 2 + 2 + 1 + 1 + 1
+    sub, _ = deidentify(df.iloc[[3, 0]], rules)  # a subset of rows, in another order
+    assert sub["note"].tolist() == [out["note"][3], out["note"][0]]
