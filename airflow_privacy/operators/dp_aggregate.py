@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ class DPAggregateOperator(BaseOperator):
     :param source: URI (or list of URIs, concatenated) of the input batch, templated.
     :param destination: URI of the released table (Parquet/CSV), templated.
     :param dataset: budget scope, e.g. ``"patients"`` (templated).
-    :param epsilon: ε of this release (> 0).
+    :param epsilon: ε of this release, in [1e-6, 100].
     :param delta: δ of this release, in [0, 1).
     :param metrics: ``{output column: spec}`` as in ``dp_aggregate``.
     :param by: group-by columns.
@@ -79,7 +80,8 @@ class DPAggregateOperator(BaseOperator):
         if budget_cap is not None:
             if not isinstance(budget_cap, (tuple, list)) or len(budget_cap) != 2:
                 raise InvalidParameterError("budget_cap", budget_cap, "expected (epsilon, delta)")
-            budget_cap = (check_epsilon(budget_cap[0], "budget_cap epsilon"), check_delta(budget_cap[1], "budget_cap delta"))
+            budget_cap = (check_epsilon(budget_cap[0], "budget_cap epsilon", maximum=math.inf),
+                          check_delta(budget_cap[1], "budget_cap delta"))
         self.source = source
         self.destination = destination
         self.dataset = dataset

@@ -89,6 +89,13 @@ def test_parse_time_validation():
     with pytest.raises(InvalidParameterError, match="budget_cap"):
         DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=1,
                             metrics={"n": "count"}, budget_cap=(1.0,))
+    import numpy as np
+
+    op = DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=np.int64(2),
+                             metrics={"n": "count"}, budget_cap=(np.float32(500), 0))
+    assert op.epsilon == 2.0 and op.budget_cap == (500.0, 0.0)
+    with pytest.raises(InvalidParameterError, match=r"epsilon=1000.0: expected a number in \[1e-06, 100\]"):
+        DPAggregateOperator(task_id="x", source="s", destination="d", dataset="p", epsilon=1e3, metrics={"n": "count"})
 
 
 class _TI:

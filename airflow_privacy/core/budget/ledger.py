@@ -234,7 +234,7 @@ class PrivacyLedger:
     def set_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0, accountant: str | None = None) -> BudgetStatus:
         """Create a dataset's cap or change it. A new cap must still cover what was spent."""
         _check_name(dataset)
-        epsilon, delta = check_epsilon(epsilon), check_delta(delta)
+        epsilon, delta = check_epsilon(epsilon, maximum=math.inf), check_delta(delta)  # a cap: no per-release maximum
         if accountant is not None and accountant not in ACCOUNTANTS:
             raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
         with self.engine.begin() as conn:
@@ -267,7 +267,8 @@ class PrivacyLedger:
         This is what a DAG may do; raising an existing cap is a deliberate runbook action
         (:meth:`set_budget`, ``airflow-privacy budget set``).
         """
-        epsilon, delta = check_epsilon(epsilon, "budget_cap epsilon"), check_delta(delta, "budget_cap delta")
+        epsilon = check_epsilon(epsilon, "budget_cap epsilon", maximum=math.inf)
+        delta = check_delta(delta, "budget_cap delta")
         try:
             current = self.status(dataset)
         except KeyError:

@@ -173,10 +173,20 @@ def _public_frame(public_groups: Any, by: list[str]) -> pd.DataFrame:
         missing = [c for c in by if c not in public_groups.columns]
         if missing:
             raise InvalidParameterError("public_groups", list(public_groups.columns), f"must have the group columns {by}")
-        frame = public_groups[by].drop_duplicates()
+        frame = public_groups[by]
+        dup = frame.duplicated()
+        if dup.any():
+            raise InvalidParameterError("public_groups", frame[dup].head(3).to_dict("records"),
+                                        "each group may be listed once (duplicate rows)")
     elif isinstance(public_groups, Mapping):
         if sorted(public_groups) != sorted(by):
             raise InvalidParameterError("public_groups", sorted(public_groups), f"keys must be exactly {by}")
+        for c in by:
+            values = pd.Series(list(public_groups[c]), dtype=object)
+            dup = values.duplicated()
+            if dup.any():
+                raise InvalidParameterError(f"public_groups[{c!r}]", list(values[dup].head(3)),
+                                            "each value may be listed once (duplicates)")
         frame = pd.MultiIndex.from_product([list(public_groups[c]) for c in by], names=by).to_frame(index=False)
     else:
         raise InvalidParameterError("public_groups", type(public_groups).__name__, "expected a DataFrame or {column: values}")
@@ -293,7 +303,8 @@ def dp_aggregate(
     """Release differentially private statistics of ``df``, grouped by ``by``.
 
     :param df: input rows.
-    :param epsilon: total ε of this release (> 0, finite).
+    :param epsilon: total ε of this release, a real number in [1e-6, 100]
+        (:data:`.calibration.MIN_EPSILON`, :data:`.calibration.MAX_EPSILON`).
     :param delta: total δ of this release, in [0, 1); must be > 0 for private partition
         selection (``by`` given and ``public_groups`` None) or ``mechanism="gaussian"``.
     :param metrics: ``{output column: spec}``; spec is ``"count"``, ``"count_units"``,
@@ -338,6 +349,9 @@ def dp_aggregate(
     by = list(by)
     if len(set(by)) != len(by):
         raise InvalidParameterError("by", by, "group columns must be distinct")
+    clash = [m.name for m in specs if m.name in by]
+    if clash:
+        raise InvalidParameterError("metrics", clash, f"output names must differ from the group columns {by}")
     if mechanism not in MECHANISMS:
         raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
     l0 = _check_int("max_groups_per_unit", max_groups_per_unit)
@@ -460,6 +474,10 @@ def dp_aggregate(
         specs_by_query[q] = _NoiseSpec.calibrate(mechanism, eps_each, delta_gauss, per_group, l0)
         events.append(specs_by_query[q].event)
     cost = PrivacyCost(epsilon=compose_epsilon(events, delta, "pld"), delta=delta, events=events)
+    if not cost.epsilon <= epsilon * (1 + 1e-9):  # never release more than was asked for
+        raise InvalidParameterError(
+            "epsilon", epsilon, f"too small for this release: its {len(events)} mechanism(s) compose to "
+            f"epsilon={cost.epsilon:.3g} at delta={delta:.3g}; ask for fewer metrics, a larger epsilon or delta")
     if on_cost is not None:
         on_cost(cost)  # e.g. the ledger's atomic check-and-charge; raising aborts the release
 

@@ -19,21 +19,31 @@ import math
 
 from scipy.special import ndtr
 
+from airflow_privacy.core.dp.accounting import is_real_number
 from airflow_privacy.core.errors import InvalidParameterError
 
+MIN_EPSILON = 1e-6
+"""Smallest ε of one release: below it the noise (scale >= 10^6 · sensitivity) swamps any
+answer, and the noise parameters of ever smaller ε overflow the samplers' arithmetic."""
+MAX_EPSILON = 100.0
+"""Largest ε of one release: e^100 ≈ 10^43 is no privacy at all, and larger values only make
+the exact samplers' parameters (lattice steps per noise unit) grow without bound."""
 
-def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise InvalidParameterError(name, epsilon, "expected a finite number > 0")
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise InvalidParameterError(name, epsilon, "expected a finite number > 0")
+
+def check_epsilon(
+    epsilon: float, name: str = "epsilon", *, minimum: float = MIN_EPSILON, maximum: float = MAX_EPSILON
+) -> float:
+    """``epsilon`` as a float if it is a real number (any numeric type, not a bool) in
+    ``[minimum, maximum]`` (and > 0); else :class:`InvalidParameterError` naming ``name``."""
+    allowed = f"expected a number in [{minimum:g}, {maximum:g}]" if minimum > 0 else f"expected a number in (0, {maximum:g}]"
+    if not is_real_number(epsilon) or not math.isfinite(epsilon) or not (epsilon > 0 and minimum <= epsilon <= maximum):
+        raise InvalidParameterError(name, epsilon, allowed)
     return float(epsilon)
 
 
 def check_delta(delta: float, name: str = "delta") -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
-        raise InvalidParameterError(name, delta, "expected a number in [0, 1)")
-    if not math.isfinite(delta) or not 0 <= delta < 1:
+    """``delta`` as a float if it is a real number (not a bool) in [0, 1)."""
+    if not is_real_number(delta) or not math.isfinite(delta) or not 0 <= delta < 1:
         raise InvalidParameterError(name, delta, "expected a number in [0, 1)")
     return float(delta)
 
@@ -51,7 +61,7 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     Found by bisection on the exact condition of their Theorem 8 (monotone in σ) to a
     relative precision of 1e-12, rounding up.
     """
-    check_epsilon(epsilon)
+    check_epsilon(epsilon, minimum=0.0, maximum=math.inf)  # a share of a release's ε may be below MIN_EPSILON
     if not 0 < delta < 1:
         raise InvalidParameterError("delta", delta, "the Gaussian mechanism needs 0 < delta < 1")
     if not sensitivity > 0:
@@ -98,6 +108,11 @@ def zcdp_rho(epsilon: float, delta: float) -> float:
         return compose_federated_epsilon([{"kind": "zcdp", "rho": rho}], delta, "rdp")
 
     lo, hi = 1e-12, epsilon  # ε(ρ) > ρ, so ρ = ε is always too large
+    if eps(lo) > epsilon:  # the RDP conversion has a floor (finitely many orders)
+        raise InvalidParameterError(
+            "epsilon", epsilon, f"below what the zCDP accounting can certify at delta={delta:.3g} (about "
+            f"{eps(lo):.3g}) -- needed by mechanism='gaussian' with max_groups_per_unit > 1; use a larger epsilon, "
+            "mechanism='laplace' or max_groups_per_unit=1")
     for _ in range(100):
         mid = math.sqrt(lo * hi)
         if eps(mid) <= epsilon:

@@ -219,3 +219,11 @@ def test_events_are_normalized_and_unstated_claims_computed(ledger):
     u = ledger.charge("patients", release_id="z", cost=PrivacyCost(0.0, 0.0, zcdp))
     assert u.delta == 1e-6 and u.epsilon == pytest.approx(compose_epsilon(validate_events(zcdp), 1e-6, "pld"))
     assert u.epsilon > 0.001
+
+
+def test_caps_take_any_real_number_and_have_no_per_release_maximum(ledger):
+    import numpy as np
+
+    assert ledger.set_budget("long_lived", epsilon=np.float32(250.0), delta=np.float64(1e-6)).cap_epsilon == 250.0
+    with pytest.raises(InvalidParameterError, match="epsilon"):
+        ledger.set_budget("long_lived", epsilon=True)

@@ -172,12 +172,29 @@ def test_gaussian_with_several_groups_per_unit_is_zcdp_accounted():
         ({"mechanism": "gaussian"}, "delta"),
         ({"mechanism": "exponential"}, "mechanism"),
         ({"by": ["site"], "public_groups": {"nope": ["a"]}}, "public_groups"),
+        ({"epsilon": True}, "epsilon"),
+        ({"epsilon": 1e9}, r"epsilon=1000000000\.0: expected a number in \[1e-06, 100\]"),  # was MemoryError
+        ({"epsilon": 1e-320}, r"epsilon=1e-320: expected a number in \[1e-06, 100\]"),  # was OverflowError
+        ({"delta": np.bool_(False)}, "delta"),
+        ({"by": ["site"], "public_groups": {"site": ["a", "b", "a"]}}, r"public_groups\['site'\]=\['a'\]"),
+        ({"by": ["site"], "public_groups": pd.DataFrame({"site": ["a", "a"]})}, "public_groups.*listed once"),
+        ({"by": ["site"], "public_groups": {"site": ["a"]}, "metrics": {"site": "count"}}, r"metrics=\['site'\]"),
+        # zCDP accounting (Gaussian, L0 > 1) cannot certify so small an epsilon
+        ({"epsilon": 1e-4, "delta": 1e-6, "mechanism": "gaussian", "privacy_unit": "patient_id",
+          "max_groups_per_unit": 2, "by": ["site"], "public_groups": {"site": ["a"]}}, "epsilon.*zCDP"),
     ],
 )
 def test_invalid_parameters_are_named(visits, kwargs, match):
     args = {"epsilon": 1.0, "metrics": {"n": "count"}, **kwargs}
     with pytest.raises(InvalidParameterError, match=match):
         dp_aggregate(visits, random_source=0, **args)
+
+
+@pytest.mark.parametrize("epsilon", [np.int64(1), np.float32(0.5), 1e-6, 100])
+def test_epsilon_of_any_real_type_within_the_documented_range(visits, epsilon):
+    res = dp_aggregate(visits, epsilon=epsilon, metrics={"n": "count", "m": ("median", "age")},
+                       bounds={"age": (0, 110)}, random_source=0)
+    assert 0 < res.cost.epsilon <= float(epsilon) * (1 + 1e-9)
 
 
 def test_schema_errors(visits):
