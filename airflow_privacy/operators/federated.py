@@ -41,6 +41,7 @@ from airflow_privacy.core.secure_sum.config import MIN_COHORT
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
 from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.operators.secure_sum import secure_sum_group
 
 if TYPE_CHECKING:
@@ -132,6 +133,11 @@ class _FederatedMixin:
     def latest(self) -> str:
         return f"{self.checkpoint_dir.rstrip('/')}/latest.pt"
 
+    @property
+    def _dp_level(self) -> str | None:
+        dp = self.training.get("dp")
+        return dp.get("level") if isinstance(dp, Mapping) else None
+
 
 class FederatedClientOperator(_FederatedMixin, BaseOperator):
     """One site's local training for one round; runs on the site's queue.
@@ -154,6 +160,7 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("source",)
     ui_color = "#f5d5d5"
+    operator_extra_links = (PrivacyBudgetLink(),)
 
     def __init__(self, *, site: str, sites: Sequence[str], source: str, training: Mapping[str, Any],
                  checkpoint_dir: str, shared_storage: str, site_storage: str, round_name: str = "round",
@@ -198,6 +205,11 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
     @property
     def site_dataset(self) -> str:
         return f"{self.dataset}_{self.site}"
+
+    @property
+    def privacy_dataset(self) -> str | None:
+        """The dataset this task charges (its *Privacy budget* link): record-level DP only."""
+        return self.site_dataset if self._dp_level == "record" else None
 
     def _release_id(self, context: Context) -> str:
         return f"{self._round_id(context)}/{self.site}"
@@ -254,6 +266,13 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("eval_source", "sum_destination")
     ui_color = "#f5d5d5"
+    operator_extra_links = (PrivacyBudgetLink(),)
+
+    @property
+    def privacy_dataset(self) -> str | None:
+        """The dataset this task charges (its *Privacy budget* link): site-level DP only
+        (record-level DP is charged by each site's client task)."""
+        return self.dataset if self._dp_level == "site" else None
 
     def __init__(self, *, step: str, sites: Sequence[str], training: Mapping[str, Any], checkpoint_dir: str,
                  shared_storage: str, round_name: str = "round", dataset: str = "patients",

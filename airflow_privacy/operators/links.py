@@ -33,13 +33,15 @@ class PrivacyBudgetLink(BaseOperatorLink):
 
 
 def privacy_dataset(operator: BaseOperator) -> str | None:
-    """The ledger dataset a task charges: ``privacy_dataset`` when the operator names it
-    (federated record-level DP charges ``<dataset>_<site>``), else ``dataset`` (DP aggregates),
-    else ``dp["dataset"]`` (secure sum and federated rounds with DP); ``None`` without DP."""
-    for name in ("privacy_dataset", "dataset"):
-        value = getattr(operator, name, None)
-        if isinstance(value, str) and value:
-            return value
-    dp = getattr(operator, "dp", None)
-    value = dp.get("dataset") if isinstance(dp, dict) else None
+    """The ledger dataset a task charges, or ``None``: the operator's ``privacy_dataset`` when
+    it has one (federated tasks, which charge only under DP: ``<dataset>_<site>`` per site for
+    record-level, ``<dataset>`` for site-level), else ``dataset`` (DP aggregates), else
+    ``dp["dataset"]`` (secure-sum rounds with distributed DP)."""
+    if hasattr(operator, "privacy_dataset"):
+        value = operator.privacy_dataset
+    elif hasattr(operator, "dataset"):
+        value = operator.dataset
+    else:
+        dp = getattr(operator, "dp", None)
+        value = dp.get("dataset") if isinstance(dp, dict) else None
     return value if isinstance(value, str) and value else None

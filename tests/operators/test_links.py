@@ -26,3 +26,35 @@ def test_no_link_target_without_dp():
     site = SecureShareOperator(task_id="s", step="mask", site="site_a", source="file:///tmp/v.parquet",
                                site_storage="file:///tmp/a", **ROUND)
     assert privacy_dataset(site) is None
+
+
+FED = dict(sites=["site_a", "site_b", "site_c"], checkpoint_dir="file:///tmp/c", shared_storage="file:///tmp/m",
+           dataset="patients")
+BASE = {"features": ["age"], "label": "outcome", "ranges": {"age": (0, 100)}}
+RECORD = {**BASE, "dp": {"level": "record", "epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0}}
+SITE = {**BASE, "min_sites": 3, "dp": {"level": "site", "noise_multiplier": 1.0, "clip": 0.5}}
+
+
+def _client(training):
+    from airflow_privacy.operators.federated import FederatedClientOperator
+
+    return FederatedClientOperator(task_id="c", site="site_b", source="file:///tmp/s.parquet", training=training,
+                                   site_storage="file:///tmp/b", **FED)
+
+
+def _round(training):
+    from airflow_privacy.operators.federated import FederatedRoundOperator
+
+    return FederatedRoundOperator(task_id="r", step="charge", training=training, **FED)
+
+
+def test_federated_tasks_link_to_the_dataset_they_charge():
+    link = PrivacyBudgetLink()
+    # record-level DP: each site's task charges <dataset>_<site>; the round charges nothing
+    assert link.get_link(_client(RECORD), ti_key=None).endswith("/datasets/patients_site_b")
+    assert privacy_dataset(_round(RECORD)) is None
+    # site-level DP: the round's charge step charges <dataset>; the sites charge nothing
+    assert link.get_link(_round(SITE), ti_key=None).endswith("/datasets/patients")
+    assert privacy_dataset(_client(SITE)) is None
+    # no DP: no budget page to open
+    assert privacy_dataset(_client(BASE)) is None and privacy_dataset(_round(BASE)) is None
