@@ -181,10 +181,14 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
         from airflow_privacy.core.federated import ClientUpdate, client_update
 
         spec, config = setup(self.training)
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
         path, aad = self.update_path(context), f"{self._round_id(context)}|{self.site}|update"
-        if io.exists(path):  # a retry resubmits the update it already made (same masks, same input)
-            update = ClientUpdate.from_bytes(decrypt_bytes(io.read_bytes(path), ring, associated_data=aad))
+        try:  # an empty or malformed key ring, or a tampered saved update: fail without retry
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
+            saved = decrypt_bytes(io.read_bytes(path), ring, associated_data=aad) if io.exists(path) else None
+        except PrivacyError as exc:
+            raise AirflowFailException(f"site {self.site}: {exc}") from exc
+        if saved is not None:  # a retry resubmits the update it already made (same masks, same input)
+            update = ClientUpdate.from_bytes(saved)
             self.log.info("Site %s resubmits its update of round %d", self.site, update.round)
         else:
             df = io.read_batch(self.source)

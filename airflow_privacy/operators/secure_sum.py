@@ -231,9 +231,10 @@ class SecureShareOperator(_RoundMixin, BaseOperator):
         return io.read_bytes(path)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
         config = self._config(self._round_id(context))
         try:
+            # inside the try: an empty or malformed key ring fails without retry
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
             if self.step == "encrypt":
                 return self._paillier_encrypt(context, config, ring)
             if self.step == "advertise":
@@ -455,9 +456,9 @@ class PaillierKeyHolderOperator(SecureSumOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self._config(self._round_id(context))
-        ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
         aad = f"{self._round_id(context)}|keyholder"
         try:
+            ring = PrivacyKeyHook(self.key_conn_id).get_keyring()
             if self.step == "keygen":
                 public_path = self._msg(context, "keygen")
                 if io.exists(public_path) and io.exists(self._private_path(context)):

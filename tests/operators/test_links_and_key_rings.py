@@ -1,4 +1,5 @@
-"""The *Privacy budget* extra link is on every task that spends privacy budget."""
+"""Operator behaviour shared by the site and aggregator operators: the *Privacy budget* extra
+link on every task that spends budget, and key rings that fail without retry."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_federated_tasks_link_to_the_dataset_they_charge():
     assert privacy_dataset(_client(SITE)) is None
     # no DP: no budget page to open
     assert privacy_dataset(_client(BASE)) is None and privacy_dataset(_round(BASE)) is None
+
+
+def test_a_malformed_site_key_ring_fails_without_retry(monkeypatch):
+    """Retrying cannot mend a key ring: the site steps fail at once, naming the connection."""
+    from types import SimpleNamespace
+
+    import pytest
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_KEYS_BROKEN", '{"conn_type": "privacy_keys", "password": "{not json"}')
+    context = {"ti": SimpleNamespace(dag_id="d", run_id="r")}
+    site = SecureShareOperator(task_id="s", step="advertise", site="site_a", source="file:///tmp/v.parquet",
+                               site_storage="file:///tmp/a", key_conn_id="privacy_keys_broken", **ROUND)
+    with pytest.raises(AirflowFailException, match="privacy_keys_broken") as err:
+        site.execute(context)
+    assert "not json" not in str(err.value)
+    client = _client(BASE)
+    client.key_conn_id = "privacy_keys_broken"
+    with pytest.raises(AirflowFailException, match="privacy_keys_broken"):
+        client.execute(context)
