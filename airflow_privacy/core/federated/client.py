@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from airflow_privacy.core.dp.noise import RandomSource, default_random_source, numpy_generator
+from airflow_privacy.core.dp.noise import RandomSource, default_random_source
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.federated.accounting import (
     calibrate_noise_multiplier,
@@ -243,7 +243,7 @@ def client_update(
     if isinstance(config.dp, SiteDP):
         delta, clipped = clip_l2(delta, config.dp.clip)
         metrics["clipped_fraction"] = float(clipped)
-        fixed = round_to_lattice(delta, config.frac_bits, numpy_generator(rng))
+        fixed = round_to_lattice(delta, config.frac_bits, rng)
         vector = fixed.astype(np.float64) / 2.0**config.frac_bits
         noise = noise_share(site_noise(config, delta.size), delta.size, rng)
         weight = 1.0

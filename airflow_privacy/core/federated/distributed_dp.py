@@ -42,7 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from airflow_privacy.core.dp.noise import RandomSource, discrete_gaussian, rational_at_least
+from airflow_privacy.core.dp.noise import (
+    RandomSource,
+    discrete_gaussian,
+    rational_at_least,
+    stochastic_round,
+)
 from airflow_privacy.core.federated.accounting import ddg_event
 from airflow_privacy.core.federated.config import SITE_DP_MIN_USEFUL_SITES, FederatedConfig, SiteDP
 
@@ -100,11 +105,11 @@ def clip_l2(delta: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:
     return delta, False
 
 
-def round_to_lattice(values: np.ndarray, frac_bits: int, rng: np.random.Generator) -> np.ndarray:
-    """Unbiased stochastic rounding of ``values * 2**frac_bits`` to int64."""
-    v = np.asarray(values, dtype=np.float64) * 2.0**frac_bits
-    floor = np.floor(v)
-    return (floor + (rng.random(v.shape) < (v - floor))).astype(np.int64)
+def round_to_lattice(values: np.ndarray, frac_bits: int, rng: RandomSource) -> np.ndarray:
+    """Unbiased stochastic rounding of ``values * 2**frac_bits`` to int64, with the rounding
+    bits drawn from ``rng`` itself (the CSPRNG in a release, never a seeded numpy generator)."""
+    v = np.asarray(values, dtype=np.float64).ravel() * 2.0**frac_bits
+    return stochastic_round(v, rng).reshape(np.shape(values))
 
 
 def noise_share(noise: SiteNoise, dimension: int, rng: RandomSource) -> np.ndarray:

@@ -273,3 +273,18 @@ def test_site_level_dp_needs_min_sites_and_uniform_weights():
         FederatedConfig(dp={"level": "user"})
     with pytest.raises(InvalidParameterError, match="exactly one of epsilon"):
         FederatedConfig(dp={"level": "record"})
+
+
+def test_lattice_rounding_is_unbiased_and_draws_only_from_the_given_source():
+    """Site-level updates reach the lattice by stochastic rounding whose bits come from the
+    random source (the CSPRNG in a release); a seeded source makes it reproducible."""
+    import random
+
+    from airflow_privacy.core.federated.distributed_dp import round_to_lattice
+
+    values = np.full((400, 50), 0.3 / 2**10)  # 0.3 lattice steps at frac_bits=10
+    a = round_to_lattice(values, 10, random.Random(7))
+    assert a.shape == values.shape and set(np.unique(a)) <= {0, 1}
+    assert np.array_equal(a, round_to_lattice(values, 10, random.Random(7)))
+    # mean of 20000 Bernoulli(0.3): sd sqrt(0.3*0.7/20000) ~ 0.0032; 5 sd
+    assert abs(a.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / a.size)
