@@ -358,3 +358,59 @@ def test_missing_group_keys_are_dropped_unless_listed_public():
     t = listed.table
     assert len(t) == 2 and t["g"].isna().sum() == 1
     assert abs(t.loc[t["g"].isna(), "n"].iloc[0] - 3000) < 8 * listed.noise_sd["count"]
+
+
+_SIX_METRICS = [("n", "count"), ("m", ("mean", "x")), ("s", ("sum", "y")), ("v", ("variance", "x")),
+                ("q", ("median", "y")), ("p", "count_units")]
+
+
+@pytest.mark.parametrize("l0", [1, 3])
+@pytest.mark.parametrize("selection", [False, True])
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_cost_is_the_ledgers_composition_and_never_above_epsilon(mechanism, selection, l0):
+    """For 1..6 metrics: the recorded cost is exactly what the ledger composes from the events
+    (PLD at the release's δ), never above the requested ε, and -- whenever a δ > 0 lets the
+    composition be tighter than the basic sum -- within 1 % of it (the common share is
+    searched, not fixed at ε/k)."""
+    rng = np.random.default_rng(11)
+    df = pd.DataFrame({"u": rng.integers(0, 50, 400), "g": rng.choice(list("ab"), 400),
+                       "x": rng.normal(size=400), "y": rng.uniform(0, 5, 400)})
+    # l0 = 1 composes exact PLDs of discrete mechanisms with ~10^4 lattice steps (~0.3 s each)
+    for k in range(1, 7) if l0 == 3 else (1, 4, 6):
+        epsilon = (0.3, 1.0, 2.5)[k % 3]
+        public = None if selection else {"g": list("ab")}
+        res = dp_aggregate(df, epsilon=epsilon, delta=1e-6, metrics=dict(_SIX_METRICS[:k]), by=["g"],
+                           public_groups=public, privacy_unit="u", max_groups_per_unit=l0, max_rows_per_group=2,
+                           bounds={"x": (-3, 3), "y": (0, 5)}, mechanism=mechanism, random_source=k)
+        assert res.cost.epsilon == compose_epsilon(res.cost.events, 1e-6, "pld")
+        assert res.cost.epsilon <= epsilon * (1 + 1e-15)  # k·(ε/k) may round one ulp above ε
+        assert res.cost.epsilon >= 0.99 * epsilon, (k, res.cost.epsilon / epsilon)
+
+
+def test_gaussian_release_spends_its_budget_with_less_noise():
+    """Four Gaussian metrics (five queries): the equal split calibrated each to (ε/5, δ/5)
+    and composed to ~43 % of ε; the searched common share spends >= 99 % of it, so the row
+    count's noise sd is smaller than the equal split's discrete Gaussian σ."""
+    from airflow_privacy.core.dp.calibration import discrete_gaussian_sigma
+
+    rng = np.random.default_rng(12)
+    df = pd.DataFrame({"x": rng.normal(size=300), "y": rng.uniform(0, 5, 300)})
+    metrics = {"n": "count", "m": ("mean", "x"), "v": ("variance", "x"), "s": ("sum", "y")}
+    res = dp_aggregate(df, epsilon=1.0, delta=1e-6, metrics=metrics, bounds={"x": (-3, 3), "y": (0, 5)},
+                       mechanism="gaussian", random_source=3)
+    assert len(res.cost.events) == 5  # rows, count(x), normsum(x), normsq(x), sum(y)
+    assert 0.99 <= res.cost.epsilon <= 1.0
+    equal_split_sigma = discrete_gaussian_sigma(1.0 / 5, 1e-6 / 5, 1)
+    assert res.noise_sd["count"] < 0.7 * equal_split_sigma
+
+
+def test_pure_laplace_release_keeps_the_equal_split():
+    """δ = 0: composition is the basic sum, which ε/k per query already spends in full."""
+    from airflow_privacy.core.dp.noise import rational_at_least
+
+    df = pd.DataFrame({"x": np.linspace(0, 1, 100)})
+    res = dp_aggregate(df, epsilon=1.0, metrics={"n": "count", "m": ("mean", "x")}, bounds={"x": (0, 1)},
+                       random_source=4)
+    for ev in res.cost.events:  # three queries: rows, count(x), normsum(x)
+        assert ev["parameter"] == float(1 / rational_at_least(ev["sensitivity"] / (1.0 / 3)))
+    assert res.cost.epsilon == pytest.approx(1.0, rel=1e-9)
