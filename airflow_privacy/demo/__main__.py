@@ -78,6 +78,8 @@ def _summary(dates: list[str]) -> str:
         extra = []
         if any(p.endswith(".enc") for p in paths):
             extra.append(f"{sum(p.endswith('.enc') for p in paths)} encrypted")
+        if any(p.endswith(".json") for p in paths):
+            extra.append(f"{sum(p.endswith('.json') for p in paths)} JSON reports")
         if any(p.endswith(".msg") for p in paths):
             extra.append(f"{sum(p.endswith('.msg') for p in paths)} protocol messages")
         lines.append(f"  {kind:<24} {len(tables):>4} tables {rows:>8} rows  {', '.join(extra)}".rstrip())
