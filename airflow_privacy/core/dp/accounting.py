@@ -188,7 +188,9 @@ def compose_epsilon(events: list[dict[str, Any]], delta: float, accountant: str 
         e, d = event_epsilon_delta(dict(key))
         eps, dlt = eps + n * e, dlt + n * d
     basic = eps if dlt <= delta * (1 + 1e-12) else math.inf
-    if accountant == "basic":
+    if accountant == "basic" or (delta == 0 and dlt == 0):
+        # At δ = 0 every accountant is at best the basic sum (pure ε-DP composes additively,
+        # and the min below would return it): skip the PLD construction.
         return basic
     # Every accountant gives a valid upper bound, so the smaller one is too: PLD's pessimistic
     # discretisation can exceed basic composition by ~1e-4 per event for a few pure events.

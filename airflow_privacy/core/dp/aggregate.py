@@ -495,9 +495,10 @@ def dp_aggregate(
     data = df[list(needed)]
     if public_groups is not None:
         groups = _public_frame(public_groups, by)
-        keys = pd.MultiIndex.from_frame(groups)
-        row_keys = pd.MultiIndex.from_frame(data[by])
-        group_codes = keys.get_indexer(row_keys)
+        if len(by) == 1:  # a flat index: no n-row MultiIndex to build
+            group_codes = pd.Index(groups[by[0]]).get_indexer(data[by[0]])
+        else:
+            group_codes = pd.MultiIndex.from_frame(groups).get_indexer(pd.MultiIndex.from_frame(data[by]))
         inside = group_codes >= 0
         data, group_codes = data[inside], group_codes[inside]
     elif by:
