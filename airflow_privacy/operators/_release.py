@@ -83,6 +83,7 @@ def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
         df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
         bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
         public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
+        accountant=ledger.status(op.dataset).accountant,
     )
     data, rows = _serialize(result.table, op.destination)
     # Seal the answer before it can be seen: a retry after this point returns these bytes or

@@ -25,8 +25,9 @@ Construction
        searched in [ε/k, ε] against that same PLD composition (:func:`_common_share`, after
        dp-accounting's ``calibrate_dp_mechanism``) until the cost is within 1 % of ε and
        never above it. With δ = 0 (Laplace only) composition is the basic sum and s = ε/k
-       already spends ε. Under the ``basic`` or ``rdp`` accountant the same events compose
-       to more than ε (the search targets PLD, the ledger's default).
+       already spends ε. The search composes with the ``accountant`` the dataset's ledger
+       uses (``DPAggregateOperator`` passes it), so the release spends at most ε as the
+       ledger counts it: under ``basic`` that keeps s = ε/k.
     4. Counts and fixed-point sums get exact discrete Laplace (or discrete Gaussian) noise
        (CKS20, :mod:`.noise`). Sums are computed in int64 on a power-of-two grid γ: each
        clamped (and shifted) value x becomes ``floor(x/γ)`` or ``ceil(x/γ)`` by *unbiased
@@ -65,7 +66,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_privacy.core.dp.accounting import PrivacyCost, compose_epsilon
+from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost, compose_epsilon
 from airflow_privacy.core.dp.bounding import bound_contributions
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
@@ -319,7 +320,8 @@ def _coarsened(ev: dict[str, Any]) -> dict[str, Any]:
     return {**ev, "sigma": ev["sigma"] / f, "sensitivity": _SEARCH_STEPS}
 
 
-def _common_share(plan: Callable[..., tuple], epsilon: float, delta: float, n_parts: int) -> tuple[tuple, float]:
+def _common_share(plan: Callable[..., tuple], epsilon: float, delta: float, n_parts: int,
+                  accountant: str = "pld") -> tuple[tuple, float]:
     """The common ε share of every part such that the release's *tight* composition spends as
     much of ε as it can without exceeding it (the equal weights of the parts are kept).
 
@@ -327,8 +329,9 @@ def _common_share(plan: Callable[..., tuple], epsilon: float, delta: float, n_pa
     tighter (~43-56 % of ε for several Gaussian queries), so ε/n leaves budget unused. Like
     dp-accounting's ``mechanism_calibration.calibrate_dp_mechanism`` (which searches one
     mechanism parameter against an accountant with Brent's method), this searches one scalar
-    -- the share s in [ε/n, ε] -- against the ledger's own accountant
-    (:func:`.accounting.compose_epsilon`, PLD): a secant step on log ε(s) (ε(s) is close to a
+    -- the share s in [ε/n, ε] -- against the dataset's accountant as the ledger composes it
+    (:func:`.accounting.compose_epsilon`; PLD by default, where the gain is largest; under
+    ``basic`` the equal split is already tight and is kept): a secant step on log ε(s) (ε(s) is close to a
     power of s) kept inside a bisection bracket, on the stand-in events of :func:`_coarsened`,
     aiming at ``_TARGET``·ε. The caller composes the chosen plan exactly; if that exceeded ε
     the share is lowered by the excess (and, as a last resort, falls back to ε/n).
@@ -342,13 +345,13 @@ def _common_share(plan: Callable[..., tuple], epsilon: float, delta: float, n_pa
 
     def exact(share: float) -> tuple[tuple, float]:
         planned = plan(share)
-        return planned, compose_epsilon(planned[2], delta, "pld")
+        return planned, compose_epsilon(planned[2], delta, accountant)
 
     if n_parts == 1 or delta == 0:
         return exact(base)
 
     def approx(share: float) -> float:
-        return compose_epsilon([_coarsened(ev) for ev in plan(share, search=True)[2]], delta, "pld")
+        return compose_epsilon([_coarsened(ev) for ev in plan(share, search=True)[2]], delta, accountant)
 
     target = _TARGET * epsilon
     lo, c_lo = base, approx(base)
@@ -398,6 +401,7 @@ def dp_aggregate(
     mechanism: str = "laplace",
     random_source: RandomSource | int | None = None,
     on_cost: Callable[[PrivacyCost], Any] | None = None,
+    accountant: str = "pld",
 ) -> DPResult:
     """Release differentially private statistics of ``df``, grouped by ``by``.
 
@@ -431,6 +435,10 @@ def dp_aggregate(
         CKS20 Thm 14 -- noise grows with sqrt(L0), not L0 as for Laplace).
     :param random_source: tests only -- a seeded ``random.Random`` or an int seed; the
         default is the operating system's CSPRNG.
+    :param accountant: how the budget this release is charged to composes (``"pld"``,
+        ``"rdp"`` or ``"basic"``, the dataset's accountant in the ledger): the ε share of the
+        queries is chosen so the release composes to at most ``epsilon`` under it, and
+        ``result.cost.epsilon`` is that composition.
     :param on_cost: called with the release's :class:`PrivacyCost` after validation and
         planning but *before any noise is drawn* -- the budget ledger charges here; if it
         raises, nothing is computed or released.
@@ -442,6 +450,8 @@ def dp_aggregate(
         raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
     epsilon = check_epsilon(epsilon)
     delta = check_delta(delta)
+    if accountant not in ACCOUNTANTS:
+        raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
     specs = _parse_metrics(metrics)
     if isinstance(by, str):
         by = [by]
@@ -579,7 +589,7 @@ def dp_aggregate(
             events.append(specs_by_query[q].event)
         return specs_by_query, grids, events, sel_scale, share
 
-    (specs_by_query, grids, events, sel_scale, share), spent = _common_share(plan, epsilon, delta, n_parts)
+    (specs_by_query, grids, events, sel_scale, share), spent = _common_share(plan, epsilon, delta, n_parts, accountant)
     cost = PrivacyCost(epsilon=spent, delta=delta, events=events)
     if not cost.epsilon <= epsilon * (1 + 1e-9):  # never release more than was asked for
         raise InvalidParameterError(

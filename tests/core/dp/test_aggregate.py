@@ -414,3 +414,24 @@ def test_pure_laplace_release_keeps_the_equal_split():
     for ev in res.cost.events:  # three queries: rows, count(x), normsum(x)
         assert ev["parameter"] == float(1 / rational_at_least(ev["sensitivity"] / (1.0 / 3)))
     assert res.cost.epsilon == pytest.approx(1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp", "basic"])
+def test_release_spends_at_most_epsilon_as_the_datasets_accountant_composes_it(accountant):
+    """The share search composes with the dataset's accountant: a tightened Gaussian release
+    must not add up to more than ε in a ledger that uses rdp or basic composition."""
+    gen = np.random.default_rng(3)
+    df = pd.DataFrame({"u": gen.integers(0, 500, 5000), "cost": gen.uniform(0, 100, 5000)})
+    res = dp_aggregate(df, epsilon=1.0, delta=1e-6, privacy_unit="u", bounds={"cost": (0, 100)},
+                       metrics={"n": "count", "m": ("mean", "cost"), "v": ("variance", "cost")},
+                       mechanism="gaussian", accountant=accountant, random_source=5)
+    spent = compose_epsilon(res.cost.events, 1e-6, accountant)
+    assert res.cost.epsilon == pytest.approx(spent) and spent <= 1.0 + 1e-12
+    assert spent >= 0.99  # and the budget is used, not left idle
+    assert compose_epsilon(res.cost.events, 1e-6, "pld") <= res.cost.epsilon + 1e-12  # what the ledger checks
+
+
+def test_unknown_accountant_is_refused():
+    df = pd.DataFrame({"x": [1.0, 2.0]})
+    with pytest.raises(InvalidParameterError, match="accountant"):
+        dp_aggregate(df, epsilon=1.0, metrics={"n": "count"}, accountant="sum")
