@@ -81,6 +81,10 @@ def timed(fn: Callable[[], T], repeats: int = REPEATS) -> tuple[float, T]:
     return best, result  # type: ignore[return-value]
 
 
+def _verdict(rate: float, target: float = 1_000_000) -> str:
+    return "met" if rate >= target else f"MISSED ({target / rate:.1f}x short)"
+
+
 def _demo_pool() -> pd.DataFrame:
     start = dt.date(2026, 1, 1)
     days = [
@@ -208,7 +212,7 @@ def main() -> None:
         results[label] = (t_build, cardinality, t_io, t_deid, t_task, report)
 
     notes = distinct_notes(DISTINCT_NOTES)
-    t_scrub, (_, found) = timed(lambda: scrub_pii(notes), repeats=1)
+    t_scrub, (_, found) = timed(lambda: scrub_pii(notes))
 
     rows = []
     for label, (_, _, t_io, t_deid, t_task, _) in results.items():
@@ -221,7 +225,8 @@ def main() -> None:
             (
                 f"{label}: deidentify in memory (DAG rules + k=5 + l=2)",
                 ROWS / t_deid,
-                f"target >= 1,000,000 rows/s; {t_deid / t_io:.2f}x the read+write time",
+                f"target >= 1,000,000 rows/s: {_verdict(ROWS / t_deid)}; "
+                f"{t_deid / t_io:.2f}x the read+write time",
             ),
             (
                 f"{label}: read -> deidentify -> write (the task)",

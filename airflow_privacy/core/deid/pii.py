@@ -37,17 +37,21 @@ model is downloaded, ever). Card or SSN digits glued to further digit groups (``
 
 Vectorization: the text is deduplicated (:mod:`.dedupe`); the recognizers that need no
 validation (EMAIL, DATE, PHONE) run as RE2 regexes in Arrow's compute kernels
-(``replace_substring_regex``) over the distinct texts; the validated ones (cards, SSN, IP)
-first select candidate texts with one RE2 ``match_substring_regex`` pass and call Python
-(``re.sub`` with a validating callable) on those texts only.
+(``replace_substring_regex``) over the distinct texts; the others first select candidate
+texts with one RE2 ``match_substring_regex`` pass and run Python ``re`` on those texts
+only: SSN and IPv4, whose validity is a regular language, as one ``subn`` per text with
+the ranges in the pattern; cards (Luhn) and IPv6 (:mod:`ipaddress`) with a validating
+callable per match.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -104,22 +108,31 @@ _PHONE_RE2 = (
 )
 
 # Python regexes for the validated recognizers, each with an RE2 pre-filter that selects
-# the texts worth calling Python on.
+# the texts worth calling Python on. A leading look-behind would stop Python's engine from
+# skipping ahead to a possible first character (it would try the whole pattern at every
+# position, ~4x slower), so the patterns start with a character class and assert on the
+# context behind their first character instead: ``[0-9](?<![0-9][0-9])`` is
+# ``(?<![0-9])[0-9]``.
 _CARD = re.compile(
-    r"(?<![0-9])(?:[0-9]{4}([ .-])[0-9]{4}\1[0-9]{4}\1[0-9]{1,7}"
-    r"|[0-9]{4}([ .-])[0-9]{6}\2[0-9]{4,5}|[0-9]{13,19})(?![0-9])"
+    r"[0-9](?<![0-9][0-9])(?:[0-9]{3}([ .-])[0-9]{4}\1[0-9]{4}\1[0-9]{1,7}"
+    r"|[0-9]{3}([ .-])[0-9]{6}\2[0-9]{4,5}|[0-9]{12,18})(?![0-9])"
 )
 _CARD_FILTER = r"(?:[0-9][ .-]?){12}[0-9]"
-# A dash before the area is fine ("SSN-123-45-6789"); a digit and a dash is a longer number.
-_SSN = re.compile(
-    r"(?<![0-9])(?<![0-9]-)(?P<area>[0-9]{3})([- ])(?P<group>[0-9]{2})\2(?P<serial>[0-9]{4})"
-    r"(?![0-9]|-[0-9])"
-)
+# SSN and IPv4 validity is a regular language, so it is part of the pattern and a match is
+# replaced with no Python callback. This equals matching the loose shape (``[0-9]{3}[- ]
+# [0-9]{2}[- ][0-9]{4}``, four dot-separated runs of 1-3 digits) and skipping the invalid
+# ones: the look-arounds forbid a match to start inside such a span (each position in it
+# follows a digit, a dot or "digit-", or starts a digit run too short or too long), so
+# skipping an invalid span never uncovers another match.
+# Area 001-899 except 666, group 01-99, serial 0001-9999, as the SSA issues them. A dash
+# before the area is fine ("SSN-123-45-6789"); a digit and a dash is a longer number.
+_SSN_AREA = r"(?:0(?!00)|6(?!66)|[1-578])(?<![0-9][0-9])(?<![0-9]-[0-9])[0-9]{2}"
+_SSN = re.compile(_SSN_AREA + r"([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}(?![0-9]|-[0-9])")
 _SSN_FILTER = r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}"
-# Nine bare digits are an SSN only right after the keyword; the keyword is kept.
+# Nine bare digits are an SSN only right after the keyword; the keyword (group 1) is kept.
 _SSN_KEYWORD = r"\b(?i:ssn|social security(?: number| no\.?)?)[ \t]*(?:[:#=-][ \t]*)?"
 _SSN_BARE = re.compile(
-    _SSN_KEYWORD + r"(?P<value>(?P<area>[0-9]{3})(?P<group>[0-9]{2})(?P<serial>[0-9]{4}))(?![0-9])"
+    rf"({_SSN_KEYWORD}){_SSN_AREA}(?!00)[0-9]{{2}}(?!0000)[0-9]{{4}}(?![0-9])"
 )
 _SSN_BARE_FILTER = _SSN_KEYWORD + r"[0-9]{9}"
 _IPV6 = re.compile(
@@ -127,31 +140,25 @@ _IPV6 = re.compile(
     r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![0-9A-Za-z:]|\.[0-9])"
 )
 _IPV6_FILTER = r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:"
-_IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
+# The rest of an octet 0-255 (leading zeros allowed: "010" is 10) after its first digit.
+_OCTET_REST = r"(?:(?<=[01])[0-9]{0,2}|(?<=2)(?:[0-4][0-9]?|5[0-5]?|[6-9])?|(?<=[3-9])[0-9]?)"
+_IPV4 = re.compile(
+    rf"[0-9](?<![0-9.][0-9]){_OCTET_REST}(?:\.[0-9]{_OCTET_REST}){{3}}(?![0-9]|\.[0-9])"
+)
 _IPV4_FILTER = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
+
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")  # 2d, less 9 when above 9
+_SEPARATORS = str.maketrans("", "", " .-")  # all a _CARD match holds besides digits
 
 
 def _luhn_ok(candidate: str) -> bool:
-    digits = [ord(c) - 48 for c in candidate if "0" <= c <= "9"]
-    if not 13 <= len(digits) <= 19 or not 2 <= digits[0] <= 6:
+    """Major industry identifier 2-6 and the Luhn checksum of a ``_CARD`` match."""
+    digits = candidate.translate(_SEPARATORS)
+    if not 13 <= len(digits) <= 19 or not "2" <= digits[0] <= "6":
         return False
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _ssn_ok(match: re.Match[str]) -> bool:
-    area, group, serial = match.group("area"), match.group("group"), match.group("serial")
-    return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
-
-
-def _ipv4_ok(candidate: str) -> bool:
-    return all(int(octet) <= 255 for octet in candidate.split("."))
+    backwards = digits[::-1]
+    doubled = backwards[1::2].translate(_LUHN_DOUBLED)
+    return (sum(map(int, backwards[::2])) + sum(map(int, doubled))) % 10 == 0
 
 
 def _ipv6_ok(candidate: str) -> bool:
@@ -166,13 +173,15 @@ def _ipv6_ok(candidate: str) -> bool:
 
 @dataclass(frozen=True)
 class _Validated:
-    """``pattern``'s group ``value``, when it has one, is what gets replaced (context such as
-    a keyword around it stays); otherwise the whole match."""
+    """A Python regex. Without ``valid`` every match is an entity, replaced by ``<ENTITY>``
+    after the ``keep`` template (``\1``: a keyword that stays); with it, only the matches it
+    accepts are, the others stay as they are."""
 
     entity: str
     pattern: re.Pattern[str]
     prefilter: str
-    valid: Callable[[re.Match[str]], bool]
+    valid: Callable[[str], bool] | None = None
+    keep: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,11 +193,11 @@ class _Plain:
 
 _RECOGNIZERS: tuple[_Plain | _Validated, ...] = (
     _Plain("EMAIL", _EMAIL_RE2, literal="@"),
-    _Validated("CREDIT_CARD", _CARD, _CARD_FILTER, lambda m: _luhn_ok(m.group(0))),
-    _Validated("SSN", _SSN, _SSN_FILTER, _ssn_ok),
-    _Validated("SSN", _SSN_BARE, _SSN_BARE_FILTER, _ssn_ok),
-    _Validated("IP", _IPV6, _IPV6_FILTER, lambda m: _ipv6_ok(m.group(0))),
-    _Validated("IP", _IPV4, _IPV4_FILTER, lambda m: _ipv4_ok(m.group(0))),
+    _Validated("CREDIT_CARD", _CARD, _CARD_FILTER, valid=_luhn_ok),
+    _Validated("SSN", _SSN, _SSN_FILTER),
+    _Validated("SSN", _SSN_BARE, _SSN_BARE_FILTER, keep=r"\1"),
+    _Validated("IP", _IPV6, _IPV6_FILTER, valid=_ipv6_ok),
+    _Validated("IP", _IPV4, _IPV4_FILTER),
     _Plain("DATE", _DATE_RE2),
     _Plain("PHONE", _PHONE_RE2),
 )
@@ -252,31 +261,36 @@ def _plain_pass(texts: pa.Array, recognizer: _Plain, counter: np.ndarray) -> pa.
 
 
 def _validated_pass(texts: pa.Array, recognizer: _Validated, counter: np.ndarray) -> pa.Array:
-    """Python ``re.sub`` with a validating callable, on the pre-filtered candidates only."""
+    """Python ``re`` on the pre-filtered candidates only."""
     candidates = pc.fill_null(pc.match_substring_regex(texts, recognizer.prefilter), False)
     rows = np.flatnonzero(candidates.to_numpy(zero_copy_only=False))
     if len(rows) == 0:
         return texts
+    selected = texts.take(pa.array(rows)).to_pylist()
     token = f"<{recognizer.entity}>"
     valid = recognizer.valid
-    hits = [0]
+    if valid is None:
+        results = list(map(recognizer.pattern.subn, repeat(recognizer.keep + token), selected))
+        new_values = [text for text, _ in results]
+        counter[rows] += np.fromiter((n for _, n in results), np.int64, len(rows))
+    else:
+        # Numbers repeat across notes (a patient's card on every visit): validate each once.
+        # A local cache, dropped with this pass, so no identifier outlives the call.
+        valid = functools.lru_cache(maxsize=None)(valid)
+        hits = [0]
 
-    partial = "value" in recognizer.pattern.groupindex
+        def replace(match: re.Match[str]) -> str:
+            found = match.group(0)
+            if valid(found):
+                hits[0] += 1
+                return token
+            return found
 
-    def replace(match: re.Match[str]) -> str:
-        if valid(match):
-            hits[0] += 1
-            if partial:
-                whole, start, end = match.group(0), match.start(), match.start("value")
-                return whole[: end - start] + token + whole[match.end("value") - start :]
-            return token
-        return match.group(0)
-
-    new_values = []
-    for row, text in zip(rows.tolist(), texts.take(pa.array(rows)).to_pylist(), strict=True):
-        hits[0] = 0
-        new_values.append(recognizer.pattern.sub(replace, text))
-        counter[row] += hits[0]
+        new_values = []
+        for row, text in zip(rows.tolist(), selected, strict=True):
+            hits[0] = 0
+            new_values.append(recognizer.pattern.sub(replace, text))
+            counter[row] += hits[0]
     mask = np.zeros(len(texts), dtype=bool)
     mask[rows] = True
     return pc.replace_with_mask(texts, pa.array(mask), pa.array(new_values, texts.type))
