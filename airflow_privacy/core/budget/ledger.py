@@ -353,25 +353,26 @@ class PrivacyLedger:
                         f"{existing.epsilon:.6g}, delta={existing.delta:.3g}, events {existing.events}); a retry "
                         "must replay the same cost -- a different release needs a new release_id")
                 return self._to_charge(existing, replayed=True)
-            where = f"privacy budget of dataset {dataset!r} (cap epsilon={row.cap_epsilon:.6g}, " \
+            # Runbooks and alerts match the message's start: "privacy budget of dataset 'x' exceeded".
+            where = f"privacy budget of dataset {dataset!r} exceeded (cap epsilon={row.cap_epsilon:.6g}, " \
                     f"delta={row.cap_delta:.3g}, {row.accountant})"
             if claim_delta > row.cap_delta * (1 + _TOLERANCE):
                 raise BudgetExceededError(
-                    f"{where} exceeded: delta is the binding constraint -- this release needs delta={claim_delta:.3g}, "
+                    f"{where}: delta is the binding constraint -- this release needs delta={claim_delta:.3g}, "
                     f"more than the cap delta={row.cap_delta:.3g} allows; nothing was released")
             history = self._events(conn, dataset) + events
             spent = compose_epsilon(history, row.cap_delta, row.accountant)
             outright = outright_delta(history)
             if not math.isfinite(spent):
                 raise BudgetExceededError(
-                    f"{where} exceeded: delta is the binding constraint -- with this release the (epsilon, delta) "
+                    f"{where}: delta is the binding constraint -- with this release the (epsilon, delta) "
                     f"mechanisms of the dataset spend delta={outright:.3g} outright, which leaves no room for "
                     f"composition within the cap delta={row.cap_delta:.3g}; nothing was released")
             if spent > row.cap_epsilon * (1 + _TOLERANCE):
                 remaining = max(row.cap_epsilon - row.spent_epsilon, 0.0)
                 needs = claim_eps if stated else compose_epsilon(events, row.cap_delta, row.accountant)
                 raise BudgetExceededError(
-                    f"{where} exceeded: this release needs epsilon={needs:.6g} (delta={claim_delta:.3g}) but only "
+                    f"{where}: this release needs epsilon={needs:.6g} (delta={claim_delta:.3g}) but only "
                     f"{remaining:.6g} of the cap epsilon={row.cap_epsilon:.6g} (delta={row.cap_delta:.3g}, "
                     f"{row.accountant}) remains; nothing was released")
             if not stated:
