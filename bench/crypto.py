@@ -2,7 +2,12 @@
 
 1. Whole-file encryption: ``encrypt_file`` (streamed, segmented, disk to disk, atomic) on a
    1 M-row Parquet batch vs one raw ``AESGCM.encrypt`` call on the same bytes in memory.
-   Target: >= 50 % of the raw throughput.
+   Target: >= 50 % of the raw throughput. Between local files ``encrypt_file`` has two
+   threads read, seal and write every other segment by position (pread/pwrite) into a
+   preallocated temporary file (``core.io.open_atomic``). Both sides are the best of
+   ``FILE_REPEATS`` runs
+   (on a shared 2-core box single runs swing by 2x, the raw call included). Also printed: a
+   like-for-like baseline doing the same file I/O around the raw call.
 2. Deterministic column tokens: ``encrypt_columns(deterministic=True)`` (factorize, one
    AES-SIV call per distinct value, map back) vs the baseline of the issue, a naive per-cell
    Python loop computing ``HMAC-SHA256(key, value)`` for every row (what one writes for
@@ -39,11 +44,13 @@ from airflow_privacy.core.crypto import (
     encrypt_columns,
     encrypt_file,
 )
-from airflow_privacy.core.io import read_bytes, write_bytes
+from airflow_privacy.core.io import open_atomic, read_bytes
 
 T = TypeVar("T")
 ROWS = 1_000_000
 REPEATS = 3
+FILE_REPEATS = 7
+FILE_TARGET = 0.50
 
 
 def best_of(fn: Callable[[], object], repeats: int = REPEATS, fresh: Path | None = None) -> float:
@@ -67,6 +74,15 @@ def timed(fn: Callable[[], T], repeats: int = 2) -> tuple[float, T]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result  # type: ignore[return-value]
+
+
+def cpu_pressure() -> str:
+    """Linux PSI: share of the last 10 s some task waited for a CPU (other users' load)."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return fh.readline().split()[1].split("=")[1] + "%"
+    except (OSError, IndexError):
+        return "n/a"
 
 
 def make_batch(rows: int) -> pd.DataFrame:
@@ -113,6 +129,7 @@ def main() -> None:
     df = make_batch(ROWS)
     rows_out: list[tuple[str, str, str]] = []
 
+    pressure_before = cpu_pressure()
     with tempfile.TemporaryDirectory(prefix="bench-crypto-") as tmp:
         src = Path(tmp) / "batch.parquet"
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src)
@@ -126,24 +143,31 @@ def main() -> None:
         raw_out = Path(tmp) / "batch.raw.enc"
 
         def raw_with_io() -> None:
-            write_bytes(raw.encrypt(nonce, read_bytes(src), None), raw_out)
+            # the same atomic writer and preallocation encrypt_file uses, so like for like
+            sealed = raw.encrypt(nonce, read_bytes(src), None)
+            with open_atomic(raw_out, expected_size=len(sealed)) as fh:
+                fh.write(sealed)
 
-        t_raw = best_of(lambda: raw.encrypt(nonce, data, None))
-        t_mem = best_of(lambda: encrypt_bytes(data, ring))
-        t_raw_io = best_of(raw_with_io, fresh=raw_out)
-        t_enc = best_of(lambda: encrypt_file(src, enc, ring), fresh=enc)
-        t_dec = best_of(lambda: decrypt_file(enc, dec, ring), fresh=dec)
+        n = FILE_REPEATS
+        t_raw = best_of(lambda: raw.encrypt(nonce, data, None), repeats=n)
+        t_mem = best_of(lambda: encrypt_bytes(data, ring), repeats=n)
+        t_raw_io = best_of(raw_with_io, repeats=n, fresh=raw_out)
+        t_enc = best_of(lambda: encrypt_file(src, enc, ring), repeats=n, fresh=enc)
+        t_dec = best_of(lambda: decrypt_file(enc, dec, ring), repeats=n, fresh=dec)
+        pressure_after = cpu_pressure()
+        ratio = t_raw / t_enc
+        verdict = "met" if ratio >= FILE_TARGET else "MISSED"
         assert dec.read_bytes() == data
         rows_out += [
             (
-                f"raw AESGCM.encrypt, one call in memory ({mb:.1f} MB)",
+                f"raw AESGCM.encrypt, one call in memory ({mb:.1f} MB, best of {FILE_REPEATS})",
                 f"{mb / t_raw:,.0f} MB/s",
                 "",
             ),
             (
-                "encrypt_file (1 MiB segments, streamed disk->disk, atomic)",
+                "encrypt_file (1 MiB segments, disk->disk by position, 2 threads, atomic)",
                 f"{mb / t_enc:,.0f} MB/s",
-                f"{t_raw / t_enc:.0%} of raw in memory (target >= 50%)",
+                f"{ratio:.0%} of raw in memory (target >= {FILE_TARGET:.0%}: {verdict})",
             ),
             (
                 "encrypt_bytes (1 MiB segments, in memory)",
@@ -151,13 +175,13 @@ def main() -> None:
                 f"{t_raw / t_mem:.0%} of raw in memory",
             ),
             (
-                "raw one-call AESGCM with the same I/O (read_bytes, write_bytes)",
+                "raw one-call AESGCM with the same I/O (read_bytes, open_atomic)",
                 f"{mb / t_raw_io:,.0f} MB/s",
                 "",
             ),
             ("encrypt_file vs raw with the same I/O", "", f"{t_raw_io / t_enc:.0%} of raw+I/O"),
             (
-                "decrypt_file (1 MiB segments, streamed disk->disk, atomic)",
+                "decrypt_file (1 MiB segments, disk->disk by position, 2 threads, atomic)",
                 f"{mb / t_dec:,.0f} MB/s",
                 f"{t_raw / t_dec:.0%} of raw in memory",
             ),
@@ -214,7 +238,10 @@ def main() -> None:
     print(
         "note: encrypt_file reads and writes the file through the filesystem; the in-memory "
         "raw call does neither,\n      so 'raw with the same I/O' is the like-for-like "
-        "baseline and encrypt_bytes isolates the cost of segmenting."
+        "baseline and encrypt_bytes isolates the cost of segmenting.\n"
+        "      encrypt_file overlaps one thread's sealing with the other's writing, so it "
+        "needs the second core: CPU\n      pressure (PSI some avg10) was "
+        f"{pressure_before} before and {pressure_after} after the file measurements."
     )
 
 

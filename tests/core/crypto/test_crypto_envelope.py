@@ -6,6 +6,7 @@ import hashlib
 import os
 import tracemalloc
 
+import fsspec
 import pytest
 
 from airflow_privacy.core.crypto import (
@@ -15,6 +16,7 @@ from airflow_privacy.core.crypto import (
     decrypt_file,
     encrypt_bytes,
     encrypt_file,
+    envelope,
     inspect_header,
     rewrap,
 )
@@ -190,7 +192,7 @@ def test_rewrap_fails_closed_without_the_old_key(ring, tmp_path):
 
 @pytest.mark.slow
 def test_large_file_streams_in_bounded_memory(ring, tmp_path):
-    """> 100 MB through encrypt_file and decrypt_file: Python heap peak stays ~3 segments."""
+    """> 100 MB through encrypt_file and decrypt_file: Python heap peak stays ~4 segments."""
     segment = os.urandom(1 << 20)
     src = tmp_path / "big.bin"
     digest = hashlib.sha256()
@@ -211,7 +213,7 @@ def test_large_file_streams_in_bounded_memory(ring, tmp_path):
         _, peak_decrypt = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    limit = 8 * DEFAULT_SEGMENT_SIZE  # 3 segment buffers + slack, vs 100+ MB of data
+    limit = 8 * DEFAULT_SEGMENT_SIZE  # 2 workers x 2 segment buffers + slack, vs 100+ MB of data
     assert peak_encrypt < limit, peak_encrypt
     assert peak_decrypt < limit, peak_decrypt
 
@@ -220,3 +222,124 @@ def test_large_file_streams_in_bounded_memory(ring, tmp_path):
         while chunk := fh.read(1 << 22):
             check.update(chunk)
     assert check.digest() == digest.digest()
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG, 3 * SEG + 5])
+def test_streamed_files_round_trip_like_local_ones(ring, tmp_path, size):
+    """A file system without OS descriptors (object stores; here fsspec's memory://) is
+    streamed front to back instead of read by position: same format either way."""
+    data = os.urandom(size)
+    local = tmp_path / "p"
+    local.write_bytes(data)
+    name = f"memory://envelope-{os.urandom(4).hex()}"
+    with fsspec.open(f"{name}/p", "wb") as fh:
+        fh.write(data)
+    streamed = encrypt_file(f"{name}/p", f"{name}/p.enc", ring, b"ad", segment_size=SEG)
+    by_position = encrypt_file(local, tmp_path / "p.enc", ring, b"ad", segment_size=SEG)
+    assert streamed == by_position
+    with fsspec.open(f"{name}/p.enc", "rb") as fh:
+        blob = fh.read()
+    assert len(blob) == streamed["ciphertext_bytes"]
+    assert decrypt_bytes(blob, ring, b"ad") == data
+    # and each path decrypts the other's output
+    (tmp_path / "m.enc").write_bytes(blob)
+    decrypt_file(tmp_path / "m.enc", tmp_path / "m.out", ring, b"ad")
+    assert (tmp_path / "m.out").read_bytes() == data
+    with fsspec.open(f"{name}/l.enc", "wb") as fh:
+        fh.write((tmp_path / "p.enc").read_bytes())
+    decrypt_file(f"{name}/l.enc", f"{name}/l.out", ring, b"ad")
+    with fsspec.open(f"{name}/l.out", "rb") as fh:
+        assert fh.read() == data
+
+
+@pytest.mark.parametrize(
+    "change", [b"", b"x" * 7, b"x" * (2 * SEG)], ids=["emptied", "grown-a-bit", "grown"]
+)
+@pytest.mark.parametrize("direction", ["encrypt", "decrypt"])
+def test_a_source_changed_meanwhile_is_refused_and_nothing_published(
+    ring, tmp_path, monkeypatch, change, direction
+):
+    """Segments are read by position from the size seen at open: another writer changing
+    the file meanwhile must not yield a ciphertext (or plaintext) of half old, half new
+    content -- the call fails (retryably) and nothing appears at the destination."""
+    src = tmp_path / "src"
+    data = os.urandom(5 * SEG + 3)
+    if direction == "encrypt":
+        src.write_bytes(data)
+    else:
+        src.write_bytes(encrypt_bytes(data, ring, segment_size=SEG))
+    original = envelope._pread_all
+    raced = []
+
+    def racing_read(fd, view, offset):
+        if not raced:  # another writer strikes once the work has begun
+            raced.append(True)
+            with open(src, "r+b") as fh:
+                if change:
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(change)
+                else:
+                    fh.truncate(0)
+        return original(fd, view, offset)
+
+    monkeypatch.setattr(envelope, "_pread_all", racing_read)
+    run = encrypt_file if direction == "encrypt" else decrypt_file
+    with pytest.raises(envelope.SourceChangedError, match="changed|shrank"):
+        run(src, tmp_path / "out", ring)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def _failing_pwrite(after: int):
+    original = envelope._pwrite_all
+    calls = []
+
+    def pwrite(fd, view, offset):
+        calls.append(offset)
+        if len(calls) >= after:
+            raise OSError(28, "No space left on device")
+        return original(fd, view, offset)
+
+    return pwrite
+
+
+@pytest.mark.parametrize("after", [1, 2, 5, 12])
+def test_failed_write_is_raised_and_nothing_is_published(ring, tmp_path, monkeypatch, after):
+    """Segments are written by two workers: a failed write (disk full) in either -- of the
+    header, a middle or the final segment -- surfaces as the original error in the caller,
+    and no partial file appears at the destination."""
+    src = tmp_path / "p"
+    src.write_bytes(os.urandom(10 * SEG + 1))  # 11 segments
+    (tmp_path / "c").write_bytes(encrypt_bytes(os.urandom(10 * SEG + 1), ring, segment_size=SEG))
+    monkeypatch.setattr(envelope, "_pwrite_all", _failing_pwrite(after))
+    with pytest.raises(OSError, match="No space left"):
+        encrypt_file(src, tmp_path / "p.enc", ring, segment_size=SEG)
+    monkeypatch.setattr(envelope, "_pwrite_all", _failing_pwrite(after))
+    with pytest.raises(OSError, match="No space left"):
+        decrypt_file(tmp_path / "c", tmp_path / "c.out", ring)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "p"]
+
+
+@pytest.mark.parametrize("flipped", [0, 1, 6, 9], ids=lambda i: f"segment-{i}")
+def test_the_first_failing_segment_is_reported_and_nothing_published(ring, tmp_path, flipped):
+    """Segments are opened by two workers in parallel, yet the error names the segment a
+    front-to-back pass would have stopped at: the lowest one that fails."""
+    blob = bytearray(encrypt_bytes(os.urandom(10 * SEG), ring, segment_size=SEG))
+    head = inspect_header(bytes(blob))["header_size"]
+    for index in {flipped, 9}:  # a later segment fails too
+        blob[head + index * (SEG + TAG) + 3] ^= 1
+    (tmp_path / "c").write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match=f"segment {flipped} failed"):
+        decrypt_file(tmp_path / "c", tmp_path / "c.out", ring)
+    assert list(tmp_path.iterdir()) == [tmp_path / "c"]
+
+
+def test_every_segment_failing_reports_segment_zero(ring, tmp_path):
+    """Wrong associated data fails every segment, on both workers at once: segment 0 is
+    the one reported, as by a front-to-back pass."""
+    src = tmp_path / "p"
+    src.write_bytes(os.urandom(12 * SEG))
+    encrypt_file(src, tmp_path / "c", ring, b"right", segment_size=SEG)
+    for _ in range(20):  # the workers race; the answer must not depend on who wins
+        with pytest.raises(IntegrityError, match="segment 0 failed"):
+            decrypt_file(tmp_path / "c", tmp_path / "c.out", ring, b"wrong")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "p"]
