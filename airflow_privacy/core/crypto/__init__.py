@@ -24,6 +24,7 @@ from airflow_privacy.core.crypto.columns import decrypt_columns, encrypt_columns
 from airflow_privacy.core.crypto.envelope import (
     DEFAULT_SEGMENT_SIZE,
     RewrapResult,
+    SourceChangedError,
     decrypt_bytes,
     decrypt_file,
     encrypt_bytes,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "KeyRing",
     "RewrapResult",
+    "SourceChangedError",
     "decrypt_bytes",
     "decrypt_columns",
     "decrypt_file",
