@@ -130,27 +130,35 @@ def bernoulli_exp_array(rng: RandomSource, num: np.ndarray, log2_den: int) -> np
     return out
 
 
-def uniform_grid_floats(rng: RandomSource, size: int) -> np.ndarray:
-    """``size`` independent uniforms on ``{k·2^-53 : 0 <= k < 2^53}``, from ``rng``'s bits.
+def round_with_words(v: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Unbiased randomized rounding to the integers, ``floor(v) + [u < v - floor(v)]``, with
+    ``u`` the top 53 bits of each uniform ``uint64`` word scaled to [0, 1): the same rule for
+    every random source (the OS CSPRNG here, a secure-sum site's AES-CTR keystream there).
 
-    For a float ``f`` in [0, 1), ``P[U < f] = ceil(f·2^53)/2^53``: exactly ``f`` when ``f`` is
-    a multiple of 2^-53 (every fractional part of a float >= 1 in magnitude is), within
-    2^-53 otherwise.
+    For a fractional part ``f``, ``P[u < f] = ceil(f·2^53)/2^53``: exactly ``f`` when ``f``
+    is a multiple of 2^-53 (every fractional part of a float >= 1 in magnitude is), within
+    2^-53 otherwise. ``v`` (float64) is consumed: it holds the fractional parts afterwards.
     """
-    return (uniform_words(rng, size) >> np.uint64(11)) * 2.0**-53
+    floor = np.floor(v)
+    v -= floor  # fractional part, exact (Sterbenz)
+    u = (words >> np.uint64(11)).astype(np.float64)
+    u *= 2.0**-53
+    z = floor.astype(np.int64)
+    z += u < v
+    return z
 
 
 def stochastic_round(y: np.ndarray, rng: RandomSource) -> np.ndarray:
-    """Unbiased randomized rounding to the integers: ``floor(y) + Bernoulli(y - floor(y))``.
+    """Unbiased randomized rounding to the integers: ``floor(y) + Bernoulli(y - floor(y))``,
+    with the bits from ``rng`` itself (:func:`round_with_words`).
 
-    ``E[result] = y`` (to within 2^-53 per value, see :func:`uniform_grid_floats`) and the
-    result is always ``floor(y)`` or ``ceil(y)``, so any bound on ``|y|`` bounds ``|result|``
-    by its ceiling. Deterministic rounding would instead add a bias of up to 1/2 per value,
-    which grows with the number of values while the noise does not.
+    ``E[result] = y`` (to within 2^-53 per value) and the result is always ``floor(y)`` or
+    ``ceil(y)``, so any bound on ``|y|`` bounds ``|result|`` by its ceiling. Deterministic
+    rounding would instead add a bias of up to 1/2 per value, which grows with the number
+    of values while the noise does not.
     """
-    floor = np.floor(y)
-    up = uniform_grid_floats(rng, len(floor)) < (y - floor)
-    return floor.astype(np.int64) + up
+    v = np.array(y, dtype=np.float64)  # a copy: round_with_words consumes its input
+    return round_with_words(v, uniform_words(rng, len(v)))
 
 
 def rational_at_least(x: float, max_denominator: int = 1 << 16) -> Fraction:

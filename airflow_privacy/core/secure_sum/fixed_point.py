@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from airflow_privacy.core.dp.noise import round_with_words
 from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.core.secure_sum.config import SecureSumConfig
-
-_UNIT_53 = 2.0**-53
 
 
 def validate_vector(values: Any, config: SecureSumConfig, *, name: str = "values") -> np.ndarray:
@@ -86,7 +85,7 @@ def quantize(values: np.ndarray, config: SecureSumConfig, uniform: np.ndarray) -
     v = values.astype(np.float64)
     np.clip(v, lo, hi, out=v)
     v *= config.scale
-    return _round_stochastically(v, uniform)
+    return round_with_words(v, uniform)
 
 
 def _quantize_integers(
@@ -107,19 +106,7 @@ def _quantize_integers(
     for bound, outside in ((lo, below), (hi, above)):
         if outside is not None and outside.any():
             scaled = np.full(int(outside.sum()), bound * config.scale)
-            z[outside] = _round_stochastically(scaled, uniform[outside])
-    return z
-
-
-def _round_stochastically(v: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """``floor(v) + [u < v - floor(v)]`` with ``u`` the top 53 bits of ``uniform``; ``v`` is
-    consumed (it holds the fractional parts afterwards)."""
-    floor = np.floor(v)
-    v -= floor  # fractional part, exact (Sterbenz)
-    u = (uniform >> np.uint64(11)).astype(np.float64)
-    u *= _UNIT_53
-    z = floor.astype(np.int64)
-    z += u < v
+            z[outside] = round_with_words(scaled, uniform[outside])
     return z
 
 
