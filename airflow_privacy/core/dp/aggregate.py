@@ -49,7 +49,9 @@ Construction
        (Smith, STOC 2011), sensitivity Linf, ε/L0 per group, sampled exactly with integer
        arithmetic and the random source (rejection with CKS20's exact Bernoulli(exp(−γ)); cf.
        Ilvento, CCS 2020). See :func:`_dp_quantiles`.
-    6. Private partition selection: a group is released when its noisy unit count
+    6. Private partition selection: the candidates are only the groups that still hold a unit
+       after bounding (a group bounding emptied is never a candidate), and a group is released
+       when its noisy unit count
        (discrete Laplace, L1 sensitivity L0) reaches the integer threshold
        ``T = 1 + ceil(ln(δ(1+p)/L0) / ln p)``, p = e^{-1/scale}, so a group with a single
        unit appears with probability ≤ δ/L0 (Korolova et al. 2009; Wilson et al. 2020).
@@ -531,6 +533,19 @@ def dp_aggregate(
     data = data.iloc[kept]
     gcodes = group_codes[kept]
     ucodes = np.asarray(unit_codes, dtype=np.int64)[kept]
+    if private_selection:
+        # Candidates are only the groups that still hold a unit *after* bounding. A group that
+        # bounding emptied must not even get a noisy count: one unit with rows in G >> L0 groups
+        # would otherwise raise the chance that some of its groups is released to ~G·δ/L0,
+        # unbounded in G. After bounding a unit touches <= L0 candidate groups, which is what
+        # the threshold's δ/L0 per group assumes (Korolova et al. 2009; Desfontaines et al. 2022,
+        # and pipeline-dp, which select on the bounded data).
+        present = np.flatnonzero(np.bincount(gcodes, minlength=n_groups))
+        recode = np.full(n_groups, -1, dtype=np.int64)
+        recode[present] = np.arange(len(present), dtype=np.int64)
+        gcodes = recode[gcodes]
+        groups = groups.iloc[present].reset_index(drop=True)
+        n_groups = len(present)
 
     # -- the primitive queries and the budget split -----------------------------------------
     queries: list[tuple] = []
