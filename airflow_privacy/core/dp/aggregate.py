@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost, compose_epsilon
-from airflow_privacy.core.dp.bounding import bound_contributions
+from airflow_privacy.core.dp.bounding import bound_contributions, check_contribution_bounds
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
     check_delta,
@@ -155,12 +155,6 @@ def _parse_metrics(metrics: Mapping[str, Any]) -> list[_Metric]:
                 raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected ('{kind}', column)")
             out.append(_Metric(name, kind, parts[1]))
     return out
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidParameterError(name, value, f"expected an integer >= {minimum}")
-    return int(value)
 
 
 def _check_bounds(bounds: Mapping[str, Any] | None, columns: set[str]) -> dict[str, tuple[float, float]]:
@@ -422,7 +416,9 @@ def dp_aggregate(
         It may hold no missing values (``SchemaError`` naming the column and their count).
     :param bounds: ``{column: (lo, hi)}`` for every value column; values are clamped.
     :param max_groups_per_unit: L0 bound (ignored, = 1, when ``privacy_unit`` is None).
-    :param max_rows_per_group: Linf bound (ignored, = 1, when ``privacy_unit`` is None).
+    :param max_rows_per_group: Linf bound (ignored, = 1, when ``privacy_unit`` is None). Each
+        is an integer >= 1 and their product at most
+        :data:`.bounding.MAX_CONTRIBUTIONS` (2^24 rows of one unit).
     :param public_groups: known group keys (DataFrame with the ``by`` columns, or
         ``{column: values}`` for their product). Every public group appears in the output,
         other groups are dropped, no δ is needed for selection.
@@ -465,8 +461,7 @@ def dp_aggregate(
         raise InvalidParameterError("metrics", clash, f"output names must differ from the group columns {by}")
     if mechanism not in MECHANISMS:
         raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
-    l0 = _check_int("max_groups_per_unit", max_groups_per_unit)
-    linf = _check_int("max_rows_per_group", max_rows_per_group)
+    l0, linf = check_contribution_bounds(max_groups_per_unit, max_rows_per_group)
     if privacy_unit is None:
         l0 = linf = 1
     value_cols = {m.column for m in specs if m.column is not None}

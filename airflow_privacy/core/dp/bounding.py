@@ -14,6 +14,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from airflow_privacy.core.errors import InvalidParameterError
+
+MAX_CONTRIBUTIONS = 1 << 24
+"""Largest ``max_groups_per_unit * max_rows_per_group``: 16,777,216 rows of one person. A
+larger bound cannot be meant (the noise would be at least that many times a single row's
+effect), and it would push the sensitivities and noise of the exact samplers past 2^62."""
+
+
+def check_contribution_bounds(max_groups_per_unit: object, max_rows_per_group: object) -> tuple[int, int]:
+    """``(L0, Linf)`` as ints if each is an integer >= 1 and their product is at most
+    :data:`MAX_CONTRIBUTIONS`; else :class:`InvalidParameterError` naming the parameter."""
+    out = []
+    for name, value in (("max_groups_per_unit", max_groups_per_unit), ("max_rows_per_group", max_rows_per_group)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_CONTRIBUTIONS:
+            raise InvalidParameterError(name, value, f"expected an integer in [1, {MAX_CONTRIBUTIONS:,}]")
+        out.append(int(value))
+    l0, linf = out
+    if l0 * linf > MAX_CONTRIBUTIONS:
+        raise InvalidParameterError(
+            "max_groups_per_unit * max_rows_per_group", f"{l0} * {linf}",
+            f"expected at most {MAX_CONTRIBUTIONS:,} rows per privacy unit in total")
+    return l0, linf
+
 
 def rank_within(segments: np.ndarray) -> np.ndarray:
     """0-based position of each element within its run of equal values (input sorted)."""
@@ -105,14 +128,52 @@ def bound_contributions(
     return np.flatnonzero(kept_rows)
 
 
+_VECTOR_STEPS = 64  # segments needing more swaps than this are sampled one by one
+
+
 def _sample_prefixes(values: np.ndarray, starts: np.ndarray, k: int, rng: np.random.Generator) -> None:
     """In place: the first ``min(k, size)`` entries of each segment become a uniformly random
-    ordered sample without replacement of that segment (partial Fisher-Yates, all segments
-    at once). Segments are ``values[starts[i]:starts[i + 1]]``; the last ends at the end."""
+    subset (without replacement) of that segment. Segments are ``values[starts[i]:starts[i + 1]]``;
+    the last ends at the end.
+
+    A segment of size m > k needs min(k, m - k) swaps of a partial Fisher-Yates shuffle (Knuth,
+    TAOCP vol. 2, Alg. 3.4.2 P): k swaps that draw the kept entries to the front, or m - k
+    that draw the dropped entries to the back -- either leaves a uniformly random k-subset in
+    front. Segments needing at most ``_VECTOR_STEPS`` swaps are shuffled together, one
+    vectorized step per swap; each larger one (each holds > 2·_VECTOR_STEPS entries, so there
+    are few) draws its subset with ``Generator.choice(replace=False)``. The work is bounded by
+    the data, O(n), whatever k is: segments within their bound are kept whole, untouched.
+    """
     sizes = np.diff(starts, append=len(values))
-    big = sizes > k  # a segment within its bound is kept whole: nothing to draw
+    big = sizes > k
     first, sizes = starts[big], sizes[big]
-    for j in range(k):
+    swaps = np.minimum(k, sizes - k)
+    few = swaps <= _VECTOR_STEPS
+    front = few & (k <= sizes - k)
+    _shuffle_front(values, first[front], sizes[front], k, rng)
+    _shuffle_back(values, first[few & ~front], sizes[few & ~front], sizes[few & ~front] - k, rng)
+    for a, m in zip(first[~few].tolist(), sizes[~few].tolist(), strict=True):
+        chosen = np.zeros(m, dtype=bool)
+        chosen[rng.choice(m, size=k, replace=False, shuffle=False)] = True
+        segment = values[a:a + m]
+        values[a:a + m] = np.concatenate((segment[chosen], segment[~chosen]))
+
+
+def _shuffle_front(values: np.ndarray, first: np.ndarray, sizes: np.ndarray, k: int, rng: np.random.Generator) -> None:
+    """k steps of a partial Fisher-Yates shuffle in every segment at once: position j takes
+    an entry uniform over the segment's not yet drawn rest."""
+    for j in range(k if len(first) else 0):
         here = first + j
-        there = here + rng.integers(0, sizes - j)  # uniform over the segment's unsampled rest
+        there = here + rng.integers(0, sizes - j)
         values[here], values[there] = values[there], values[here]
+
+
+def _shuffle_back(values: np.ndarray, first: np.ndarray, sizes: np.ndarray, drops: np.ndarray,
+                  rng: np.random.Generator) -> None:
+    """``drops[i]`` steps of a partial Fisher-Yates shuffle from the back of segment i: the
+    last ``drops[i]`` positions take entries uniform over the segment's undrawn front."""
+    for j in range(int(drops.max(initial=0))):
+        on = drops > j
+        last = first[on] + sizes[on] - 1 - j
+        there = first[on] + rng.integers(0, sizes[on] - j)
+        values[last], values[there] = values[there], values[last]

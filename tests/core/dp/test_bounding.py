@@ -55,3 +55,53 @@ def test_huge_codes_are_densified_not_overflowed():
     groups = np.array([2**21, 2**21, 3, 3, 3], dtype=np.int64)
     kept = bound_contributions(units, groups, 1, 1, np.random.default_rng(0))
     assert len(kept) == 2 and np.sum(kept < 3) == 1 and np.sum(kept >= 3) == 1
+
+
+def test_large_bounds_cost_what_the_data_needs():
+    """Issue 17 §4: Linf = 10^6 on 100 rows took 7 s (a million empty loop steps); the loop is
+    now bounded by the data. Bounds far beyond any segment keep every row, fast."""
+    import time
+
+    rng = np.random.default_rng(0)
+    units, groups = rng.integers(0, 10, 100), rng.integers(0, 5, 100)
+    t = time.perf_counter()
+    kept = bound_contributions(units, groups, 10**6, 10**6, np.random.default_rng(1))
+    assert len(kept) == 100 and time.perf_counter() - t < 0.5
+
+
+def test_half_kept_segments_are_uniform_subsets():
+    """Segments that keep more than half their entries are sampled from the back (m - k swaps)
+    and the large ones with Generator.choice: each entry of a 300-row pair with Linf = 200
+    (choice path) and of a 7-row pair with Linf = 5 (back path) is kept with probability k/m."""
+    units = np.array([0] * 300 + [1] * 7)
+    groups = np.zeros(307, dtype=np.int64)
+    draws, rng = 300, np.random.default_rng(4)
+    hits = np.zeros(307)
+    for _ in range(draws):
+        kept = bound_contributions(units, groups, 1, 200, rng)
+        hits[kept] += 1
+        assert np.sum(kept < 300) == 200 and np.sum(kept >= 300) == 7
+    p = 200 / 300
+    sd = np.sqrt(draws * p * (1 - p))
+    assert np.all(np.abs(hits[:300] - draws * p) < 5.5 * sd)  # 300 binomials, 5.5 sd: ~1e-5 false alarms
+    hits = np.zeros(7)
+    for _ in range(2000):
+        kept = bound_contributions(np.zeros(7, np.int64), np.zeros(7, np.int64), 1, 5, rng)
+        hits[kept] += 1
+    sd = np.sqrt(2000 * (5 / 7) * (2 / 7))
+    assert np.all(np.abs(hits - 2000 * 5 / 7) < 5 * sd)
+
+
+def test_absurd_bounds_are_refused_with_the_limit():
+    import pytest
+
+    from airflow_privacy.core.dp.bounding import MAX_CONTRIBUTIONS, check_contribution_bounds
+    from airflow_privacy.core.errors import InvalidParameterError
+
+    assert check_contribution_bounds(10, 10**6) == (10, 10**6)
+    with pytest.raises(InvalidParameterError, match="max_groups_per_unit.*16,777,216"):
+        check_contribution_bounds(10**12, 1)
+    with pytest.raises(InvalidParameterError, match="max_rows_per_group"):
+        check_contribution_bounds(1, 0)
+    with pytest.raises(InvalidParameterError, match=r"max_groups_per_unit \* max_rows_per_group"):
+        check_contribution_bounds(MAX_CONTRIBUTIONS, 2)
