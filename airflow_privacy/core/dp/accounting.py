@@ -27,15 +27,16 @@ The last three have no per-event (ε, δ): ``basic`` composes them with RDP, and
 composes the zCDP ones with RDP at half the δ and adds them to the PLD of the rest at the
 other half (taking the smaller of that and an all-RDP bound).
 
-Accountants (``compose_epsilon``):
+Accountants (``compose_epsilon``), numpy/scipy only (dp-accounting is a test oracle):
 
-* ``pld`` (default): privacy-loss distributions of dp-accounting (Meiser & Mohammadi 2018;
+* ``pld`` (default): privacy-loss distributions (:mod:`.pld`; Meiser & Mohammadi 2018;
   Koskela et al. 2020; Doroshenko et al. 2022), exact discrete Laplace / discrete Gaussian
-  PLDs (CKS20), pessimistic discretisation -- the tightest of the three.
-* ``rdp``: Rényi DP (Mironov 2017) via dp-accounting's RdpAccountant, with the discrete
-  Gaussian as Δ²/2σ²-zCDP (CKS20 Thm 4), pure ε-DP as ε²/2-zCDP (Bun-Steinke 2016 Prop 1.4)
-  and the exponential mechanism as ε²/8-zCDP (Cesar-Rogers 2021); (ε, δ) events, which RDP
-  cannot express, are added by basic composition with their δ taken off the target first.
+  PLDs (CKS20), connect-the-dots for DP-SGD, pessimistic discretisation -- the tightest.
+* ``rdp``: Rényi DP (Mironov 2017; :mod:`.rdp`) with each mechanism's own curve: the exact
+  discrete Laplace curve, randomized response's for other pure ε-DP events (the largest any
+  ε-DP mechanism has), the discrete Gaussian as Δ²/2σ²-zCDP (CKS20 Thm 4), the exponential
+  mechanism as the smaller of its pure curve and ε²/8-zCDP (Cesar-Rogers 2021); (ε, δ) events,
+  which RDP cannot express, are added by basic composition with their δ taken off the target.
 * ``basic``: sums of per-event (ε, δ) -- simple and loose.
 
 ``pld`` and ``rdp`` return the smaller of their bound and basic composition (both are
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from airflow_privacy.core.dp import pld, rdp
 from airflow_privacy.core.errors import InvalidParameterError
 
 ACCOUNTANTS = ("pld", "rdp", "basic")
@@ -211,70 +213,65 @@ def _compose_with_federated(events, federated, delta: float, accountant: str) ->
     remaining = delta - approx_delta
     if remaining <= 0:
         return math.inf
-    # All-RDP bound: the non-federated events via their zCDP forms (as in _compose_rdp).
-    rdp_events = list(federated)
-    for ev in rest:
-        n = ev.get("count", 1)
-        if ev["kind"] == "discrete_gaussian":
-            rho = ev["sensitivity"] ** 2 / (2 * ev["sigma"] ** 2)
-        elif ev["kind"] == "discrete_laplace":
-            rho = (ev["parameter"] * ev["sensitivity"]) ** 2 / 2
-        elif ev["kind"] == "exponential":
-            rho = ev["epsilon"] ** 2 / 8
-        else:
-            rho = ev["epsilon"] ** 2 / 2
-        rdp_events.append({"kind": "distributed_discrete_gaussian", "rho": rho, "count": n})
-    best = compose_federated_epsilon(rdp_events, remaining, "rdp") + approx_eps
+    # All-RDP bound: every event's Rényi curve, added order by order.
+    curve = sum((n * _rdp_curve(dict(key)) for key, n in _grouped(federated + rest).items()),
+                np.zeros_like(rdp.ORDERS))
+    best = rdp.epsilon_from_rdp(curve, remaining) + approx_eps
     if accountant == "pld" and rest:
         split = compose_federated_epsilon(federated, remaining / 2, "pld") + compose_epsilon(rest, remaining / 2, "pld")
         best = min(best, split + approx_eps)
     return best
 
 
-def _compose_pld(groups: Counter, delta: float) -> float:
-    from dp_accounting.pld import common
-    from dp_accounting.pld import privacy_loss_distribution as pld
+def _pld(ev: dict[str, Any]) -> pld.PrivacyLossDistribution:
+    """The pessimistic privacy-loss distribution of one run of an event (kinds with one)."""
+    kind = ev["kind"]
+    if kind == "discrete_laplace":
+        return pld.discrete_laplace(ev["parameter"], int(ev["sensitivity"]))
+    if kind == "discrete_gaussian":
+        return pld.discrete_gaussian(ev["sigma"], int(ev["sensitivity"]))
+    if kind == "poisson_subsampled_gaussian":
+        return pld.poisson_subsampled_gaussian(ev["noise_multiplier"], ev["sampling_probability"])
+    return pld.from_privacy_parameters(ev["epsilon"], ev.get("delta", 0.0))
 
+
+def _compose_pld(groups: Counter, delta: float) -> float:
     total = None
     for key, n in groups.items():
-        ev = dict(key)
-        kind = ev["kind"]
-        if kind == "discrete_laplace":
-            one = pld.from_discrete_laplace_mechanism(ev["parameter"], sensitivity=int(ev["sensitivity"]))
-        elif kind == "discrete_gaussian":
-            one = pld.from_discrete_gaussian_mechanism(ev["sigma"], sensitivity=int(ev["sensitivity"]))
-        else:
-            params = common.DifferentialPrivacyParameters(ev["epsilon"], ev.get("delta", 0.0))
-            one = pld.from_privacy_parameters(params)
-        part = one.self_compose(n) if n > 1 else one
+        part = _pld(dict(key)).self_compose(n)
         total = part if total is None else total.compose(part)
-    return float(total.get_epsilon_for_delta(delta))
+    return total.epsilon_for_delta(delta)
+
+
+def _rdp_curve(ev: dict[str, Any]) -> np.ndarray:
+    """Rényi curve of one run of any event but ``approx`` (module :mod:`.rdp`)."""
+    kind = ev["kind"]
+    if kind == "discrete_gaussian":
+        return rdp.zcdp_curve(ev["sensitivity"] ** 2 / (2 * ev["sigma"] ** 2))  # CKS20 Thm 4
+    if kind == "discrete_laplace":
+        return rdp.discrete_laplace_curve(ev["parameter"], int(ev["sensitivity"]))
+    if kind == "exponential":  # bounded range: ε²/8-zCDP (Cesar-Rogers 2021, Lemma 3.2), and ε-DP
+        return np.minimum(rdp.pure_curve(ev["epsilon"]), rdp.zcdp_curve(ev["epsilon"] ** 2 / 8))
+    if kind == "pure":
+        return rdp.pure_curve(ev["epsilon"])
+    if kind == "poisson_subsampled_gaussian":
+        return rdp.subsampled_gaussian_curve(ev["noise_multiplier"], ev["sampling_probability"])
+    return rdp.zcdp_curve(ev["rho"])  # zcdp, distributed_discrete_gaussian
 
 
 def _compose_rdp(groups: Counter, delta: float) -> float:
-    import dp_accounting
-
-    acc = dp_accounting.rdp.RdpAccountant()
     extra_eps = extra_delta = 0.0
+    curve = np.zeros_like(rdp.ORDERS)
     rdp_used = False
     for key, n in groups.items():
         ev = dict(key)
-        kind = ev["kind"]
-        if kind == "approx":
+        if ev["kind"] == "approx":
             extra_eps += n * ev["epsilon"]
             extra_delta += n * ev["delta"]
             continue
-        if kind == "discrete_gaussian":
-            rho = ev["sensitivity"] ** 2 / (2 * ev["sigma"] ** 2)
-        elif kind == "discrete_laplace":
-            rho = (ev["parameter"] * ev["sensitivity"]) ** 2 / 2
-        elif kind == "exponential":
-            rho = ev["epsilon"] ** 2 / 8  # bounded range (Cesar-Rogers 2021, Lemma 3.2)
-        else:
-            rho = ev["epsilon"] ** 2 / 2
-        acc.compose(dp_accounting.ZCDpEvent(rho), n)
+        curve = curve + n * _rdp_curve(ev)
         rdp_used = True
     remaining = delta - extra_delta
     if remaining < 0 or (rdp_used and remaining <= 0):
         return math.inf
-    return (acc.get_epsilon(remaining) if rdp_used else 0.0) + extra_eps
+    return (rdp.epsilon_from_rdp(curve, remaining) if rdp_used else 0.0) + extra_eps
