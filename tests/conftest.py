@@ -80,3 +80,13 @@ def site_keyrings() -> dict[str, KeyRing]:
 @pytest.fixture
 def demo_root() -> str:
     return os.environ["AIRFLOW_PRIVACY_DEMO_ROOT"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL 15 server (tests/postgres_server.py); ``postgres.url(name)``
+    creates a database and returns its SQLAlchemy URL."""
+    from postgres_server import ScratchPostgres
+
+    with ScratchPostgres() as pg:
+        yield pg

@@ -32,6 +32,13 @@ class BudgetExceededError(PrivacyError):
     """A release would push a dataset's privacy spend over its cap. Nothing was released."""
 
 
+class ReleaseConflictError(PrivacyError):
+    """Another try of the same release already fixed its answer: one charge has one answer.
+
+    Raised to the try that lost the race to seal a charged release (two live tries of one
+    task). That try must publish nothing; retrying cannot help."""
+
+
 class IntegrityError(PrivacyError):
     """Ciphertext or a key failed authentication: tampered, truncated, wrong key or not ours."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fsspec
 import pandas as pd
@@ -20,7 +21,33 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_privacy.core.budget import BudgetStatus, PrivacyLedger
-    from airflow_privacy.operators.dp_aggregate import DPAggregateOperator
+
+PRIVACY_XCOM_KEY = "privacy_budget"
+
+
+class DPReleaseTask(Protocol):
+    """What a budgeted release needs of its operator (``DPAggregateOperator`` provides it).
+
+    A protocol rather than the operator class, so this module never imports the operator
+    module that calls it."""
+
+    source: str | list[str]
+    destination: str
+    dataset: str
+    epsilon: float
+    delta: float
+    metrics: Mapping[str, Any]
+    by: Sequence[str]
+    privacy_unit: str | None
+    bounds: Mapping[str, tuple[float, float]]
+    max_groups_per_unit: int
+    max_rows_per_group: int
+    public_groups: Any
+    bins: Any
+    mechanism: str
+    budget_cap: tuple[float, float] | None
+    budget_conn_id: str
+    log: Any
 
 
 def release_id(context: Context) -> str:
@@ -53,7 +80,7 @@ def _read_sources(source: str | list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
+def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
     rid = release_id(context)
     ledger: PrivacyLedger = PrivacyBudgetHook(op.budget_conn_id).get_ledger()
     if op.budget_cap is not None:
@@ -89,6 +116,8 @@ def run_dp_release(op: DPAggregateOperator, context: Context) -> dict[str, Any]:
     # Seal the answer before it can be seen: a retry after this point returns these bytes or
     # fails, it never draws again. A crash between seal and write leaves a sealed release with
     # no file -- the retry then fails hard, which costs a new run but never a second answer.
+    # Of two live tries (a retry started while the first still runs) only one seals; the
+    # other gets ReleaseConflictError here, before writing anything, and fails without retry.
     ledger.seal_release(op.dataset, rid, output=op.destination, sha256=hashlib.sha256(data).hexdigest())
     io.write_bytes(data, op.destination)
     ledger.mark_released(op.dataset, rid, op.destination)
@@ -152,7 +181,7 @@ def _require_budget(ledger: PrivacyLedger, dataset: str) -> None:
 
 def _finish(op, context, ledger, rid, epsilon, delta, output, rows) -> dict[str, Any]:
     privacy = privacy_summary(op.dataset, rid, epsilon, delta, ledger.status(op.dataset))
-    context["ti"].xcom_push(key="privacy_budget", value=privacy)
+    context["ti"].xcom_push(key=PRIVACY_XCOM_KEY, value=privacy)
     op.log.info("Privacy budget of %r: spent epsilon=%.4g of %.4g (remaining %.4g, %s)", op.dataset,
                 privacy["spent_epsilon"], privacy["cap_epsilon"], privacy["remaining_epsilon"], privacy["accountant"])
     return {"output": output, "rows": rows, "privacy": privacy}

@@ -12,12 +12,13 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.operators._release import PRIVACY_XCOM_KEY, run_dp_release
 from airflow_privacy.operators.links import PrivacyBudgetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-PRIVACY_XCOM_KEY = "privacy_budget"
+__all__ = ["DPAggregateOperator", "PRIVACY_XCOM_KEY"]
 
 
 class DPAggregateOperator(BaseOperator):
@@ -98,8 +99,6 @@ class DPAggregateOperator(BaseOperator):
         self.budget_conn_id = budget_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_privacy.operators._release import run_dp_release
-
         try:
             return run_dp_release(self, context)
         except (PrivacyError, SchemaError, FileNotFoundError) as exc:

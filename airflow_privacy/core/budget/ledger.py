@@ -48,7 +48,12 @@ from airflow_privacy.core.dp.accounting import (
     validate_events,
 )
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
-from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, PrivacyError
+from airflow_privacy.core.errors import (
+    BudgetExceededError,
+    InvalidParameterError,
+    PrivacyError,
+    ReleaseConflictError,
+)
 
 SCHEMA_VERSION = 3
 _TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
@@ -265,17 +270,25 @@ class PrivacyLedger:
         """Create the cap if missing; if it exists it must equal ``(epsilon, delta)``.
 
         This is what a DAG may do; raising an existing cap is a deliberate runbook action
-        (:meth:`set_budget`, ``airflow-privacy budget set``).
+        (:meth:`set_budget`, ``airflow-privacy budget set``). Creation only ever *inserts*:
+        when two first uses race with different caps, one insert wins and the other finds
+        the winner's cap and refuses -- it never takes an update path that would overwrite it.
+
+        :raises InvalidParameterError: the dataset exists with another cap.
         """
+        _check_name(dataset)
         epsilon = check_epsilon(epsilon, "budget_cap epsilon", maximum=math.inf)
         delta = check_delta(delta, "budget_cap delta")
         try:
-            current = self.status(dataset)
-        except KeyError:
-            try:
-                return self.set_budget(dataset, epsilon=epsilon, delta=delta)
-            except sa.exc.IntegrityError:  # created concurrently
-                current = self.status(dataset)
+            with self.engine.begin() as conn:
+                if self._lock_dataset(conn, dataset) is None:
+                    now = _now()
+                    conn.execute(datasets_table.insert().values(
+                        name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant="pld",
+                        spent_epsilon=0.0, spent_delta=0.0, releases=0, created_at=now, updated_at=now))
+        except sa.exc.IntegrityError:  # created concurrently (Postgres: the primary key decides)
+            pass
+        current = self.status(dataset)
         if not (math.isclose(current.cap_epsilon, epsilon) and math.isclose(current.cap_delta, delta)):
             raise InvalidParameterError(
                 "budget_cap", (epsilon, delta),
@@ -394,23 +407,34 @@ class PrivacyLedger:
         noise, even if the file is missing -- it may have been published and then lost.
         Sealing twice with a different hash is refused.
 
+        Sealing is a single conditional update (``WHERE output_sha256 IS NULL``) checked by
+        its row count, so of two live tries of one task (a retry started while the first
+        worker still runs) exactly one seals; the other gets :class:`ReleaseConflictError`
+        and must publish nothing. Sealing again with the same hash is a no-op.
+
         :raises KeyError: no such charge.
-        :raises InvalidParameterError: ``sha256`` is not 64 hex digits, or differs from an
-            already sealed one.
+        :raises InvalidParameterError: ``sha256`` is not 64 hex digits.
+        :raises ReleaseConflictError: the charge is already sealed with a different hash.
         """
         if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise InvalidParameterError("sha256", sha256, "expected 64 lowercase hex digits")
+        this = (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id)
         with self.engine.begin() as conn:
+            # A conditional update, checked by its row count -- not read-then-write: under READ
+            # COMMITTED two tries could both read NULL and the second would overwrite the first's
+            # hash (two answers under one charge). Postgres re-evaluates the WHERE clause on the
+            # row version the first committer left, so exactly one conditional update matches.
+            sealed = conn.execute(charges_table.update().where(this & charges_table.c.output_sha256.is_(None))
+                                  .values(output=output, output_sha256=sha256)).rowcount
+            if sealed == 1:
+                return
             row = self._charge_row(conn, dataset, release_id)
-            if row is None:
-                raise KeyError(f"dataset {dataset!r} has no charge {release_id!r} to seal")
-            if row.output_sha256 is not None and row.output_sha256 != sha256:
-                raise InvalidParameterError(
-                    "sha256", sha256, f"release {release_id!r} is already sealed with sha256 {row.output_sha256}; "
-                    "one charge has one answer")
-            conn.execute(charges_table.update().where(
-                (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id)).values(
-                    output=output, output_sha256=sha256))
+        if row is None:
+            raise KeyError(f"dataset {dataset!r} has no charge {release_id!r} to seal")
+        if row.output_sha256 != sha256:
+            raise ReleaseConflictError(
+                f"release {release_id!r} of dataset {dataset!r} is already sealed with another answer (sha256 "
+                f"{row.output_sha256}, output {row.output}); one charge has one answer -- this try publishes nothing")
 
     def mark_released(self, dataset: str, release_id: str, output: str | None = None) -> None:
         """Record that a charged release was published (and where)."""

@@ -9,7 +9,7 @@ import pytest
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost, compose_epsilon
 from airflow_privacy.core.dp.accounting import validate_events
-from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError
+from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, ReleaseConflictError
 
 
 def _cost(eps: float) -> PrivacyCost:
@@ -153,7 +153,7 @@ def test_v1_ledger_is_migrated_and_releases_are_sealed_once(tmp_path):
     assert led.get_release("patients", "r").output_sha256 is None
     led.seal_release("patients", "r", output="file:///o.parquet", sha256="a" * 64)
     led.seal_release("patients", "r", output="file:///o.parquet", sha256="a" * 64)  # same answer: fine
-    with pytest.raises(InvalidParameterError, match="already sealed"):
+    with pytest.raises(ReleaseConflictError, match="already sealed"):
         led.seal_release("patients", "r", output="file:///o.parquet", sha256="b" * 64)
     with pytest.raises(InvalidParameterError, match="sha256"):
         led.seal_release("patients", "r", output="file:///o.parquet", sha256="xyz")
