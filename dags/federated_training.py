@@ -4,8 +4,10 @@ Every day, after the day's batches exist, each site trains the current global mo
 own batch on its own worker (``queue=<site>``) with DP-SGD (record-level differential
 privacy: ε ≤ 8 per site over the 30 planned rounds, δ = 1e-5, charged to the ledger as
 ``patients_<site>``); the updates are summed with the masking secure sum, so the aggregator
-only ever sees their sum. Besides its masked update a site publishes only its spent ε: its
-row count, training loss and update norm stay in its own task log. The aggregator applies
+only ever sees their sum. Besides its masked update a site publishes only its spent ε, which
+does not depend on its row count: DP-SGD is planned for the declared ``max_rows`` = 600
+visits per site per day (the demo data's maximum; a public bound), not for the rows the
+site has. Its row count, training loss and update norm stay in its own storage. The aggregator applies
 FedAvg, evaluates on an agreed held-out set and writes the next checkpoint (plus
 ``metrics.png``). The checkpoint persists between runs:
 each run continues the round counter and the privacy accountant. ``rounds_per_run`` rounds
@@ -39,7 +41,7 @@ TRAINING = {
     "batch_size": 64,
     "lr": 0.2,
     "strategy": "fedavg",
-    "dp": {"level": "record", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0},
+    "dp": {"level": "record", "epsilon": 8.0, "max_rows": 600, "delta": 1e-5, "max_grad_norm": 1.0},
 }
 
 

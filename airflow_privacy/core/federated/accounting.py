@@ -21,10 +21,13 @@ with dp-accounting directly):
     composed with RDP).
 
 Record-level events are kept *per site*, by the site (each site's rows are a separate
-privacy unit scope): in its own ledger dataset. They stay there because ``sampling_probability``
-is ``batch_size / rows``: an event names the site's row count. The shared checkpoint records
-only each site's reported ``{"epsilon", "delta"}`` (:func:`recorded_site_epsilon`). Site-level
-events (public parameters only) are kept once for the federation, in the checkpoint.
+privacy unit scope): in its own ledger dataset. Their ``sampling_probability`` is
+``batch_size / max_rows`` and their ``count`` ``local_epochs * ceil(max_rows / batch_size)``
+(:meth:`~.config.RecordDP.plan`): public values, never the site's row count -- the
+Poisson-subsampled Gaussian's privacy curve depends on ``q``, ``z`` and ``T`` only, not on
+how many rows were sampled from. The shared checkpoint records each site's reported
+``{"epsilon", "delta"}`` (:func:`recorded_site_epsilon`). Site-level events (public
+parameters only) are kept once for the federation, in the checkpoint.
 """
 
 from __future__ import annotations

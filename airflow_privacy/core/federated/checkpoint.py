@@ -16,8 +16,8 @@ Format (version 1), a dict:
 ``server_state``  ``{name: float64 tensor}``: server-optimizer state over the flat parameter
                   vector (FedAvgM ``momentum``; FedAdam ``m`` and ``v``; empty otherwise)
 ``meta``          JSON text: ``privacy`` (``{"record": {site: {"epsilon", "delta"}}, "site":
-                  [events]}``: each site's reported record-level spend -- its events, which
-                  name its sampling rate, stay with the site -- and the federation's
+                  [events]}``: each site's reported record-level spend -- its events stay
+                  in its own ledger dataset -- and the federation's
                   site-level events, see :mod:`.accounting`), ``history`` (one metrics dict
                   per aggregated round, figures of the aggregate only) and
                   ``config`` (the fingerprinted fields, to say *what* changed on a mismatch)

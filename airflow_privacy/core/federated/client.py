@@ -9,18 +9,27 @@
 - ``update.report()``: a small JSON-able dict for shared storage and XCom: site, round,
   config hash and, under record-level DP, the ``(epsilon, delta)`` the site has spent so far.
   Nothing else: the training diagnostics in ``update.metrics`` (row count, loss, update norm
-  before clipping, clipped fraction, DP-SGD steps and sampling rate ``batch_size / rows``)
-  are statistics of the site's rows without any DP guarantee, and the mechanism events
-  (``update.events``) name the sampling rate, hence the row count. Both stay on the site: in
-  its task log, its encrypted update and its own ledger dataset.
+  before clipping, clipped fraction, out-of-vocabulary counts) are statistics of the site's
+  rows without any DP guarantee. They stay on the site, in its private storage (its
+  encrypted update, ``FederatedClientOperator``'s diagnostics file). This module logs
+  nothing computed from the rows: a task log is readable by every user of the Airflow UI.
+- ``update.events`` (record-level DP): charged to the site's own ledger dataset. They hold
+  only public values (see below), like the reported epsilon.
+
+Under record-level DP nothing that leaves a site depends on its row count ``n``: DP-SGD's
+sampling rate and step count are planned from the declared ``max_rows``
+(:meth:`~.config.RecordDP.plan`), not from ``n``, so the events, the calibrated noise, the
+reported epsilon and the checkpoint's record of it are identical for sites of 1,000 and
+1,001 rows; the weight is 1 (``weighting="examples"`` is refused). An empty batch trains
+too (noise only), so a site's success does not depend on ``n`` either.
 
 Privacy of the update itself:
 
 - no DP: none beyond what secure aggregation hides (the aggregator sees only the sum).
 - record-level DP (:class:`~.config.RecordDP`): DP-SGD (Abadi et al., CCS 2016) with
-  Poisson sampling and per-example clipping computed with ``torch.func`` (``vmap(grad)``);
-  (epsilon, delta)-DP for add/remove-one row of this site over all rounds, accounted per
-  site (:mod:`.accounting`). The Gaussian noise comes from torch's generator seeded with 63
+  Poisson sampling at the public rate ``q`` and per-example clipping computed with
+  ``torch.func`` (``vmap(grad)``); (epsilon, delta)-DP for add/remove-one row of this site
+  over all rounds, accounted per site (:mod:`.accounting`). The Gaussian noise comes from torch's generator seeded with 63
   bits of the CSPRNG: standard DP-SGD practice (like Opacus without ``secure_mode``), not
   hardened against floating-point attacks on the noise.
 - site-level DP (:class:`~.config.SiteDP`): clip, round to the lattice, add a distributed
@@ -30,7 +39,10 @@ Why ``torch.func`` and not Opacus (1.6 works with torch 2.13): Opacus computes p
 gradients with module hooks and overwrites ``p.grad`` from them, so a FedProx proximal term
 added to the loss would be silently dropped (it must be added to the *privatized* gradient:
 it is data-independent), its accountant and sampler would have to be reconciled with the
-checkpoint's, and its secure mode needs ``torchcsprng``. Per-example gradients via
+checkpoint's (its ``sample_rate`` is ``1 / len(data_loader)``, i.e. ``batch_size / n``: the
+row count would enter epsilon), and its secure mode needs ``torchcsprng``. The accounting is
+the same as Opacus's (``RDPAccountant``: Poisson-sampled Gaussian, add/remove one, Mironov,
+Talwar, Zhang 2019), with a public ``q``. Per-example gradients via
 ``vmap(grad(...))`` are a few lines and work on any module without batch-norm.
 """
 
@@ -38,8 +50,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +89,6 @@ from airflow_privacy.core.federated.models import (
     trainable,
 )
 
-logger = logging.getLogger("airflow_privacy.federated")
 _UPDATE_FORMAT = "airflow-privacy/federated-client-update"
 
 
@@ -192,7 +201,8 @@ def client_update(
     """Train the global model on ``site_df`` for one round and return the site's update.
 
     :param checkpoint: the global :class:`Checkpoint`, its bytes, or a URI to it.
-    :param site_df: the site's batch (must hold the spec's features and label, >= 1 row).
+    :param site_df: the site's batch (must hold the spec's features and label; >= 1 row,
+        except under record-level DP, which trains on any number of rows).
     :param site: this site's name (keys its privacy spend in the checkpoint).
     :param prior_events: record-level DP: every privacy event this site has spent before
         this round -- its ledger dataset's history (``FederatedClientOperator``) or what
@@ -203,7 +213,8 @@ def client_update(
     :param random_source: randomness for batching, DP noise and rounding: ``None`` for the
         OS CSPRNG (production), an int seed or a ``random.Random`` for tests.
     :raises InvalidParameterError: bad parameter, or a checkpoint of another configuration.
-    :raises SchemaError: missing columns, empty batch, label outside the declared classes.
+    :raises SchemaError: missing columns, empty batch (without record-level DP), label outside
+        the declared classes.
     :raises BudgetExceededError: record-level DP target already spent by this site.
     """
     if not isinstance(site, str) or not site:
@@ -215,7 +226,9 @@ def client_update(
     config.check_spec(spec)
     ckpt = load_checkpoint(checkpoint, spec=spec, config=config)
     check_round(ckpt, config)
-    x_np, y_np = spec.encode(site_df, name=f"site {site!r} batch")
+    metrics: dict[str, Any] = {}
+    x_np, y_np = spec.encode(site_df, name=f"site {site!r} batch", allow_empty=isinstance(config.dp, RecordDP),
+                             diagnostics=metrics)
     rng = default_random_source(random_source)
     generator = torch.Generator().manual_seed(rng.getrandbits(63))
 
@@ -225,7 +238,7 @@ def client_update(
     y = torch.from_numpy(y_np)
     n = len(y_np)
     events: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {"examples": n}
+    metrics["examples"] = n
     privacy = None
     if isinstance(config.dp, RecordDP):
         prior = _prior_events(ckpt, config.dp, site, prior_events)
@@ -234,7 +247,7 @@ def client_update(
         metrics["epsilon"] = compose_federated_epsilon([*prior, *events], config.dp.delta, config.dp.accountant)
         privacy = {"epsilon": metrics["epsilon"], "delta": config.dp.delta}
     else:
-        stats = _train_sgd(model, x, y, ckpt, config, site, generator)
+        stats = _train_sgd(model, x, y, ckpt, config, generator)
     metrics.update(stats)
     delta = parameter_vector(model) - start
     metrics["update_norm"] = float(np.linalg.norm(delta))
@@ -249,11 +262,6 @@ def client_update(
         weight = 1.0
     else:
         over = np.abs(delta) > config.update_bound
-        if over.any():
-            logger.warning(
-                "site %s round %d: %d update coordinate(s) beyond update_bound=%g were clipped",
-                site, ckpt.round + 1, int(over.sum()), config.update_bound,
-            )
         metrics["clipped_coordinates"] = int(over.sum())
         delta = np.clip(delta, -config.update_bound, config.update_bound)
         weight = float(min(n, config.max_weight)) if config.weighting == "examples" else 1.0
@@ -318,7 +326,6 @@ def _train_sgd(
     y: torch.Tensor,
     ckpt: Checkpoint,
     config: FederatedConfig,
-    site: str,
     generator: torch.Generator,
 ) -> dict[str, Any]:
     """Plain minibatch SGD (FedAvg's ClientUpdate, McMahan et al. 2017, Alg. 1), with the
@@ -329,8 +336,8 @@ def _train_sgd(
     model.train()
     n = len(y)
     steps = 0
-    epoch_loss = math.nan
-    for epoch in range(config.local_epochs):
+    epoch_losses = []
+    for _ in range(config.local_epochs):
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for begin in range(0, n, config.batch_size):
@@ -344,12 +351,9 @@ def _train_sgd(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
             steps += 1
-        epoch_loss = total / n
-        logger.info(
-            "site %s round %d epoch %d/%d: train loss %.4f (%d rows)",
-            site, ckpt.round + 1, epoch + 1, config.local_epochs, epoch_loss, n,
-        )
-    return {"train_loss": epoch_loss, "steps": steps, "clipped_fraction": 0.0}
+        epoch_losses.append(total / n)
+    return {"train_loss": epoch_losses[-1], "epoch_train_loss": epoch_losses, "steps": steps,
+            "clipped_fraction": 0.0}
 
 
 def _train_dp_sgd(
@@ -362,20 +366,22 @@ def _train_dp_sgd(
     generator: torch.Generator,
     prior: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """DP-SGD (Abadi et al. 2016, Alg. 1) with Poisson sampling at rate ``q = batch_size / n``.
+    """DP-SGD (Abadi et al. 2016, Alg. 1) with Poisson sampling at the public rate
+    ``q = min(1, batch_size / max_rows)`` for ``local_epochs * ceil(max_rows / batch_size)``
+    steps (:meth:`RecordDP.plan`: nothing here is planned from the site's ``n``).
 
     Each step: every row joins the batch independently with probability ``q``; per-row
     gradients are clipped to L2 norm ``C``; ``N(0, (z C)²)`` noise is added to their sum, which
-    is divided by the *expected* batch size ``q n`` (a data-independent normalisation, as
-    the analysis requires). The FedProx gradient ``mu (w - w_global)`` is added after
-    privatization: it does not depend on the data.
+    is divided by the public ``q * max_rows`` (the expected batch of a site at the bound; a
+    data-independent normalisation, as the analysis requires). The FedProx gradient
+    ``mu (w - w_global)`` is added after privatization: it does not depend on the data.
     """
     dp = config.dp
-    assert isinstance(dp, RecordDP)
+    assert isinstance(dp, RecordDP) and dp.max_rows is not None
     n_out = ckpt.n_outputs
     n = len(y)
-    q = min(1.0, config.batch_size / n)
-    steps = config.local_epochs * math.ceil(n / config.batch_size)
+    q, steps = dp.plan(config.batch_size, config.local_epochs)
+    normaliser = q * dp.max_rows
     if dp.noise_multiplier is not None:
         z = float(dp.noise_multiplier)
     else:
@@ -395,8 +401,7 @@ def _train_dp_sgd(
     per_example = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0), randomness="different")
     clipped = seen = 0
     loss_sum = 0.0
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    for step in range(steps):
+    for _ in range(steps):
         chosen = torch.nonzero(torch.rand(n, generator=generator) < q).squeeze(1)
         summed = {k: torch.zeros_like(v) for k, v in params.items()}
         if chosen.numel():
@@ -411,16 +416,10 @@ def _train_dp_sgd(
         with torch.no_grad():
             for k in names:
                 noise = torch.normal(0.0, z * clip, size=summed[k].shape, generator=generator)
-                step_grad = (summed[k] + noise) / (q * n)
+                step_grad = (summed[k] + noise) / normaliser
                 if global_params is not None:
                     step_grad = step_grad + config.mu * (params[k] - global_params[k])
                 params[k] = params[k] - config.lr * step_grad
-        if (step + 1) % steps_per_epoch == 0:
-            logger.info(
-                "site %s round %d epoch %d/%d: DP-SGD train loss %.4f (%d rows, z=%.3f, clipped %.0f%%)",
-                site, ckpt.round + 1, (step + 1) // steps_per_epoch, config.local_epochs,
-                loss_sum / max(seen, 1), n, z, 100 * clipped / max(seen, 1),
-            )
     with torch.no_grad():
         for name, p in trainable(model):
             p.copy_(params[name])
@@ -430,6 +429,8 @@ def _train_dp_sgd(
         "clipped_fraction": clipped / max(seen, 1),
         "noise_multiplier": z,
         "sampling_probability": q,
+        "max_rows": dp.max_rows,
+        "rows_over_max_rows": max(0, n - dp.max_rows),
     }
 
 
@@ -438,8 +439,8 @@ def _planned_noise_multiplier(
 ) -> float:
     """Noise multiplier meeting ``dp.epsilon`` after the ``remaining`` rounds, this one included.
 
-    Each round re-plans against what the site actually spent, so a batch that changes size,
-    or more rounds, never overshoots the target. When every earlier round ran the same plan
+    Each round re-plans against what the site actually spent, so a changed plan (batch size,
+    epochs, ``max_rows``), or more rounds, never overshoots the target. When every earlier round ran the same plan
     (same ``q`` and steps), its multiplier is still the solution and is reused exactly
     (after one check), which also keeps the ledger's events identical and cheap to compose.
     """

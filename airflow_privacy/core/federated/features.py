@@ -181,8 +181,16 @@ class FeatureSpec:
 
     # -- encoding -------------------------------------------------------------------------
 
-    def encode_features(self, df: pd.DataFrame, *, name: str = "batch") -> np.ndarray:
-        """``X`` as float32 ``(rows, width)``; raises :class:`SchemaError` naming the column."""
+    def encode_features(
+        self, df: pd.DataFrame, *, name: str = "batch", diagnostics: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        """``X`` as float32 ``(rows, width)``; raises :class:`SchemaError` naming the column.
+
+        Values outside a declared vocabulary encode as zeros and are counted: in the log, or,
+        when ``diagnostics`` is given, in ``diagnostics["unknown_categories"]`` instead (a
+        site's batch: the count is a statistic of its rows, and task logs are readable by
+        every user of the Airflow UI).
+        """
         if not isinstance(df, pd.DataFrame):
             raise InvalidParameterError(name, type(df).__name__, "expected a pandas DataFrame")
         missing = [f for f in self.features if f not in df.columns]
@@ -209,7 +217,9 @@ class FeatureSpec:
                 vocab = self.categories[f]
                 codes = pd.Categorical(col, categories=list(vocab)).codes
                 unknown = int((codes < 0).sum())
-                if unknown:
+                if unknown and diagnostics is not None:
+                    diagnostics.setdefault("unknown_categories", {})[f] = unknown
+                elif unknown:
                     logger.warning(
                         "%s column %r: %d value(s) outside the declared vocabulary encode as zeros",
                         name, f, unknown,
@@ -240,11 +250,19 @@ class FeatureSpec:
             )
         return codes.astype(np.int64)
 
-    def encode(self, df: pd.DataFrame, *, name: str = "batch") -> tuple[np.ndarray, np.ndarray]:
-        """``(X, y)`` of a non-empty batch."""
-        if isinstance(df, pd.DataFrame) and df.empty:
+    def encode(
+        self,
+        df: pd.DataFrame,
+        *,
+        name: str = "batch",
+        allow_empty: bool = False,
+        diagnostics: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` of a batch: non-empty unless ``allow_empty`` (record-level DP trains on
+        any number of rows, zero included); ``diagnostics`` as :meth:`encode_features`."""
+        if isinstance(df, pd.DataFrame) and len(df) == 0 and not allow_empty:
             raise SchemaError(f"{name} is empty: a site needs at least one row to train")
-        return self.encode_features(df, name=name), self.encode_labels(df, name=name)
+        return self.encode_features(df, name=name, diagnostics=diagnostics), self.encode_labels(df, name=name)
 
 
 def _plain(value: Any) -> Any:

@@ -168,7 +168,7 @@ def simulate(
     warn_if_weak(config, len(sites))
     # Validate every batch (and the eval batch) before any training starts.
     for name, df in sites.items():
-        spec.encode(df, name=f"site {name!r} batch")
+        spec.encode(df, name=f"site {name!r} batch", allow_empty=config.dp is not None and config.dp.level == "record")
     if eval_data is not None:
         spec.encode(eval_data, name="eval_data")
 
@@ -206,6 +206,7 @@ def simulate(
                 prior_events=site_events[name],
             )
             site_events[name].extend(updates[name].events)
+            _log_site(name, number, updates[name].metrics, config)
         if secure:
             total, survivors, bytes_up = _secure_round(
                 updates, config, f"{run_id}/round-{number}", dropped, seed
@@ -231,6 +232,15 @@ def simulate(
     if privacy["level"] == "record":
         privacy["events"] = site_events
     return FederatedResult(history=history, checkpoint=ckpt, spec=spec, config=config, privacy=privacy)
+
+
+def _log_site(site: str, number: int, metrics: Mapping[str, Any], config: FederatedConfig) -> None:
+    """A site's training diagnostics, which :func:`~.client.client_update` never logs (in a DAG
+    they are statistics of the site's rows); the simulation plays every site, so it may."""
+    logger.info("site %s round %d: train loss %.4f (%d rows)", site, number, metrics["train_loss"], metrics["examples"])
+    if metrics.get("clipped_coordinates"):
+        logger.warning("site %s round %d: %d update coordinate(s) beyond update_bound=%g were clipped",
+                       site, number, metrics["clipped_coordinates"], config.update_bound)
 
 
 def _site_means(updates: Mapping[str, ClientUpdate], survivors: Sequence[str]) -> dict[str, float | None]:

@@ -40,8 +40,8 @@ def _sites(n_sites=3, n=80):
 
 
 def test_round_trip_through_bytes_and_uri_keeps_everything(tmp_path):
-    config = FederatedConfig(strategy="fedadam", secure=True, dp={"level": "record", "noise_multiplier": 1.0})
-    res = simulate(_sites(), SPEC, rounds=2, strategy="fedadam", dp={"level": "record", "noise_multiplier": 1.0}, random_source=0)
+    config = FederatedConfig(strategy="fedadam", secure=True, dp={"level": "record", "noise_multiplier": 1.0, "max_rows": 80})
+    res = simulate(_sites(), SPEC, rounds=2, strategy="fedadam", dp={"level": "record", "noise_multiplier": 1.0, "max_rows": 80}, random_source=0)
     ckpt = res.checkpoint
     assert ckpt.round == 2 and set(ckpt.server_state) == {"m", "v"}
     assert set(ckpt.privacy["record"]) == {"site_0", "site_1", "site_2"}
@@ -104,7 +104,7 @@ def test_a_config_change_that_invalidates_the_checkpoint_is_an_error_naming_it()
     changed = [
         (FederatedConfig(strategy="fedadam"), SPEC, "config.strategy"),
         (FederatedConfig(strategy="fedavgm", model="mlp"), SPEC, "config.model"),
-        (FederatedConfig(strategy="fedavgm", dp={"level": "record", "epsilon": 3.0}), SPEC, "config.dp"),
+        (FederatedConfig(strategy="fedavgm", dp={"level": "record", "epsilon": 3.0, "max_rows": 80}), SPEC, "config.dp"),
         (config, FeatureSpec.build(["x", "g"], "y", ranges={"x": (-5, 5)}, categories={"g": ["a", "b"]}), "spec.ranges"),
     ]
     for new_config, spec, field in changed:

@@ -99,7 +99,7 @@ def test_dp_sgd_clips_every_example_gradient():
     df = frame(100)
     config = FederatedConfig(
         secure=False, lr=1.0, batch_size=100,
-        dp={"level": "record", "noise_multiplier": 1e-6, "max_grad_norm": 1e-3},
+        dp={"level": "record", "noise_multiplier": 1e-6, "max_rows": 100, "max_grad_norm": 1e-3},
     )
     upd = client_update(init_checkpoint(SPEC, config, seed=0), df, SPEC, config, site="s", random_source=0)
     # q = 1: one step on every row; the clipped mean has norm <= C, so the step <= lr * C
@@ -110,9 +110,9 @@ def test_dp_sgd_clips_every_example_gradient():
 
 def test_dp_sgd_without_clipping_or_noise_is_plain_sgd():
     df = frame(100)
-    kw = dict(secure=False, lr=0.5, batch_size=100)
+    kw = dict(secure=False, lr=0.5, batch_size=100, weighting="uniform")
     plain = FederatedConfig(**kw)
-    dp = FederatedConfig(**kw, dp={"level": "record", "noise_multiplier": 1e-9, "max_grad_norm": 1e6}, weighting="examples")
+    dp = FederatedConfig(**kw, dp={"level": "record", "noise_multiplier": 1e-9, "max_rows": 100, "max_grad_norm": 1e6})
     a = client_update(init_checkpoint(SPEC, plain, seed=0), df, SPEC, plain, site="s", random_source=0)
     b = client_update(init_checkpoint(SPEC, dp, seed=0), df, SPEC, dp, site="s", random_source=0)
     np.testing.assert_allclose(a.vector, b.vector, rtol=1e-4, atol=1e-7)
@@ -121,18 +121,20 @@ def test_dp_sgd_without_clipping_or_noise_is_plain_sgd():
 
 def test_record_level_target_epsilon_is_met_per_site_over_all_rounds():
     sites = {f"site_{i}": frame(150 + 50 * i, seed=i) for i in range(3)}
-    dp = {"level": "record", "epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    dp = {"level": "record", "epsilon": 2.0, "max_rows": 250, "delta": 1e-5, "max_grad_norm": 1.0}
     res = simulate(sites, SPEC, rounds=3, lr=0.3, dp=dp, random_source=0)
     eps = [h["epsilon"] for h in res.history]
     assert eps == sorted(eps) and eps[0] > 0
     assert 1.9 < res.privacy["epsilon"] <= 2.0
     assert set(res.privacy["per_site"]) == set(sites)
-    for site, df in sites.items():
+    for site in sites:
         events = res.privacy["events"][site]  # the site's own (its ledger dataset's, in the DAG)
         assert len(events) == 3
         assert {e["kind"] for e in events} == {"poisson_subsampled_gaussian"}
-        assert events[0]["sampling_probability"] == pytest.approx(64 / len(df))
-        assert events[0]["count"] == math.ceil(len(df) / 64)
+        # planned from the declared max_rows, not from the site's 150 / 200 / 250 rows
+        assert events[0]["sampling_probability"] == 64 / 250
+        assert events[0]["count"] == math.ceil(250 / 64)
+        assert events == res.privacy["events"]["site_0"]
         assert res.privacy["per_site"][site] == pytest.approx(compose_federated_epsilon(events, 1e-5))
         assert res.privacy["per_site"][site] <= 2.0
         # the shared checkpoint holds only the spend the site reported
@@ -142,11 +144,11 @@ def test_record_level_target_epsilon_is_met_per_site_over_all_rounds():
     assert all("clipped_fraction" not in h and "train_loss" not in h for h in res.checkpoint.history)
 
 
-def test_record_level_report_holds_only_the_spent_epsilon_and_the_events_stay_on_the_site():
-    config = FederatedConfig(lr=0.3, dp={"level": "record", "epsilon": 2.0})
+def test_record_level_report_holds_only_the_spent_epsilon_and_the_events_are_charged_on_the_site():
+    config = FederatedConfig(lr=0.3, dp={"level": "record", "epsilon": 2.0, "max_rows": 200})
     ckpt = init_checkpoint(SPEC, config, seed=0)
     upd = client_update(ckpt, frame(150), SPEC, config, site="s", random_source=0)
-    assert upd.events[0]["sampling_probability"] == pytest.approx(64 / 150)  # names the row count
+    assert upd.events[0]["sampling_probability"] == 64 / 200  # the public plan, not 64 / 150
     eps = compose_federated_epsilon(upd.events, 1e-5)
     assert upd.report() == {"site": "s", "round": 0, "config_hash": ckpt.config_hash,
                             "privacy": {"epsilon": pytest.approx(eps), "delta": 1e-5}}
@@ -154,9 +156,10 @@ def test_record_level_report_holds_only_the_spent_epsilon_and_the_events_stay_on
 
 
 def test_record_level_round_needs_the_sites_earlier_events():
-    config = FederatedConfig(lr=0.3, rounds=3, dp={"level": "record", "epsilon": 2.0})
+    dp = {"level": "record", "epsilon": 2.0, "max_rows": 150}
+    config = FederatedConfig(lr=0.3, rounds=3, dp=dp)
     sites = {f"s{i}": frame(150, seed=i) for i in range(3)}
-    res = simulate(sites, SPEC, rounds=1, lr=0.3, dp={"level": "record", "epsilon": 2.0}, random_source=0)
+    res = simulate(sites, SPEC, rounds=1, lr=0.3, dp=dp, random_source=0)
     ckpt, df = res.checkpoint, sites["s0"]
     with pytest.raises(InvalidParameterError, match="spent epsilon=.* in earlier rounds") as exc:
         client_update(ckpt, df, SPEC, config, site="s0", random_source=1)  # as if nothing was spent
@@ -166,14 +169,14 @@ def test_record_level_round_needs_the_sites_earlier_events():
     upd = client_update(ckpt, df, SPEC, config, site="s0", prior_events=res.privacy["events"]["s0"], random_source=1)
     assert res.privacy["per_site"]["s0"] < upd.privacy["epsilon"] <= 2.0
     # resuming a simulation: each site's events come along
-    more = simulate(sites, SPEC, rounds=3, lr=0.3, dp={"level": "record", "epsilon": 2.0}, checkpoint=ckpt,
+    more = simulate(sites, SPEC, rounds=3, lr=0.3, dp=dp, checkpoint=ckpt,
                     prior_events=res.privacy["events"], random_source=2)
     assert [len(more.privacy["events"][s]) for s in sites] == [3, 3, 3]
     assert 1.9 < more.privacy["epsilon"] <= 2.0
 
 
 def test_record_level_weighting_defaults_to_uniform():
-    config = FederatedConfig(dp={"level": "record", "epsilon": 1.0})
+    config = FederatedConfig(dp={"level": "record", "epsilon": 1.0, "max_rows": 100})
     assert config.weighting == "uniform"
     assert FederatedConfig().weighting == "examples"
 

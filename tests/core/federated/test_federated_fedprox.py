@@ -70,7 +70,7 @@ def test_fedprox_term_is_applied_under_dp_sgd_too():
     for mu in (0.01, 5.0):
         config = FederatedConfig(
             secure=False, strategy="fedprox", mu=mu, lr=0.3, local_epochs=3,
-            dp={"level": "record", "noise_multiplier": 0.5, "max_grad_norm": 1.0},
+            dp={"level": "record", "noise_multiplier": 0.5, "max_rows": 300, "max_grad_norm": 1.0},
         )
         ckpt = init_checkpoint(SPEC, config, seed=0)
         norms[mu] = client_update(ckpt, df, SPEC, config, site="s", random_source=0).metrics["update_norm"]

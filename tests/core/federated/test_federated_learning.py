@@ -82,7 +82,7 @@ def test_dp_sgd_at_epsilon_8_stays_within_5_points_of_central(demo):
     res = simulate(
         sites, **FEATURES, model="logistic", rounds=ROUNDS, local_epochs=LOCAL_EPOCHS,
         batch_size=BATCH, lr=LR, secure=True, eval_data=test, random_source=0,
-        dp={"level": "record", "epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0},
+        dp={"level": "record", "epsilon": 8, "max_rows": 5 * 600, "delta": 1e-5, "max_grad_norm": 1.0},
     )
     private = res.history[-1]["eval_accuracy"]
     print(f"\ncentral accuracy {central:.4f}, federated DP-SGD (epsilon <= 8 per site) {private:.4f}, "

@@ -113,5 +113,5 @@ def test_progress_is_logged_per_site_and_round(caplog):
     with caplog.at_level(logging.INFO, logger="airflow_privacy.federated"):
         simulate(SITES, SPEC, rounds=2, random_source=0)
     messages = [r.getMessage() for r in caplog.records if r.name == "airflow_privacy.federated"]
-    assert any("site site_1 round 2 epoch 1/1: train loss" in m for m in messages)
+    assert any(m.startswith("site site_1 round 2: train loss") and m.endswith("(60 rows)") for m in messages)
     assert any(m.startswith("round 2/2: 3 site(s)") for m in messages)
