@@ -8,7 +8,8 @@ budget ledger can store them and re-compose the whole history with any accountan
     (pure ε = aΔ1 each).
 ``{"kind": "discrete_gaussian", "sigma": σ, "sensitivity": Δ2, "epsilon": ε, "delta": δ, "count": k}``
     k runs of discrete Gaussian noise on a query whose neighbours differ in one coordinate by
-    at most the integer Δ2; (ε, δ) is the target it was calibrated to (used by ``basic``).
+    at most the integer Δ2; (ε, δ) is the target it was calibrated to, checked against σ when
+    the event is validated (``basic`` charges the ε that σ gives at δ).
 ``{"kind": "exponential", "epsilon": ε, "count": k}``
     k runs of the exponential mechanism (pure ε-DP, and ε²/8-zCDP as a bounded-range mechanism).
 ``{"kind": "pure", "epsilon": ε, "count": k}``
@@ -46,6 +47,7 @@ looser than the plain sum).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections import Counter
@@ -104,7 +106,9 @@ def validate_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Every event needs a known ``kind`` and its parameters as finite numbers (``delta`` in
     [0, 1), ``sampling_probability`` in (0, 1], integer sensitivities of the discrete
-    mechanisms, everything else > 0); ``count`` is an integer >= 1 (default 1).
+    mechanisms, everything else > 0); ``count`` is an integer >= 1 (default 1). Declared
+    figures must follow from the mechanism's own parameters (a discrete Gaussian's (ε, δ) from
+    its σ and Δ; a σ-carrying zCDP event's ρ), see :func:`_check_declared`.
 
     :raises InvalidParameterError: naming the event's position, the key and the bad value.
     """
@@ -137,8 +141,63 @@ def validate_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise InvalidParameterError(f"events[{i}].{key}", v, f"{kind}: {allowed}")
             norm[key] = int(v) if (kind, key) in _INTEGER_KEYS else float(v)
         norm["count"] = int(count)
+        _check_declared(i, norm)
         out.append(norm)
     return out
+
+
+_DECLARED_SLACK = 1e-9  # relative: float round-off between a calibration and this check
+
+
+def _check_declared(i: int, ev: dict[str, Any]) -> None:
+    """Refuse an event whose declared figures its own mechanism parameters do not support.
+
+    A ``discrete_gaussian`` event's (ε, δ) is checked with the exact hockey-stick divergence
+    of its σ and Δ (CKS20 Thm 7: ``δ(ε) = Σ_x (P(x) - e^ε P(x-Δ))_+``, no discretisation);
+    a ``zcdp`` or ``distributed_discrete_gaussian`` event that names its σ must declare at
+    least the ρ they give (CKS20 Thm 14: Δ2²/2σ²; KLS21 Prop. 14). Issue 17 defect 5: a
+    σ = 0.5 Gaussian declaring ε = 0.01 (its true ε at δ = 1e-6 is 9.996) was charged 50
+    times against a cap of 1 under basic composition.
+    """
+    kind = ev["kind"]
+    if kind == "discrete_gaussian":
+        actual = _discrete_gaussian_delta(ev["sigma"], ev["sensitivity"], ev["epsilon"])
+        if actual > ev["delta"] * (1 + _DECLARED_SLACK):
+            raise InvalidParameterError(
+                f"events[{i}].epsilon", ev["epsilon"],
+                f"a discrete Gaussian with sigma={ev['sigma']:.6g} and sensitivity={ev['sensitivity']} is not "
+                f"({ev['epsilon']:.6g}, {ev['delta']:.3g})-DP: at that epsilon its delta is {actual:.3g}, and at that "
+                f"delta its epsilon is {_discrete_gaussian_epsilon(ev['sigma'], ev['sensitivity'], ev['delta']):.6g}; "
+                "declare what sigma gives, or let the ledger compute it")
+    elif kind in ("zcdp", "distributed_discrete_gaussian") and is_real_number(ev.get("sigma")):
+        rho = _declared_rho_floor(ev)
+        if rho is not None and ev["rho"] < rho * (1 - _DECLARED_SLACK):
+            raise InvalidParameterError(
+                f"events[{i}].rho", ev["rho"], f"{kind}: its sigma={ev['sigma']:.6g} gives rho={rho:.6g}; "
+                "a mechanism may not declare less than its noise gives")
+
+
+def _declared_rho_floor(ev: dict[str, Any]) -> float | None:
+    """The ρ that a σ-carrying zCDP event's own parameters give, when it names them."""
+    if ev["kind"] == "zcdp" and is_real_number(ev.get("l2_sensitivity")):
+        return float(ev["l2_sensitivity"]) ** 2 / (2 * float(ev["sigma"]) ** 2)
+    keys = ("sites", "sensitivity", "dimension")
+    if ev["kind"] == "distributed_discrete_gaussian" and all(is_real_number(ev.get(k)) for k in keys):
+        from airflow_privacy.core.federated.accounting import ddg_rho
+
+        return ddg_rho(float(ev["sigma"]), int(ev["sites"]), float(ev["sensitivity"]), int(ev["dimension"]))
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _discrete_gaussian_delta(sigma: float, sensitivity: int, epsilon: float) -> float:
+    losses, probs, outside = pld.discrete_gaussian_atoms(sigma, sensitivity)
+    return pld.hockey_stick(losses, probs, epsilon, outside)
+
+
+@functools.lru_cache(maxsize=1024)
+def _discrete_gaussian_epsilon(sigma: float, sensitivity: int, delta: float) -> float:
+    return pld.discrete_gaussian(sigma, sensitivity).epsilon_for_delta(delta)
 
 
 def outright_delta(events: list[dict[str, Any]]) -> float:
@@ -160,7 +219,9 @@ def event_epsilon_delta(ev: dict[str, Any]) -> tuple[float, float]:
         return ev["epsilon"], 0.0
     if kind == "approx":
         return ev["epsilon"], ev["delta"]
-    return ev["epsilon"], ev["delta"]  # discrete_gaussian: its calibration target
+    # discrete_gaussian: the ε its σ gives at the declared δ (pessimistic PLD), never the declared
+    # ε -- a history written before events were checked is charged from σ too.
+    return _discrete_gaussian_epsilon(ev["sigma"], ev["sensitivity"], ev["delta"]), ev["delta"]
 
 
 def _grouped(events: list[dict[str, Any]]) -> Counter:
