@@ -5,11 +5,11 @@
 * Gaussian: the analytic Gaussian mechanism of Balle & Wang, "Improving the Gaussian
   Mechanism for Differential Privacy", ICML 2018, Theorem 8 / Algorithm 1: the smallest σ
   with Φ(Δ/2σ − εσ/Δ) − e^ε Φ(−Δ/2σ − εσ/Δ) ≤ δ. For the *discrete* Gaussian the σ is then
-  raised until dp-accounting's exact privacy-loss distribution of the discrete mechanism
-  (CKS20 Thm 7) meets (ε, δ) -- the two differ in the third decimal.
+  raised until the ledger's exact privacy-loss distribution of the discrete mechanism
+  (:mod:`.pld`, CKS20 Thm 7) meets (ε, δ) -- the two differ in the third decimal.
 * Multivariate discrete Gaussian (a unit changes several coordinates): ρ-zCDP with
   ρ = Δ2²/2σ² (CKS20 Thm 14); :func:`zcdp_rho` is the largest ρ whose (ε, δ) conversion --
-  dp-accounting's RDP conversion (Canonne-Kamath-Steinke 2020, Prop. 12) -- meets the target.
+  the ledger's RDP conversion (:mod:`.rdp`; Canonne-Kamath-Steinke 2020, Prop. 12) -- meets the target.
 """
 
 from __future__ import annotations
@@ -80,11 +80,11 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
 
 def discrete_gaussian_sigma(epsilon: float, delta: float, sensitivity: int) -> float:
     """σ of a discrete Gaussian that is (ε, δ)-DP for integer sensitivity, checked exactly."""
-    from dp_accounting.pld import privacy_loss_distribution as pld
+    from airflow_privacy.core.dp import pld
 
     sigma = analytic_gaussian_sigma(epsilon, delta, sensitivity)
     for _ in range(200):
-        eps = pld.from_discrete_gaussian_mechanism(sigma, sensitivity=sensitivity).get_epsilon_for_delta(delta)
+        eps = pld.discrete_gaussian(sigma, sensitivity).epsilon_for_delta(delta)
         if eps <= epsilon:
             return sigma
         sigma *= 1.001

@@ -13,7 +13,7 @@ carries the sum of ``m`` shares, and by their Theorem 1 the release satisfies
 for neighbouring sums whose difference has L2 norm ≤ Δ2 and L1 norm ≤ Δ1 (in fixed-point
 units) over ``d`` coordinates. More surviving shares only add noise (post-processing), so
 calibrating for the minimum surviving cohort ``m = threshold`` is safe. The concentrated DP
-guarantee is converted to (ε, δ) with dp-accounting's RDP accountant.
+guarantee is converted to (ε, δ) with the ledger's RDP conversion (:mod:`.rdp`).
 
 Neighbouring relation: the summed vectors differ by one privacy unit's contribution, bounded
 by the declared L2 sensitivity (value units) -- the caller must ensure its per-site vectors
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from airflow_privacy.core.dp import rdp
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.dp.noise import RandomSource, discrete_gaussian
 from airflow_privacy.core.errors import InvalidParameterError
@@ -77,11 +78,7 @@ def kls_rho(share_sigma2: float, m: int, l1: float, l2: float, d: int) -> float:
 
 
 def _rho_to_epsilon(rho: float, delta: float) -> float:
-    import dp_accounting
-
-    acc = dp_accounting.rdp.RdpAccountant()
-    acc.compose(dp_accounting.ZCDpEvent(rho))
-    return float(acc.get_epsilon(delta))
+    return rdp.epsilon_from_rdp(rdp.zcdp_curve(rho), delta)
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,7 +2,9 @@
 
 Two event kinds, JSON-able dicts like those of :mod:`airflow_privacy.core.dp.accounting`
 (which does not know them yet, so :func:`compose_federated_epsilon` composes them here,
-with dp-accounting directly):
+with the package's own accountants, :mod:`airflow_privacy.core.dp.pld` and
+:mod:`airflow_privacy.core.dp.rdp`; the dp-accounting names below are their equivalents there,
+which the tests use as the oracle):
 
 ``{"kind": "poisson_subsampled_gaussian", "noise_multiplier": z, "sampling_probability": q, "count": T}``
     ``T`` steps of DP-SGD (Abadi et al. 2016): every row joins a step's batch independently
@@ -32,16 +34,13 @@ parameters only) are kept once for the federation, in the checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
-import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from airflow_privacy.core.dp import pld, rdp
 from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError
 
 SUBSAMPLED_GAUSSIAN = "poisson_subsampled_gaussian"
@@ -85,9 +84,7 @@ def ddg_event(sigma: float, sites: int, sensitivity: int, dimension: int) -> dic
     }
 
 
-def _dp_event(ev: Mapping[str, Any]):
-    import dp_accounting
-
+def _validated(ev: Mapping[str, Any]) -> Mapping[str, Any]:
     kind = ev.get("kind")
     count = ev.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
@@ -96,26 +93,22 @@ def _dp_event(ev: Mapping[str, Any]):
         z, q = ev.get("noise_multiplier"), ev.get("sampling_probability")
         if not isinstance(z, (int, float)) or not z > 0 or not isinstance(q, (int, float)) or not 0 < q <= 1:
             raise InvalidParameterError("events", dict(ev), "expected noise_multiplier > 0 and 0 < sampling_probability <= 1")
-        one = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
     elif kind in (DISTRIBUTED_DISCRETE_GAUSSIAN, ZCDP):
         rho = ev.get("rho")
         if not isinstance(rho, (int, float)) or not rho > 0:
             raise InvalidParameterError("events.rho", rho, "expected a number > 0")
-        one = dp_accounting.ZCDpEvent(rho)
     else:
         raise InvalidParameterError("events", dict(ev), f"each event needs kind in {EVENT_KINDS}")
-    return dp_accounting.SelfComposedDpEvent(one, count) if count > 1 else one
+    return ev
 
 
-def _accountant(name: str, events: list[Mapping[str, Any]]):
-    from dp_accounting.pld import PLDAccountant
-    from dp_accounting.rdp import RdpAccountant
-
+def _accountant(name: str, events: list[Mapping[str, Any]]) -> str:
+    """The accountant that composes ``events``: ``name``, or ``rdp`` where zCDP events have no PLD."""
     if name not in ("rdp", "pld"):
         raise InvalidParameterError("accountant", name, "expected 'rdp' or 'pld'")
     if name == "pld" and any(ev.get("kind") in (DISTRIBUTED_DISCRETE_GAUSSIAN, ZCDP) for ev in events):
-        name = "rdp"  # zCDP events have no PLD; see the module docstring
-    return RdpAccountant() if name == "rdp" else PLDAccountant()
+        return "rdp"  # zCDP events have no PLD; see the module docstring
+    return name
 
 
 def grouped(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -127,46 +120,28 @@ def grouped(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{**dict(key), "count": n} for key, n in counts.items()]
 
 
-def _composed(events: list[Mapping[str, Any]], accountant: str):
-    events = grouped(events)
-    acc = _accountant(accountant, events)
-    for ev in events:
-        acc.compose(_dp_event(ev))
-    return acc
-
-
-@functools.lru_cache(maxsize=512)
-def _unit_rdp(noise_multiplier: float, sampling_probability: float) -> np.ndarray:
-    """RDP curve of one subsampled-Gaussian step (cached: every round re-composes the same
-    few events, and the fractional orders are the expensive part of dp-accounting)."""
-    from dp_accounting.rdp import RdpAccountant
-
-    acc = RdpAccountant()
-    acc.compose(_dp_event(subsampled_gaussian_event(noise_multiplier, sampling_probability, 1)))
-    curve = acc.rdp
-    curve.setflags(write=False)
-    return curve
+def _composed(events: list[Mapping[str, Any]]) -> pld.PrivacyLossDistribution:
+    """The PLD of DP-SGD ``events`` (connect-the-dots, FFT composition; :mod:`.dp.pld`)."""
+    total = None
+    for ev in grouped(events):
+        _validated(ev)
+        one = pld.poisson_subsampled_gaussian(float(ev["noise_multiplier"]), float(ev["sampling_probability"]))
+        part = one.self_compose(ev["count"])
+        total = part if total is None else total.compose(part)
+    return total
 
 
 def _rdp_curve(events: list[Mapping[str, Any]]) -> np.ndarray:
     # RDP composes by adding curves order by order (Mironov 2017, Prop. 1).
-    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
-
-    orders = np.asarray(DEFAULT_RDP_ORDERS, dtype=np.float64)
-    total = np.zeros_like(orders)
+    total = np.zeros_like(rdp.ORDERS)
     for ev in grouped(events):
-        _dp_event(ev)  # validates
+        _validated(ev)
         if ev["kind"] == SUBSAMPLED_GAUSSIAN:
-            total = total + ev["count"] * _unit_rdp(float(ev["noise_multiplier"]), float(ev["sampling_probability"]))
+            step = rdp.subsampled_gaussian_curve(float(ev["noise_multiplier"]), float(ev["sampling_probability"]))
+            total = total + ev["count"] * step
         else:
-            total = total + ev["count"] * float(ev["rho"]) * orders
+            total = total + ev["count"] * rdp.zcdp_curve(float(ev["rho"]))
     return total
-
-
-def _rdp_epsilon(curve: np.ndarray, delta: float) -> float:
-    from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
-
-    return float(compute_epsilon(np.asarray(DEFAULT_RDP_ORDERS, dtype=np.float64), curve, delta)[0])
 
 
 def compose_federated_epsilon(
@@ -174,31 +149,15 @@ def compose_federated_epsilon(
 ) -> float:
     """Smallest epsilon such that all ``events`` together are (epsilon, ``delta``)-DP.
 
-    ``"rdp"``: Renyi DP over dp-accounting's default orders (its ``RdpAccountant``, with the
-    per-step curves cached); ``"pld"``: dp-accounting's ``PLDAccountant``.
+    ``"rdp"``: Renyi DP over dp-accounting's default orders (:mod:`.dp.rdp`, the per-step
+    curves cached); ``"pld"``: privacy-loss distributions (:mod:`.dp.pld`).
     """
     events = list(events)
     if not events:
         return 0.0
-    _accountant(accountant, events)  # validates the name
-    with _quiet_absl():
-        if accountant == "rdp" or any(e.get("kind") == DISTRIBUTED_DISCRETE_GAUSSIAN for e in events):
-            return _rdp_epsilon(_rdp_curve(events), delta)
-        return float(_composed(events, accountant).get_epsilon(delta))
-
-
-@contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
-    # At small noise multipliers dp-accounting drops a few non-converging RDP orders with a
-    # warning each (the calibration search visits many); the bound stays valid, only
-    # computed over fewer orders.
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
+    if _accountant(accountant, events) == "rdp":
+        return rdp.epsilon_from_rdp(_rdp_curve(events), delta)
+    return _composed(events).epsilon_for_delta(delta)
 
 
 def calibrate_noise_multiplier(
@@ -224,35 +183,33 @@ def calibrate_noise_multiplier(
             f"{where} has spent epsilon={spent:.4g} of its target {target_epsilon:g} "
             f"(delta={delta:g}); no further DP-SGD round is possible"
         )
-    if accountant == "rdp":
+    if _accountant(accountant, prior) == "rdp":
         base_curve = _rdp_curve(prior)
 
         def epsilon(z: float) -> float:
-            step = _unit_rdp(z, float(sampling_probability))
-            return _rdp_epsilon(base_curve + steps * step, delta)
+            step = rdp.subsampled_gaussian_curve(z, float(sampling_probability))
+            return rdp.epsilon_from_rdp(base_curve + steps * step, delta)
     else:
-        base = _composed(prior, accountant) if prior else _accountant(accountant, [])
+        base = _composed(prior) if prior else None
 
         def epsilon(z: float) -> float:
-            acc = copy.deepcopy(base)
-            acc.compose(_dp_event(subsampled_gaussian_event(z, sampling_probability, steps)))
-            return float(acc.get_epsilon(delta))
+            run = pld.poisson_subsampled_gaussian(z, float(sampling_probability)).self_compose(steps)
+            return (run if base is None else base.compose(run)).epsilon_for_delta(delta)
 
-    with _quiet_absl():
-        lo, hi = 0.05, 1.0
-        while epsilon(hi) > target_epsilon:
-            lo, hi = hi, hi * 2
-            if hi > 1e6:  # pragma: no cover - only for absurd targets
-                raise InvalidParameterError(
-                    "dp.epsilon", target_epsilon, "cannot be met by any noise multiplier"
-                )
-        # Monotone: more noise, less epsilon. Keep hi feasible; bisect to 0.1 % in log space.
-        while hi / lo > 1.001:
-            mid = math.sqrt(lo * hi)
-            if epsilon(mid) > target_epsilon:
-                lo = mid
-            else:
-                hi = mid
+    lo, hi = 0.05, 1.0
+    while epsilon(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:  # pragma: no cover - only for absurd targets
+            raise InvalidParameterError(
+                "dp.epsilon", target_epsilon, "cannot be met by any noise multiplier"
+            )
+    # Monotone: more noise, less epsilon. Keep hi feasible; bisect to 0.1 % in log space.
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        if epsilon(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
     return hi
 
 
