@@ -5,6 +5,8 @@ Mounted by Airflow's API server under ``/privacy`` (see :mod:`.budget_dashboard`
 * ``GET /api/datasets`` -- every dataset's cap, spend, remaining ε, accountant, last release;
 * ``GET /api/datasets/{name}`` -- one dataset, with its cumulative-ε series;
 * ``GET /api/datasets/{name}/releases`` -- its releases, newest first (``limit``, ``offset``);
+  ``name`` percent-encoded (``/`` as ``%2F``) reaches every name, ``x/releases`` included
+  (a name's unencoded ``/`` works too, except before a final ``releases``);
 * ``GET /api/federated`` -- federated rounds (round, accuracy, ε) from the ``return_value``
   XCom of ``FederatedRoundOperator`` tasks; empty when there are none;
 * ``GET /`` and ``GET /dashboard`` -- the HTML dashboard; ``GET /dashboard/datasets/{name}``
@@ -26,6 +28,7 @@ because FastAPI serves them outside the app's dependencies.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -119,6 +122,24 @@ def _status(ledger: PrivacyLedger, name: str) -> BudgetStatus:
         return ledger.status(name)
     except KeyError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {name!r} has no privacy budget") from None
+
+
+class _JSON(JSONResponse):
+    """JSON where a non-finite number (inf or NaN written into the ledger by hand: caps are
+    validated finite) is ``null``, instead of the 500 that strict JSON encoding raises."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # -- URLs -------------------------------------------------------------------------------------
@@ -300,30 +321,37 @@ def create_app() -> FastAPI:
     def list_datasets(ledger: LedgerDep, user: UserDep) -> JSONResponse:
         can_read = _DagReadAccess(user)
         datasets = [_dataset_summary(s, _visible(ledger.history(s.dataset), can_read)) for s in ledger.datasets()]
-        return JSONResponse({"datasets": datasets, "total_entries": len(datasets)})
+        return _JSON({"datasets": datasets, "total_entries": len(datasets)})
 
-    # `:path` because dataset names may contain "/"; the releases route must come first.
-    @app.get("/api/datasets/{name:path}/releases", summary="Releases of a dataset, newest first")
-    def list_releases(request: Request, name: str, ledger: LedgerDep, user: UserDep,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
-        _status(ledger, name)
-        history = ledger.history(name)
-        return JSONResponse(_releases(request, name, history, _visible(history, _DagReadAccess(user)), limit, offset))
-
-    @app.get("/api/datasets/{name:path}", summary="Budget of one dataset and its cumulative ε")
-    def get_dataset(name: str, ledger: LedgerDep, user: UserDep) -> JSONResponse:
+    def dataset_body(name: str, ledger: PrivacyLedger, user: BaseUser) -> JSONResponse:
         s = _status(ledger, name)
         visible = _visible(ledger.history(name), _DagReadAccess(user))
         body = _dataset_summary(s, visible)
         body["cumulative_epsilon"] = [{"time": c.created_at.isoformat(), "spent_epsilon": c.spent_epsilon}
                                       for c in visible]
-        return JSONResponse(body)
+        return _JSON(body)
+
+    # `:path` because dataset names may contain "/"; the releases route must come first. Routing
+    # sees the percent-decoded path, so `x%2Freleases` (the dataset "x/releases") lands here too:
+    # only a literal "/releases" at the end of the raw path asks for releases.
+    @app.get("/api/datasets/{name:path}/releases", summary="Releases of a dataset, newest first")
+    def list_releases(request: Request, name: str, ledger: LedgerDep, user: UserDep,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+        if not request.scope.get("raw_path", b"/releases").endswith(b"/releases"):
+            return dataset_body(f"{name}/releases", ledger, user)
+        _status(ledger, name)
+        history = ledger.history(name)
+        return _JSON(_releases(request, name, history, _visible(history, _DagReadAccess(user)), limit, offset))
+
+    @app.get("/api/datasets/{name:path}", summary="Budget of one dataset and its cumulative ε")
+    def get_dataset(name: str, ledger: LedgerDep, user: UserDep) -> JSONResponse:
+        return dataset_body(name, ledger, user)
 
     @app.get("/api/federated", summary="Federated learning rounds: round, accuracy, spent ε")
     def federated(request: Request, user: UserDep) -> JSONResponse:
         models = _federated_rounds(request, user)
-        return JSONResponse({"models": models, "total_entries": len(models)})
+        return _JSON({"models": models, "total_entries": len(models)})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     @app.get("/dashboard", response_class=HTMLResponse, summary="Dashboard page")

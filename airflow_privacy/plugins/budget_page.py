@@ -20,6 +20,10 @@ import jinja2
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#000000")
 _MAX_MARKERS = 200  # per series; beyond that the step line alone stays readable
+_Y_CEILING = 1e6
+"""Highest ε the chart's axis reaches. A stored value beyond it (a cap nobody can mean, like
+1.7e308, or inf/NaN written into the ledger by hand) is drawn at this height -- its label
+and the tables show the stored number -- instead of overflowing the axis arithmetic."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
     t0, t1 = t0 - pad, t1 + pad
     span_s = (t1 - t0).total_seconds()
 
-    y_max_data = max([s.cap_epsilon for s in series] + [e for s in series for _, e in s.points] + [0.0])
+    y_max_data = max([_plotted(s.cap_epsilon) for s in series] + [_plotted(e) for s in series for _, e in s.points]
+                     + [0.0])
     y_step = _nice_step(y_max_data * 1.05 if y_max_data > 0 else 1.0)
     y_max = y_step * math.ceil((y_max_data * 1.05 if y_max_data > 0 else 1.0) / y_step)
 
@@ -90,7 +95,7 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
         return round(left + plot_w * (t - t0).total_seconds() / span_s, 2)
 
     def y(e: float) -> float:
-        return round(top + plot_h * (1 - e / y_max), 2)
+        return round(top + plot_h * (1 - _plotted(e) / y_max), 2)
 
     y_ticks = []
     n = 0
@@ -130,6 +135,11 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
         "width": width, "height": height, "left": left, "right": width - right, "top": top,
         "bottom": height - bottom, "y_ticks": y_ticks, "x_ticks": x_ticks, "lines": lines,
     }
+
+
+def _plotted(value: float) -> float:
+    """Where a stored ε is drawn: within [0, _Y_CEILING]; NaN at 0."""
+    return min(max(value, 0.0), _Y_CEILING) if not math.isnan(value) else 0.0
 
 
 _TEMPLATES = {
