@@ -9,6 +9,10 @@ Security guarantees (details and citations in each module):
   associated data raise :class:`~airflow_privacy.core.errors.IntegrityError`, never
   garbage output; file decryption publishes its output atomically. Key rotation re-wraps
   the data key without touching the body (:func:`rewrap`).
+* :mod:`.recipients` / :mod:`.suites` / :mod:`.hybrid` -- public-key encryption to a data
+  holder: :class:`PublicKeyRing` (producers: encrypt only) and :class:`PrivateKeyRing`
+  (the holder: decrypt), HPKE (RFC 9180, X25519/HKDF-SHA256/AES-256-GCM) or RSA-OAEP-3072
+  wraps of the same segmented body, optional Ed25519 producer signatures.
 * :mod:`.columns` -- column tokens ``v1:<kek id>:<base64url>``: randomized AES-256-GCM (hides
   everything but approximate length) or deterministic AES-256-SIV (reveals equality within
   a column under one key, and approximate length; joinable).
@@ -24,7 +28,6 @@ from airflow_privacy.core.crypto.columns import decrypt_columns, encrypt_columns
 from airflow_privacy.core.crypto.envelope import (
     DEFAULT_SEGMENT_SIZE,
     RewrapResult,
-    SourceChangedError,
     decrypt_bytes,
     decrypt_file,
     encrypt_bytes,
@@ -33,10 +36,14 @@ from airflow_privacy.core.crypto.envelope import (
     rewrap,
 )
 from airflow_privacy.core.crypto.keyring import KeyRing
+from airflow_privacy.core.crypto.recipients import PrivateKeyRing, PublicKeyRing, load_key_material
+from airflow_privacy.core.crypto.stream import SourceChangedError
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "KeyRing",
+    "PrivateKeyRing",
+    "PublicKeyRing",
     "RewrapResult",
     "SourceChangedError",
     "decrypt_bytes",
@@ -46,5 +53,6 @@ __all__ = [
     "encrypt_columns",
     "encrypt_file",
     "inspect_header",
+    "load_key_material",
     "rewrap",
 ]

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from airflow_privacy.core.errors import IntegrityError, InvalidParameterError
 
-__all__ = ["KeyRing", "KEY_BYTES", "KEY_ID_PATTERN"]
+__all__ = ["IdRing", "KeyRing", "KEY_BYTES", "KEY_ID_PATTERN"]
 
 KEY_BYTES = 32
 """Every KEK is 256 bits."""
@@ -54,36 +54,19 @@ class _Key:
     created: str
 
 
-class KeyRing:
-    """An immutable set of KEKs with ids, one of which is the primary.
-
-    Build one with :meth:`generate` or :meth:`from_json`; derive new rings with
-    :meth:`rotate` and :meth:`without`. Instances are never modified in place.
-
-    JSON form (what :meth:`to_json` writes and :meth:`from_json` accepts, e.g. in the
-    password field of a ``privacy_keys`` Airflow connection)::
-
-        {"version": 1, "primary": "3f9a0c12",
-         "keys": [{"id": "3f9a0c12", "key": "<base64 of 32 bytes>",
-                   "created": "2025-01-31T09:00:00+00:00"}]}
-    """
+class IdRing:
+    """What every key ring shares: immutable entries by id, one of them primary, and a
+    ``repr`` that shows ids only."""
 
     __slots__ = ("_keys", "_primary")
+    _keys: dict[str, Any]
+    _primary: str
 
-    def __init__(self, keys: Iterable[_Key], primary_id: str) -> None:
-        """Internal: use :meth:`generate`, :meth:`from_json`, :meth:`rotate`.
-
-        :param keys: the key entries, oldest first.
-        :param primary_id: id of the key new encryptions use; must be one of ``keys``.
-        """
-        entries = tuple(keys)
-        by_id: dict[str, _Key] = {}
+    def _store(self, entries: Iterable[Any], primary_id: str) -> None:
+        """Keep ``entries`` (objects with a ``key_id``) by id: unique, non-empty, the
+        primary among them."""
+        by_id: dict[str, Any] = {}
         for entry in entries:
-            if not isinstance(entry, _Key):
-                raise InvalidParameterError("keys", type(entry).__name__, "expected key entries")
-            _check_key_id(entry.key_id, "key_id")
-            if len(entry.material) != KEY_BYTES:
-                raise InvalidParameterError("key", _REDACTED, f"expected {KEY_BYTES} bytes")
             if entry.key_id in by_id:
                 raise InvalidParameterError("key_id", entry.key_id, "key ids must be unique")
             by_id[entry.key_id] = entry
@@ -97,7 +80,61 @@ class KeyRing:
         object.__setattr__(self, "_primary", primary_id)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("KeyRing is immutable; rotate() and without() return new rings")
+        raise AttributeError(f"{type(self).__name__} is immutable; its methods return new rings")
+
+    @property
+    def primary_id(self) -> str:
+        """Id of the key that new encryptions (and re-wraps) use."""
+        return self._primary
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """All key ids, oldest first."""
+        return tuple(self._keys)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(primary_id={self._primary!r}, ids={self.ids!r})"
+
+    __str__ = __repr__
+    __hash__ = None  # type: ignore[assignment]
+
+
+class KeyRing(IdRing):
+    """An immutable set of KEKs with ids, one of which is the primary.
+
+    Build one with :meth:`generate` or :meth:`from_json`; derive new rings with
+    :meth:`rotate` and :meth:`without`. Instances are never modified in place.
+
+    JSON form (what :meth:`to_json` writes and :meth:`from_json` accepts, e.g. in the
+    password field of a ``privacy_keys`` Airflow connection)::
+
+        {"version": 1, "primary": "3f9a0c12",
+         "keys": [{"id": "3f9a0c12", "key": "<base64 of 32 bytes>",
+                   "created": "2025-01-31T09:00:00+00:00"}]}
+    """
+
+    __slots__ = ()
+
+    def __init__(self, keys: Iterable[_Key], primary_id: str) -> None:
+        """Internal: use :meth:`generate`, :meth:`from_json`, :meth:`rotate`.
+
+        :param keys: the key entries, oldest first.
+        :param primary_id: id of the key new encryptions use; must be one of ``keys``.
+        """
+        entries = tuple(keys)
+        for entry in entries:
+            if not isinstance(entry, _Key):
+                raise InvalidParameterError("keys", type(entry).__name__, "expected key entries")
+            _check_key_id(entry.key_id, "key_id")
+            if len(entry.material) != KEY_BYTES:
+                raise InvalidParameterError("key", _REDACTED, f"expected {KEY_BYTES} bytes")
+        self._store(entries, primary_id)
 
     # -- construction ------------------------------------------------------------------
 
@@ -133,33 +170,12 @@ class KeyRing:
 
     # -- inspection (never secrets) --------------------------------------------------------
 
-    @property
-    def primary_id(self) -> str:
-        """Id of the key that new encryptions and re-wraps use."""
-        return self._primary
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        """All key ids, oldest first."""
-        return tuple(self._keys)
-
     def describe(self) -> list[dict[str, Any]]:
         """JSON-able summary without key material: ``[{"id", "created", "primary"}]``."""
         return [
             {"id": k.key_id, "created": k.created, "primary": k.key_id == self._primary}
             for k in self._keys.values()
         ]
-
-    def __contains__(self, key_id: object) -> bool:
-        return key_id in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __repr__(self) -> str:
-        return f"KeyRing(primary_id={self._primary!r}, ids={self.ids!r})"
-
-    __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, KeyRing):
@@ -173,8 +189,6 @@ class KeyRing:
                 for k in self._keys.values()
             )
         )
-
-    __hash__ = None  # type: ignore[assignment]
 
     # -- serialization -----------------------------------------------------------------------
 
@@ -206,27 +220,7 @@ class KeyRing:
 
         :param text: the JSON document (``str`` or UTF-8 ``bytes``).
         """
-        if isinstance(text, (bytes, bytearray)):
-            try:
-                text = bytes(text).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidParameterError("keyring", _REDACTED, "not UTF-8 text") from None
-        if not isinstance(text, str):
-            raise InvalidParameterError(
-                "keyring", type(text).__name__, "expected the key-ring JSON as str or bytes"
-            )
-        try:
-            doc = json.loads(text, object_pairs_hook=_reject_duplicate_fields)
-        except _DuplicateField as exc:
-            raise InvalidParameterError(
-                "keyring", _REDACTED, f"duplicate field {exc.args[0]!r} in key-ring JSON"
-            ) from None
-        except ValueError as exc:
-            # JSONDecodeError carries the whole document in .doc: never chain it.
-            where = f"line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-            raise InvalidParameterError(
-                "keyring", _REDACTED, f"not valid JSON ({where})".replace(" ()", "")
-            ) from None
+        doc = parse_ring_json(text)
         _expect_fields(doc, "keyring", {"version", "primary", "keys"})
         version = doc["version"]
         if type(version) is not int or version != _FORMAT_VERSION:
@@ -277,6 +271,32 @@ class KeyRing:
                 "the data was encrypted under a key that was removed or belongs to another ring"
             )
         return HKDF(hashes.SHA256(), length, salt, purpose).derive(entry.material)
+
+
+def parse_ring_json(text: Any) -> Any:
+    """The JSON document of a key ring (str or UTF-8 bytes), duplicate fields refused;
+    errors never quote the text, which may hold keys."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidParameterError("keyring", _REDACTED, "not UTF-8 text") from None
+    if not isinstance(text, str):
+        raise InvalidParameterError(
+            "keyring", type(text).__name__, "expected the key-ring JSON as str or bytes"
+        )
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_fields)
+    except _DuplicateField as exc:
+        raise InvalidParameterError(
+            "keyring", _REDACTED, f"duplicate field {exc.args[0]!r} in key-ring JSON"
+        ) from None
+    except ValueError as exc:
+        # JSONDecodeError carries the whole document in .doc: never chain it.
+        where = f"line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise InvalidParameterError(
+            "keyring", _REDACTED, f"not valid JSON ({where})".replace(" ()", "")
+        ) from None
 
 
 class _DuplicateField(Exception):

@@ -17,6 +17,7 @@ from airflow_privacy.core.crypto import (
     encrypt_bytes,
     encrypt_file,
     envelope,
+    filestream,
     inspect_header,
     rewrap,
 )
@@ -268,7 +269,7 @@ def test_a_source_changed_meanwhile_is_refused_and_nothing_published(
         src.write_bytes(data)
     else:
         src.write_bytes(encrypt_bytes(data, ring, segment_size=SEG))
-    original = envelope._pread_all
+    original = filestream._pread_all
     raced = []
 
     def racing_read(fd, view, offset):
@@ -282,7 +283,7 @@ def test_a_source_changed_meanwhile_is_refused_and_nothing_published(
                     fh.truncate(0)
         return original(fd, view, offset)
 
-    monkeypatch.setattr(envelope, "_pread_all", racing_read)
+    monkeypatch.setattr(filestream, "_pread_all", racing_read)
     run = encrypt_file if direction == "encrypt" else decrypt_file
     with pytest.raises(envelope.SourceChangedError, match="changed|shrank"):
         run(src, tmp_path / "out", ring)
@@ -290,7 +291,7 @@ def test_a_source_changed_meanwhile_is_refused_and_nothing_published(
 
 
 def _failing_pwrite(after: int):
-    original = envelope._pwrite_all
+    original = filestream._pwrite_all
     calls = []
 
     def pwrite(fd, view, offset):
@@ -310,10 +311,10 @@ def test_failed_write_is_raised_and_nothing_is_published(ring, tmp_path, monkeyp
     src = tmp_path / "p"
     src.write_bytes(os.urandom(10 * SEG + 1))  # 11 segments
     (tmp_path / "c").write_bytes(encrypt_bytes(os.urandom(10 * SEG + 1), ring, segment_size=SEG))
-    monkeypatch.setattr(envelope, "_pwrite_all", _failing_pwrite(after))
+    monkeypatch.setattr(filestream, "_pwrite_all", _failing_pwrite(after))
     with pytest.raises(OSError, match="No space left"):
         encrypt_file(src, tmp_path / "p.enc", ring, segment_size=SEG)
-    monkeypatch.setattr(envelope, "_pwrite_all", _failing_pwrite(after))
+    monkeypatch.setattr(filestream, "_pwrite_all", _failing_pwrite(after))
     with pytest.raises(OSError, match="No space left"):
         decrypt_file(tmp_path / "c", tmp_path / "c.out", ring)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "p"]
