@@ -174,6 +174,27 @@ def _check_bounds(bounds: Mapping[str, Any] | None, columns: set[str]) -> dict[s
     return out
 
 
+def check_release_spec(*, metrics: Mapping[str, Any], by: Sequence[str] | str = (),
+                       bounds: Mapping[str, Any] | None = None, mechanism: str = "laplace",
+                       delta: float | None = 0.0) -> None:
+    """The checks of :func:`dp_aggregate` that need no data -- what a DAG can verify when it
+    is parsed: the metric specs, output names apart from ``by``, declared bounds for every
+    value column, the mechanism, and δ > 0 for the Gaussian one (``delta=None``: not known
+    yet, e.g. a template rendered at run time; that check is left to :func:`dp_aggregate`).
+
+    :raises InvalidParameterError: the error :func:`dp_aggregate` would raise on any data.
+    """
+    specs = _parse_metrics(metrics)
+    by = [by] if isinstance(by, str) else list(by)
+    if clash := [m.name for m in specs if m.name in by]:
+        raise InvalidParameterError("metrics", clash, f"output names must differ from the group columns {by}")
+    if mechanism not in MECHANISMS:
+        raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
+    _check_bounds(bounds, {m.column for m in specs if m.column is not None})
+    if mechanism == "gaussian" and delta == 0:
+        raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
+
+
 def _public_frame(public_groups: Any, by: list[str]) -> pd.DataFrame:
     if isinstance(public_groups, pd.DataFrame):
         missing = [c for c in by if c not in public_groups.columns]
