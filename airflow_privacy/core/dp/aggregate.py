@@ -48,7 +48,7 @@ Construction
        in the bounds (clamped values rounded to the grid), rank utility with ties handled
        (Smith, STOC 2011), sensitivity Linf, ε/L0 per group, sampled exactly with integer
        arithmetic and the random source (rejection with CKS20's exact Bernoulli(exp(−γ)); cf.
-       Ilvento, CCS 2020). See :func:`_dp_quantiles`.
+       Ilvento, CCS 2020). See :func:`.quantiles.dp_quantiles`.
     6. Private partition selection: the candidates are only the groups that still hold a unit
        after bounding (a group bounding emptied is never a candidate), and a group is released
        when its noisy unit count
@@ -79,7 +79,6 @@ from airflow_privacy.core.dp.calibration import (
 )
 from airflow_privacy.core.dp.noise import (
     RandomSource,
-    bernoulli_exp_array,
     default_random_source,
     discrete_gaussian,
     discrete_gaussian_variance,
@@ -88,15 +87,19 @@ from airflow_privacy.core.dp.noise import (
     numpy_generator,
     rational_at_least,
     stochastic_round,
-    uniform_below,
+)
+from airflow_privacy.core.dp.quantiles import dp_quantiles
+from airflow_privacy.core.dp.spec import (
+    MECHANISMS,
+    apply_bins,
+    check_bounds,
+    parse_metrics,
+    public_frame,
 )
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
-METRICS = ("count", "count_units", "sum", "mean", "variance", "std", "quantile", "median")
-MECHANISMS = ("laplace", "gaussian")
 _NOISE_STEPS = 1 << 12  # the noise of a fixed-point sum spans at least this many grid steps...
 _MAX_ROW_STEPS = 1 << 14  # ...unless one value's range would need more than this many
-_QUANTILE_CANDIDATES = 1 << 12  # quantile outputs: a power-of-two grid of ~this many points
 
 
 @dataclass(frozen=True)
@@ -115,141 +118,6 @@ class DPResult:
     cost: PrivacyCost
     noise_sd: dict[str, float] = field(default_factory=dict)
     grid: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Metric:
-    name: str
-    kind: str
-    column: str | None = None
-    q: float | None = None
-
-
-def _parse_metrics(metrics: Mapping[str, Any]) -> list[_Metric]:
-    if not isinstance(metrics, Mapping) or not metrics:
-        raise InvalidParameterError("metrics", metrics, "expected a non-empty dict {output_name: spec}")
-    out = []
-    for name, spec in metrics.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidParameterError("metrics", name, "output names must be non-empty strings")
-        parts = (spec,) if isinstance(spec, str) else tuple(spec) if isinstance(spec, (list, tuple)) else None
-        if not parts or parts[0] not in METRICS:
-            raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected a kind in {METRICS}")
-        kind = parts[0]
-        if kind in ("count", "count_units"):
-            if len(parts) != 1:
-                raise InvalidParameterError(f"metrics[{name!r}]", spec, f"'{kind}' takes no column")
-            out.append(_Metric(name, kind))
-            continue
-        if len(parts) < 2 or not isinstance(parts[1], str):
-            raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected ('{kind}', column[, ...])")
-        if kind == "median":
-            kind, parts = "quantile", ("quantile", parts[1], 0.5)
-        if kind == "quantile":
-            q = parts[2] if len(parts) == 3 else None
-            if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
-                raise InvalidParameterError(f"metrics[{name!r}]", spec, "expected ('quantile', column, q) with 0 < q < 1")
-            out.append(_Metric(name, kind, parts[1], float(q)))
-        else:
-            if len(parts) != 2:
-                raise InvalidParameterError(f"metrics[{name!r}]", spec, f"expected ('{kind}', column)")
-            out.append(_Metric(name, kind, parts[1]))
-    return out
-
-
-def _check_bounds(bounds: Mapping[str, Any] | None, columns: set[str]) -> dict[str, tuple[float, float]]:
-    bounds = dict(bounds or {})
-    out = {}
-    for col in sorted(columns):
-        if col not in bounds:
-            raise InvalidParameterError("bounds", bounds, f"column {col!r} needs declared bounds (lo, hi)")
-        b = bounds[col]
-        try:
-            lo, hi = (float(x) for x in b)
-        except (TypeError, ValueError):
-            raise InvalidParameterError(f"bounds[{col!r}]", b, "expected a pair (lo, hi) of numbers") from None
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise InvalidParameterError(f"bounds[{col!r}]", b, "expected finite lo < hi")
-        out[col] = (lo, hi)
-    return out
-
-
-def check_release_spec(*, metrics: Mapping[str, Any], by: Sequence[str] | str = (),
-                       bounds: Mapping[str, Any] | None = None, mechanism: str = "laplace",
-                       delta: float | None = 0.0) -> None:
-    """The checks of :func:`dp_aggregate` that need no data -- what a DAG can verify when it
-    is parsed: the metric specs, output names apart from ``by``, declared bounds for every
-    value column, the mechanism, and δ > 0 for the Gaussian one (``delta=None``: not known
-    yet, e.g. a template rendered at run time; that check is left to :func:`dp_aggregate`).
-
-    :raises InvalidParameterError: the error :func:`dp_aggregate` would raise on any data.
-    """
-    specs = _parse_metrics(metrics)
-    by = [by] if isinstance(by, str) else list(by)
-    if clash := [m.name for m in specs if m.name in by]:
-        raise InvalidParameterError("metrics", clash, f"output names must differ from the group columns {by}")
-    if mechanism not in MECHANISMS:
-        raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
-    _check_bounds(bounds, {m.column for m in specs if m.column is not None})
-    if mechanism == "gaussian" and delta == 0:
-        raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
-
-
-def _public_frame(public_groups: Any, by: list[str]) -> pd.DataFrame:
-    if isinstance(public_groups, pd.DataFrame):
-        missing = [c for c in by if c not in public_groups.columns]
-        if missing:
-            raise InvalidParameterError("public_groups", list(public_groups.columns), f"must have the group columns {by}")
-        frame = public_groups[by]
-        dup = frame.duplicated()
-        if dup.any():
-            raise InvalidParameterError("public_groups", frame[dup].head(3).to_dict("records"),
-                                        "each group may be listed once (duplicate rows)")
-    elif isinstance(public_groups, Mapping):
-        if sorted(public_groups) != sorted(by):
-            raise InvalidParameterError("public_groups", sorted(public_groups), f"keys must be exactly {by}")
-        for c in by:
-            values = pd.Series(list(public_groups[c]), dtype=object)
-            dup = values.duplicated()
-            if dup.any():
-                raise InvalidParameterError(f"public_groups[{c!r}]", list(values[dup].head(3)),
-                                            "each value may be listed once (duplicates)")
-        frame = pd.MultiIndex.from_product([list(public_groups[c]) for c in by], names=by).to_frame(index=False)
-    else:
-        raise InvalidParameterError("public_groups", type(public_groups).__name__, "expected a DataFrame or {column: values}")
-    if frame.empty:
-        raise InvalidParameterError("public_groups", public_groups, "expected at least one group")
-    return frame.reset_index(drop=True)
-
-
-def _apply_bins(df: pd.DataFrame, bins: Mapping[str, Sequence[float]], by: list[str], public_groups: Any):
-    """Replace binned ``by`` columns by their labels; make the labels public groups."""
-    if not isinstance(bins, Mapping):
-        raise InvalidParameterError("bins", bins, "expected {column: [edges...]}")
-    df = df.copy(deep=False)
-    labels_of: dict[str, list[str]] = {}
-    for col, edges in bins.items():
-        if col not in by:
-            raise InvalidParameterError("bins", col, "binned columns must be listed in `by`")
-        try:
-            e = np.asarray(edges, dtype=float)
-        except (TypeError, ValueError):
-            raise InvalidParameterError(f"bins[{col!r}]", edges, "expected increasing numeric edges") from None
-        if e.ndim != 1 or len(e) < 2 or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
-            raise InvalidParameterError(f"bins[{col!r}]", edges, "expected at least 2 finite, strictly increasing edges")
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            raise SchemaError(f"column {col!r} must be numeric to be binned, got {df[col].dtype}")
-        labels = [f"[{a:g}, {b:g})" for a, b in zip(e[:-1], e[1:], strict=True)]
-        labels[-1] = labels[-1][:-1] + "]"
-        values = df[col].to_numpy(dtype=float, na_value=np.nan)
-        idx = np.clip(np.searchsorted(e, values, side="right") - 1, 0, len(labels) - 1)
-        df[col] = pd.Series(np.asarray(labels, dtype=object)[idx], index=df.index).where(~np.isnan(values))
-        labels_of[col] = labels
-    if public_groups is None and set(by) == set(labels_of):
-        public_groups = {c: labels_of[c] for c in by}
-    elif isinstance(public_groups, Mapping):
-        public_groups = {**{c: labels_of[c] for c in labels_of}, **public_groups}
-    return df, public_groups
 
 
 @dataclass(frozen=True)
@@ -471,7 +339,7 @@ def dp_aggregate(
     delta = check_delta(delta)
     if accountant not in ACCOUNTANTS:
         raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
-    specs = _parse_metrics(metrics)
+    specs = parse_metrics(metrics)
     if isinstance(by, str):
         by = [by]
     by = list(by)
@@ -490,12 +358,12 @@ def dp_aggregate(
     missing = sorted(c for c in needed if c not in df.columns)
     if missing:
         raise SchemaError(f"input lacks column(s) {missing}; it has {list(df.columns)}")
-    col_bounds = _check_bounds(bounds, value_cols)
+    col_bounds = check_bounds(bounds, value_cols)
     for col in value_cols:
         if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
             raise SchemaError(f"column {col!r} must be numeric for {sorted(m.kind for m in specs if m.column == col)}, got {df[col].dtype}")
     if bins:
-        df, public_groups = _apply_bins(df, bins, by, public_groups)
+        df, public_groups = apply_bins(df, bins, by, public_groups)
     private_selection = bool(by) and public_groups is None
     if private_selection and delta == 0:
         raise InvalidParameterError(
@@ -522,7 +390,7 @@ def dp_aggregate(
     # -- groups and bounding ----------------------------------------------------------------
     data = df[list(needed)]
     if public_groups is not None:
-        groups = _public_frame(public_groups, by)
+        groups = public_frame(public_groups, by)
         if len(by) == 1:  # a flat index: no n-row MultiIndex to build
             group_codes = pd.Index(groups[by[0]]).get_indexer(data[by[0]])
         else:
@@ -679,7 +547,7 @@ def dp_aggregate(
     for q in queries:
         if q[0] == "quantile":
             col, qq = q[1], q[2]
-            answers[q] = _dp_quantiles(data[col].to_numpy(dtype=float, na_value=np.nan), gcodes, n_groups,
+            answers[q] = dp_quantiles(data[col].to_numpy(dtype=float, na_value=np.nan), gcodes, n_groups,
                                        col_bounds[col], qq, share / l0, linf, rng)
 
     # -- assemble the table (post-processing only) ------------------------------------------
@@ -719,92 +587,3 @@ def _int_group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.
     return sums
 
 
-def _quantile_grid(bounds: tuple[float, float], candidates: int) -> tuple[float, int, int]:
-    """``(g, first, m)``: the candidates are ``(first + k)·g``, k < m, with ``g`` the finest power
-    of two giving at most ``candidates + 1`` of them inside the bounds (data-independent)."""
-    lo, hi = bounds
-    g = 2.0 ** math.ceil(math.log2((hi - lo) / candidates))
-    first, last = math.ceil(lo / g), math.floor(hi / g)
-    return g, first, last - first + 1
-
-
-def _quantile_rate(eps_group: float, linf: int) -> tuple[int, int]:
-    """``(A, F)``: the exponential mechanism's rate ε_group/(2·Linf) rounded *down* to A/2^F with
-    2^20 <= A < 2^21 (relative loss < 2^-20; rounding down only adds privacy)."""
-    rate = Fraction(eps_group) / (2 * linf)
-    log2_den = 20 - math.floor(math.log2(rate))
-    if log2_den > 52:
-        raise InvalidParameterError("epsilon", eps_group, "too small for a quantile (rate below 2^-32)")
-    return math.floor(rate * (1 << log2_den)), log2_den
-
-
-def _dp_quantiles(
-    values: np.ndarray,
-    gcodes: np.ndarray,
-    n_groups: int,
-    bounds: tuple[float, float],
-    q: float,
-    eps_group: float,
-    linf: int,
-    rng: RandomSource,
-    candidates: int = _QUANTILE_CANDIDATES,
-) -> np.ndarray:
-    """Per-group ε_group-DP q-quantile: the exponential mechanism (McSherry-Talwar 2007) over a
-    fixed grid of candidates, sampled *exactly* (no floating-point Gumbel or uniform).
-
-    Candidates: the power-of-two grid of :func:`_quantile_grid` over the bounds, the same for
-    every group and independent of the data; clamped values are rounded to their nearest
-    candidate (a fixed per-row map, error <= g/2), so tied values sit on a candidate. With
-    L(c) = #{x < c}, E(c) = #{x = c}, n values and target rank t = floor(q·n), the score is
-
-        s(c) = max(L(c) - t, t - L(c) - E(c), 0)   (utility -s; = |L(c) - q·n| up to rounding
-                                                   of q·n wherever E(c) = 0)
-
-    so a candidate holding the quantile among ties scores 0 (the plain |L - q·n| would score
-    every candidate alike when all values tie). Adding or removing one value moves L, E, t
-    and n by at most one each, in ways that change s by at most 1 (Smith, STOC 2011, for the
-    rank utility), so a unit's <= Linf values change it by <= Linf: sampling
-    P[c] ∝ exp(-A/2^F · s(c)) with A/2^F <= ε_group/(2·Linf) is ε_group-DP.
-
-    Sampling: rejection from the uniform proposal over the candidates, accepting c with
-    probability exp(-A/2^F · (s(c) - min s)) by the exact Bernoulli(exp(-γ)) of
-    Canonne-Kamath-Steinke 2020 (Algorithm 1) on rational γ with uniform integers from the
-    random source -- the output distribution is exactly the exponential mechanism's, as
-    Ilvento ("Implementing the Exponential Mechanism with Base-2 Differential Privacy",
-    CCS 2020) requires of an implementation; the rational rate plays the role of her base-2
-    parameter. All groups draw batches of proposals at once (first acceptance per group
-    wins); expected proposals per group <= the number of candidates.
-    """
-    lo, hi = bounds
-    g, first, m = _quantile_grid(bounds, candidates)
-    base = first * g
-    rate_num, log2_den = _quantile_rate(eps_group, linf)
-    valid = ~np.isnan(values)
-    idx = np.clip(np.rint((np.clip(values[valid], lo, hi) - base) / g), 0, m - 1).astype(np.int64)
-    gv = gcodes[valid]
-    out = np.empty(n_groups, dtype=float)
-    qq = Fraction(q)
-    chunk = max(1, (1 << 22) // m)  # groups per block: a block's score matrix holds <= 2^22 entries
-    order = np.argsort(gv, kind="stable")
-    gv, idx = gv[order], idx[order]
-    starts = np.searchsorted(gv, np.arange(0, n_groups + chunk, chunk))
-    for b, g0 in enumerate(range(0, n_groups, chunk)):
-        k = min(chunk, n_groups - g0)
-        rows = slice(starts[b], starts[b + 1])
-        counts = np.bincount((gv[rows] - g0) * m + idx[rows], minlength=k * m).reshape(k, m)
-        n = counts.sum(axis=1)
-        t = np.array([int(qq * int(x)) for x in n], dtype=np.int64)[:, None]  # floor(q·n), exact
-        below = np.cumsum(counts, axis=1) - counts
-        score = np.maximum(np.maximum(below - t, t - below - counts), 0)
-        score -= score.min(axis=1, keepdims=True)
-        chosen = np.full(k, -1, dtype=np.int64)
-        todo, batch = np.arange(k), 64
-        while todo.size:
-            props = uniform_below(rng, m, todo.size * batch).astype(np.int64).reshape(todo.size, batch)
-            accept = bernoulli_exp_array(rng, rate_num * score[todo[:, None], props].ravel(), log2_den)
-            accept = accept.reshape(todo.size, batch)
-            hit = accept.any(axis=1)
-            chosen[todo[hit]] = props[hit, accept[hit].argmax(axis=1)]
-            todo, batch = todo[~hit], min(batch * 2, 1 << 12)
-        out[g0:g0 + k] = base + chosen * g
-    return np.clip(out, lo, hi)

@@ -186,11 +186,6 @@ def _exp_minus_one(rng: RandomSource, size: int) -> np.ndarray:
     return out
 
 
-def bernoulli_exp_array(rng: RandomSource, num: np.ndarray, log2_den: int) -> np.ndarray:
-    """:func:`bernoulli_exp_ratio` with the denominator ``2^log2_den`` (0 <= log2_den <= 52)."""
-    return bernoulli_exp_ratio(rng, num, 1 << log2_den)
-
-
 def round_with_words(v: np.ndarray, words: np.ndarray) -> np.ndarray:
     """Unbiased randomized rounding to the integers, ``floor(v) + [u < v - floor(v)]``, with
     ``u`` the top 53 bits of each uniform ``uint64`` word scaled to [0, 1): the same rule for

@@ -27,7 +27,8 @@ def _quantile_score(values: np.ndarray, released: float, q: float, bounds, eps_g
     """(score of the released candidate, its bound): the exponential mechanism's utility
     theorem (McSherry-Talwar 2007) -- P[s >= min s + (ln m + ln 1/β)/a] <= β at rate
     a = ε_group/(2·Linf) -- with s the rank score of the candidate grid (see _dp_quantiles)."""
-    from airflow_privacy.core.dp.aggregate import _QUANTILE_CANDIDATES, _quantile_grid
+    from airflow_privacy.core.dp.quantiles import QUANTILE_CANDIDATES as _QUANTILE_CANDIDATES
+    from airflow_privacy.core.dp.quantiles import quantile_grid as _quantile_grid
 
     g, first, m = _quantile_grid(bounds, _QUANTILE_CANDIDATES)
     cands = (first + np.arange(m)) * g
@@ -322,7 +323,7 @@ def test_quantile_selection_probabilities_are_the_exponential_mechanism():
     is compared with the chi-square(8) quantile at 1 - 1e-6."""
     from scipy.stats import chi2
 
-    from airflow_privacy.core.dp.aggregate import _dp_quantiles
+    from airflow_privacy.core.dp.quantiles import dp_quantiles as _dp_quantiles
 
     groups, values = 20_000, np.array([1.0, 2.0, 2.0, 5.0])
     draws = _dp_quantiles(np.tile(values, groups), np.repeat(np.arange(groups), 4), groups, (0.0, 8.0), 0.5,

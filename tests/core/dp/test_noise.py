@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from airflow_privacy.core.dp.noise import (
-    bernoulli_exp_array,
     bernoulli_exp_ratio,
     discrete_gaussian,
     discrete_gaussian_variance,
@@ -101,7 +100,7 @@ def test_vectorized_bernoulli_exp_is_exact(gamma):
     """Frequency of Bernoulli(exp(-γ)) over N draws: binomial sd sqrt(p(1-p)/N); 5 sd."""
     log2_den = 20
     num = np.full(N, int(gamma * (1 << log2_den)), dtype=np.int64)
-    x = bernoulli_exp_array(random.Random(17), num, log2_den)
+    x = bernoulli_exp_ratio(random.Random(17), num, 1 << log2_den)
     p = math.exp(-float(gamma))
     assert abs(x.mean() - p) <= 5 * math.sqrt(p * (1 - p) / N) + (1e-12 if p in (0, 1) else 0)
 
