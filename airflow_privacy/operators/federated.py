@@ -9,16 +9,20 @@ global checkpoint) and ``rounds_per_run`` rounds of:
 * ``train_<site>`` -- :class:`FederatedClientOperator` on the site's queue: loads the global
   checkpoint, trains on the site's own batch, keeps its update in site storage (encrypted
   under the site's key ring; a retry resubmits the same update), plans and charges
-  record-level DP against the site's own ledger dataset, logs its training diagnostics
-  and publishes only a report (site, round, config hash, spent epsilon);
+  record-level DP against the site's own ledger dataset, writes its training diagnostics
+  to its own storage and publishes only a report (site, round, config hash, spent epsilon);
 * ``secure_sum`` -- the masking secure sum of the sites' ``[weight * delta, weight]`` (site-
   level DP noise shares added before masking), see :mod:`.secure_sum`;
 * ``aggregate`` -- :class:`FederatedRoundOperator`: applies the server optimizer to the sum,
   evaluates, writes the next checkpoint (and a PNG of the metrics) atomically and returns
   ``{"checkpoint", "round", "metrics", "privacy"}``.
 
-Shared storage and XCom therefore hold checkpoints, masked updates, reports and aggregate
-metrics -- never a site's rows, unmasked update, row count, sampling rate, loss or norm.
+Shared storage, XCom, the ledger and the task logs therefore hold checkpoints, masked
+updates, reports, public-plan privacy events and aggregate metrics -- never a site's rows,
+unmasked update, row count, loss or norm. Task logs count as shared: Airflow serves them to
+every user of its UI. Under record-level DP the published epsilon and the ledger events do
+not depend on a site's row count either (DP-SGD is planned from the declared ``max_rows``,
+see :class:`~airflow_privacy.core.federated.RecordDP`).
 """
 
 from __future__ import annotations
@@ -155,7 +159,9 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
 
     Returns (and writes to shared storage) only ``update.report()``: site, round, config
     hash and, under record-level DP, the site's spent ``(epsilon, delta)``. Its training
-    diagnostics (rows, loss, update norm, clipping) go to this task's log on the site.
+    diagnostics (rows, loss, update norm, clipping: statistics of its rows, not DP) go to
+    ``<site_storage>/federated/<round>/<digest>/diagnostics.json`` in the site's own
+    storage; the task log, which every Airflow UI user can read, names only that file.
     """
 
     template_fields: Sequence[str] = ("source",)
@@ -174,8 +180,14 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
         self.key_conn_id = key_conn_id or f"privacy_keys_{site}"
         self._init_federated(sites, training, checkpoint_dir, shared_storage, round_name, dataset)
 
+    def _site_round_dir(self, context: Context) -> str:
+        return f"{self.site_storage.rstrip('/')}/federated/{self.round_name}/{self._digest(context)}"
+
     def update_path(self, context: Context) -> str:
-        return f"{self.site_storage.rstrip('/')}/federated/{self.round_name}/{self._digest(context)}/update.enc"
+        return f"{self._site_round_dir(context)}/update.enc"
+
+    def diagnostics_path(self, context: Context) -> str:
+        return f"{self._site_round_dir(context)}/diagnostics.json"
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_privacy.core.federated import ClientUpdate, client_update
@@ -192,7 +204,7 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             self.log.info("Site %s resubmits its update of round %d", self.site, update.round)
         else:
             df = io.read_batch(self.source)
-            self.log.info("Site %s trains on %d rows of %s", self.site, len(df), self.source)
+            self.log.info("Site %s trains on %s", self.site, self.source)
             try:
                 prior = self._prior_events(context, config)
                 update = client_update(self.latest, df, spec, config, site=self.site, prior_events=prior)
@@ -200,8 +212,10 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             except PrivacyError as exc:
                 raise AirflowFailException(f"site {self.site}: {exc}") from exc
             io.write_bytes(encrypt_bytes(update.to_bytes(), ring, associated_data=aad), path)
-        # Diagnostics of the site's rows (not DP): this task's log, on the site, only.
-        self.log.info("Site %s, update for round %d: %s", self.site, update.round + 1, update.metrics)
+        # Statistics of the site's rows (not DP): its own storage, never the task log.
+        io.write_bytes(json.dumps(update.metrics, default=float).encode(), self.diagnostics_path(context))
+        self.log.info("Site %s, update for round %d: training diagnostics (site-private) in %s",
+                      self.site, update.round + 1, self.diagnostics_path(context))
         report = update.report()
         io.write_bytes(json.dumps(report).encode(), self._report_path(context, self.site))
         return report

@@ -6,7 +6,9 @@ fail at parse time."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +38,32 @@ def _run(dagbag, date, sites):
     return run, {t.task_id: t for t in run.get_task_instances()}
 
 
-def test_two_runs_continue_rounds_and_accounting_with_a_dropout(dagbag, ledger_url, demo_root):
-    run1, tis1 = _run(dagbag, "2026-10-01", SITES)
+def test_two_runs_continue_rounds_and_accounting_with_a_dropout(dagbag, ledger_url, demo_root, caplog, capfd):
+    with caplog.at_level(logging.DEBUG):
+        run1, tis1 = _run(dagbag, "2026-10-01", SITES)
     assert run1.state == "success"
+    rows = {site: len(generate_batch(site, "2026-10-01")) for site in SITES}
+    assert len(set(rows.values())) == 3  # the sites differ in size...
+    # ... but not in what they publish: the DP-SGD plan is the declared max_rows' (issue 14 §3)
+    ledger = PrivacyLedger(ledger_url)
+    events = {site: [c.events for c in ledger.history(f"patients_{site}")] for site in SITES}
+    assert events["site_a"] == events["site_b"] == events["site_c"] and len(events["site_a"]) == 3
+    assert {e["sampling_probability"] for round_events in events["site_a"] for e in round_events} == {64 / 600}
+    reports = {site: tis1[f"federated.round_3.train_{site}"].xcom_pull(task_ids=f"federated.round_3.train_{site}")
+               for site in SITES}
+    assert len({json.dumps(r["privacy"]) for r in reports.values()}) == 1
+    # the site's statistics stay in its own storage; the task logs (every UI user reads them) hold none
+    home = Path(os.environ["AIRFLOW_HOME"])
+    diagnostics = {site: [json.loads(p.read_text()) for p in (home / "site-private" / site).rglob("diagnostics.json")]
+                   for site in SITES}
+    assert {site: [d["examples"] for d in found] for site, found in diagnostics.items()} == {
+        site: [n] * 3 for site, n in rows.items()}
+    # operators log through structlog to the process output, the core library through logging
+    logged = "\n".join([*(r.getMessage() for r in caplog.records), *capfd.readouterr()])
+    assert "Site site_a trains on" in logged and "diagnostics.json" in logged  # the task logs were captured
+    for site, n in rows.items():
+        assert not re.search(rf"\b{n}\b", logged), (site, n)
+    assert not [k for k in ("train loss", "'examples'", "clipped_fraction", "train_loss") if k in logged]
     r1 = tis1["federated.round_3.aggregate"].xcom_pull(task_ids="federated.round_3.aggregate")
     eps = [tis1[f"federated.round_{r}.aggregate"].xcom_pull(
         task_ids=f"federated.round_{r}.aggregate", key="privacy_budget")["spent_epsilon"] for r in (1, 2, 3)]
@@ -202,6 +227,11 @@ TRAINING = {"features": ["age", "sex"], "label": "outcome", "ranges": {"age": (0
         ({"learning_rate": 0.1}, "training", ["learning_rate"], "lr"),
         ({"sites": ["site_a", "site_b"]}, "sites", 2, "at least 3"),
         ({"rounds": 2, "rounds_per_run": 3}, "rounds_per_run", 3, "rounds=2"),
+        # issue 14 §2: the row count as the weight, under record-level DP
+        ({"dp": {"level": "record", "epsilon": 1.0, "max_rows": 600}, "weighting": "examples"}, "weighting",
+         "examples", "uniform"),
+        # issue 14 §3: DP-SGD is planned from a declared bound, not from the site's rows
+        ({"dp": {"level": "record", "epsilon": 1.0}}, "dp.max_rows", None, "integer >= 1"),
     ],
 )
 def test_bad_training_parameters_fail_when_the_dag_is_parsed(change, name, value, allowed):
@@ -217,6 +247,37 @@ def test_bad_training_parameters_fail_when_the_dag_is_parsed(change, name, value
                               shared_storage="x", site_storage="y", rounds_per_run=rounds_per_run)
     assert (exc.value.name, exc.value.value) == (name, value)
     assert allowed in exc.value.allowed and repr(value) in str(exc.value)
+
+
+_RECORD_DP_BY_EXAMPLES_DAG = """
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_privacy.operators.federated import FederatedClientOperator, federated_round_group
+
+TRAINING = {training!r}
+with DAG("{dag_id}", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+    {body}
+"""
+
+
+@pytest.mark.parametrize("body", [
+    'federated_round_group("f", sites=["site_a", "site_b", "site_c"], source="s", training=TRAINING, '
+    'checkpoint_dir="c", shared_storage="x", site_storage="y")',
+    'FederatedClientOperator(task_id="t", site="site_a", sites=["site_a", "site_b", "site_c"], source="s", '
+    'training=TRAINING, checkpoint_dir="c", shared_storage="x", site_storage="y")',
+])
+def test_record_level_dp_weighted_by_examples_is_an_import_error_of_the_dag_file(body, airflow_db, tmp_path):
+    """Issue 14 §2: refused when the DAG file is parsed, before any site trains."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    training = {**TRAINING, "weighting": "examples", "dp": {"level": "record", "epsilon": 8.0, "max_rows": 600}}
+    (tmp_path / "record_by_examples.py").write_text(
+        _RECORD_DP_BY_EXAMPLES_DAG.format(training=training, dag_id="record_by_examples", body=body))
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.dag_ids == []
+    (error,) = bag.import_errors.values()
+    assert "InvalidParameterError" in error and "weighting='examples'" in error and "expected 'uniform'" in error
 
 
 def test_parsing_the_example_dag_validates_without_importing_torch():
