@@ -10,14 +10,15 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto import KeyRing, PrivateKeyRing, PublicKeyRing, load_key_material
 from airflow_privacy.core.errors import InvalidParameterError
 
 
 class PrivacyKeyHook(BaseHook):
     """Load a key ring from an Airflow connection (or any secrets backend behind it).
 
-    The key ring JSON (``airflow-privacy keys generate``) lives in the connection's
+    The key ring JSON (``airflow-privacy keys generate``; with ``--recipient`` a holder's
+    private ring, or the public ring producers hold) lives in the connection's
     *password* field, which Airflow masks in logs and the UI; this hook additionally
     registers every key with the secrets masker in each form it could be printed in
     (:func:`key_forms`: base64 variants, hex, ``repr`` of the bytes), so a key that ends up
@@ -45,11 +46,31 @@ class PrivacyKeyHook(BaseHook):
         }
 
     def get_conn(self) -> KeyRing:
-        """The connection's key ring.
+        """The connection's symmetric key ring.
 
-        :raises InvalidParameterError: the password field is empty or not a valid key ring
-            (a :class:`~airflow_privacy.core.errors.PrivacyError`: retrying cannot help, so
-            operators fail without retry); the message names the field, never its content.
+        :raises InvalidParameterError: the password field is empty, not a valid key ring, or
+            a public-key ring (a :class:`~airflow_privacy.core.errors.PrivacyError`:
+            retrying cannot help, so operators fail without retry); the message names the
+            field, never its content.
+        """
+        material = self.get_key_material()
+        if not isinstance(material, KeyRing):
+            raise InvalidParameterError(
+                f"connection {self.key_conn_id!r} password",
+                f"<{type(material).__name__}>",
+                "this task needs a symmetric key ring (`airflow-privacy keys generate`)",
+            )
+        return material
+
+    get_keyring = get_conn
+
+    def get_key_material(self) -> KeyRing | PrivateKeyRing | PublicKeyRing:
+        """Whatever the connection holds: a symmetric :class:`KeyRing`, a holder's
+        :class:`PrivateKeyRing` (or a producer's signing key), or a :class:`PublicKeyRing`
+        (what a producer holds to encrypt to the holder; it decrypts nothing).
+
+        Every private key is registered with the secrets masker first, in each form it could
+        be printed in (:func:`key_forms`).
         """
         conn = self.get_connection(self.key_conn_id)
         text = conn.password
@@ -62,19 +83,18 @@ class PrivacyKeyHook(BaseHook):
         mask_secret(text)
         try:
             for key in json.loads(text).get("keys", []):
-                if isinstance(key, dict) and isinstance(key.get("key"), str):
-                    for form in key_forms(key["key"]):
-                        mask_secret(form)
+                for field in ("key", "private"):
+                    if isinstance(key, dict) and isinstance(key.get(field), str):
+                        for form in key_forms(key[field]):
+                            mask_secret(form)
         except (ValueError, AttributeError, TypeError):
-            pass  # KeyRing.from_json reports the problem without echoing the content
+            pass  # the ring's parser reports the problem without echoing the content
         try:
-            return KeyRing.from_json(text)
+            return load_key_material(text)
         except InvalidParameterError as exc:  # its value is already redacted
             raise InvalidParameterError(
                 f"connection {self.key_conn_id!r} password: {exc.name}", exc.value, exc.allowed
             ) from None
-
-    get_keyring = get_conn
 
 
 def key_forms(encoded: str) -> list[str]:

@@ -237,3 +237,177 @@ def test_hook_masks_every_printable_form_of_each_key(monkeypatch):
         ]
         for form in printed:  # a log line holding the form holds a masked string
             assert any(m in f"log: {form} end" for m in masked), form
+
+
+# -- public-key encryption to a data holder (issue 19) -----------------------------------------
+
+_ROLES_DAG_FILE = """
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_privacy.operators.crypto import DecryptOperator, EncryptOperator
+
+ROOT = {root!r}
+with DAG("holder_roles", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    for site in ("site_a", "site_b"):
+        EncryptOperator(
+            task_id=f"encrypt_{{site}}", source=f"{{ROOT}}/raw-{{site}}.parquet",
+            destination=f"{{ROOT}}/to-holder/{{site}}.parquet.enc", associated_data=f"site={{site}}",
+            recipient="privacy_recipient_holder", producer=site, queue=site,
+        )
+    # a site task holds only the holder's public ring (and its own symmetric ring)
+    site_a_own = DecryptOperator(
+        task_id="site_a_reads_own", source=f"{{ROOT}}/to-holder/site_a.parquet.enc",
+        destination=f"{{ROOT}}/leak/own.parquet", associated_data="site=site_a",
+        key_conn_id="privacy_recipient_holder", queue="site_a",
+    )
+    site_b_other = DecryptOperator(
+        task_id="site_b_reads_site_a", source=f"{{ROOT}}/to-holder/site_a.parquet.enc",
+        destination=f"{{ROOT}}/leak/other.parquet", associated_data="site=site_a",
+        key_conn_id="privacy_keys_site_b", queue="site_b",
+    )
+    holder = [
+        DecryptOperator(
+            task_id=f"holder_reads_{{site}}", source=f"{{ROOT}}/to-holder/{{site}}.parquet.enc",
+            destination=f"{{ROOT}}/holder/{{site}}.parquet", associated_data=f"site={{site}}",
+            key_conn_id="privacy_keys_holder", queue="holder",
+        )
+        for site in ("site_a", "site_b")
+    ]
+    dag.get_task("encrypt_site_a") >> [site_a_own, site_b_other, holder[0]]
+    dag.get_task("encrypt_site_b") >> holder[1]
+"""
+
+
+@pytest.fixture
+def holder_roles_dag(airflow_db, tmp_path, monkeypatch):
+    """A DAG of two site tasks encrypting to the holder, two site tasks trying to read, and
+    the holder's tasks; in a DAG bundle of its own (dag.test() runs only bundled DAGs)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_privacy.core.crypto import PrivateKeyRing
+
+    holder = PrivateKeyRing.generate(key_id="holder-2026")
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_KEYS_HOLDER",
+                       json.dumps({"conn_type": "privacy_keys", "password": holder.to_json()}))
+    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_RECIPIENT_HOLDER",
+                       json.dumps({"conn_type": "privacy_keys", "password": holder.public_ring().to_json()}))
+    root = tmp_path / "data"
+    for site in ("site_a", "site_b"):
+        write_batch(pd.DataFrame({"patient": [f"{site}-{i}" for i in range(50)], "value": range(50)}),
+                    str(root / f"raw-{site}.parquet"))
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "holder_roles.py").write_text(_ROLES_DAG_FILE.format(root=str(root)))
+    bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {}},
+               {"name": "holder-roles", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(folder), "refresh_interval": 0}}]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    return bag.get_dag("holder_roles"), root, holder
+
+
+def test_site_tasks_cannot_decrypt_what_sites_wrote_for_the_holder(
+    holder_roles_dag, airflow_home, capfd
+):
+    dag, root, holder = holder_roles_dag
+    run = dag.test(logical_date=pendulum.datetime(2026, 7, 2, tz="UTC"))
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    print("task states:", states)
+    assert states == {
+        "encrypt_site_a": "success", "encrypt_site_b": "success",
+        "site_a_reads_own": "failed", "site_b_reads_site_a": "failed",
+        "holder_reads_site_a": "success", "holder_reads_site_b": "success",
+    }
+    assert not (root / "leak").exists() or not any((root / "leak").iterdir())  # nothing written
+    for site in ("site_a", "site_b"):
+        assert read_batch(str(root / "holder" / f"{site}.parquet")).equals(
+            read_batch(str(root / f"raw-{site}.parquet")))
+        assert inspect_header(str(root / "to-holder" / f"{site}.parquet.enc"))["producer"] == site
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert tis["encrypt_site_a"].xcom_pull(task_ids="encrypt_site_a")["recipients"] == ["holder-2026"]
+    assert tis["holder_reads_site_b"].xcom_pull(task_ids="holder_reads_site_b")["producer"] == "site_b"
+    # the failures say why, in the task logs
+    logs = "\n".join(p.read_text(errors="ignore") for p in (airflow_home / "logs").rglob("*") if p.is_file())
+    captured = capfd.readouterr()
+    texts = [logs, captured.out, captured.err]
+    assert any("cannot decrypt with a public key ring" in t for t in texts)
+    assert any("private key ring, not a KeyRing" in t for t in texts)
+    # no private key material anywhere: logs, captured output, XComs
+    secret = json.loads(holder.to_json())["keys"][0]["private"]
+    forms = [secret, base64.b64decode(secret).hex(), base64.urlsafe_b64encode(base64.b64decode(secret)).decode()]
+    for ti in run.get_task_instances():
+        texts.append(json.dumps(ti.xcom_pull(task_ids=ti.task_id), default=str))
+    leaks = sum(form in t for form in forms for t in texts)
+    print(f"scanned {len(texts)} texts ({sum(map(len, texts))} chars) for {len(forms)} key forms: {leaks} leaks")
+    assert leaks == 0
+
+
+def _conn(monkeypatch, name: str, ring) -> str:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}",
+                       json.dumps({"conn_type": "privacy_keys", "password": ring.to_json()}))
+    return name
+
+
+def test_signed_recipient_files_escrow_and_holder_rotation(tmp_path, monkeypatch):
+    from airflow_privacy.core.crypto import PrivateKeyRing
+
+    holder = PrivateKeyRing.generate(key_id="holder-1")
+    escrow = PrivateKeyRing.generate(suite="rsa-oaep-3072-sha256", key_id="escrow")
+    signer = PrivateKeyRing.generate(suite="ed25519", key_id="site_a")
+    pub, esc = _conn(monkeypatch, "pub_holder", holder.public_ring()), _conn(monkeypatch, "pub_escrow", escrow.public_ring())
+    sign = _conn(monkeypatch, "sign_site_a", signer)
+    senders = _conn(monkeypatch, "senders", signer.public_ring())
+    src, enc = tmp_path / "p.bin", tmp_path / "p.bin.enc"
+    src.write_bytes(os.urandom(4000))
+    ret = EncryptOperator(task_id="e", source=str(src), destination=str(enc), recipient=[pub, esc],
+                          signer_conn_id=sign).execute({})
+    assert ret == {"output": str(enc), "bytes": enc.stat().st_size, "recipients": ["holder-1", "escrow"],
+                   "producer": "site_a", "signed": True}
+    _conn(monkeypatch, "holder_keys", holder)
+    ret = DecryptOperator(task_id="d", source=str(enc), destination=str(tmp_path / "o"),
+                          key_conn_id="holder_keys", senders_conn_id=senders).execute({})
+    assert ret["sender_verified"] is True and ret["recipient_key_id"] == "holder-1"
+    assert (tmp_path / "o").read_bytes() == src.read_bytes()
+    # the holder rotates its key pair; RotateKeysOperator moves the file, escrow kept
+    rotated = holder.rotate(key_id="holder-2")
+    _conn(monkeypatch, "holder_keys", rotated)
+    assert RotateKeysOperator(task_id="r", paths=[str(enc)], key_conn_id="holder_keys").execute({})["rewrapped"] == 1
+    assert [r["key_id"] for r in inspect_header(str(enc))["recipients"]] == ["holder-2", "escrow"]
+    decrypt_file(str(enc), str(tmp_path / "o2"), escrow)
+    assert (tmp_path / "o2").read_bytes() == src.read_bytes()
+    # a producer's public ring in RotateKeys (a site) fails without retry, touching nothing
+    before = enc.read_bytes()
+    with pytest.raises(AirflowFailException, match="public key ring"):
+        RotateKeysOperator(task_id="r", paths=[str(enc)], key_conn_id=pub).execute({})
+    assert enc.read_bytes() == before
+
+
+def test_recipient_parameters_and_wrong_connections_are_refused(tmp_path, monkeypatch):
+    from airflow_privacy.core.crypto import PrivateKeyRing
+
+    holder = PrivateKeyRing.generate()
+    for kwargs, name in [
+        ({"recipient": ""}, "recipient"),
+        ({"recipient": ["a", 1]}, "recipient"),
+        ({"recipient": "pub", "columns": ["a"]}, "recipient"),
+        ({"producer": "site_a"}, "producer"),
+    ]:
+        with pytest.raises(InvalidParameterError, match=name):
+            EncryptOperator(task_id="e", source="s", destination="d", **kwargs)
+    with pytest.raises(InvalidParameterError, match="senders_conn_id"):
+        DecryptOperator(task_id="d", source="s", destination="d", columns=["a"], senders_conn_id="x")
+    src = tmp_path / "p"
+    src.write_bytes(b"rows")
+    private = _conn(monkeypatch, "holder_private", holder)
+    # the holder's private ring given as the recipient: never handed to producers
+    with pytest.raises(AirflowFailException, match="holder_private.*recipient's public ring"):
+        EncryptOperator(task_id="e", source=str(src), destination=str(tmp_path / "c"),
+                        recipient=private).execute({})
+    # a symmetric task pointed at a public-key ring
+    with pytest.raises(AirflowFailException, match="needs a symmetric key ring"):
+        EncryptOperator(task_id="e", source=str(src), destination=str(tmp_path / "c"),
+                        key_conn_id=private).execute({})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
