@@ -89,7 +89,8 @@ def test_cost_events_compose_to_requested_budget(visits):
     # user-level sensitivity of the row count: L0*Linf = 6; the unit count reuses the
     # selection's noisy counts (post-processing), so it adds no event
     sens = sorted(e["sensitivity"] for e in res.cost.events if e["kind"] == "discrete_laplace")
-    assert sens.count(6) == 2 and "count_units" in res.noise_sd  # rows and count(cost)
+    # rows and count(cost) are one "cells" query (rows with / without a cost: each row in one cell)
+    assert sens.count(6) == 1 and "count_units" in res.noise_sd and "count(cost)" in res.noise_sd
 
 
 def test_user_level_mean_unbiased_over_repetitions():
@@ -392,8 +393,8 @@ def test_cost_is_the_ledgers_composition_and_never_above_epsilon(mechanism, sele
 
 
 def test_gaussian_release_spends_its_budget_with_less_noise():
-    """Four Gaussian metrics (five queries): the equal split calibrated each to (ε/5, δ/5)
-    and composed to ~43 % of ε; the searched common share spends >= 99 % of it, so the row
+    """Four Gaussian metrics (four queries: the row count and count(x) share one cells query):
+    the equal split calibrated each to (ε/5, δ/5) and composed to ~43 % of ε; the searched common share spends >= 99 % of it, so the row
     count's noise sd is smaller than the equal split's discrete Gaussian σ."""
     from airflow_privacy.core.dp.calibration import discrete_gaussian_sigma
 
@@ -402,22 +403,27 @@ def test_gaussian_release_spends_its_budget_with_less_noise():
     metrics = {"n": "count", "m": ("mean", "x"), "v": ("variance", "x"), "s": ("sum", "y")}
     res = dp_aggregate(df, epsilon=1.0, delta=1e-6, metrics=metrics, bounds={"x": (-3, 3), "y": (0, 5)},
                        mechanism="gaussian", random_source=3)
-    assert len(res.cost.events) == 5  # rows, count(x), normsum(x), normsq(x), sum(y)
+    assert len(res.cost.events) == 4  # cells(x) (rows with/without x), normsum(x), normsq(x), sum(y)
     assert 0.99 <= res.cost.epsilon <= 1.0
     equal_split_sigma = discrete_gaussian_sigma(1.0 / 5, 1e-6 / 5, 1)
     assert res.noise_sd["count"] < 0.7 * equal_split_sigma
 
 
-def test_pure_laplace_release_keeps_the_equal_split():
-    """δ = 0: composition is the basic sum, which ε/k per query already spends in full."""
+def test_pure_laplace_release_splits_epsilon_by_the_cube_root_rule():
+    """δ = 0: composition is the basic sum. Count + mean of a float column run two queries:
+    the cells count (rows with / without x; the count uses both cells, the mean the first:
+    weight a = 2 + 1) and normsum(x) (the mean: a = 1). ε_q ∝ a_q^(1/3) minimises the summed
+    variance Σ a_q/ε_q² under Σ ε_q = ε (plan.budget_weights), and the shares add up to ε."""
     from airflow_privacy.core.dp.noise import rational_at_least
 
     df = pd.DataFrame({"x": np.linspace(0, 1, 100)})
     res = dp_aggregate(df, epsilon=1.0, metrics={"n": "count", "m": ("mean", "x")}, bounds={"x": (0, 1)},
                        random_source=4)
-    for ev in res.cost.events:  # three queries: rows, count(x), normsum(x)
-        assert ev["parameter"] == float(1 / rational_at_least(ev["sensitivity"] / (1.0 / 3)))
-    assert res.cost.epsilon == pytest.approx(1.0, rel=1e-9)
+    w_cells = 3 ** (1 / 3) / (3 ** (1 / 3) + 1)
+    cells, normsum = res.cost.events
+    assert cells["parameter"] == float(1 / rational_at_least(cells["sensitivity"] / w_cells))
+    assert normsum["parameter"] == float(1 / rational_at_least(normsum["sensitivity"] / (1 - w_cells)))
+    assert res.cost.epsilon == pytest.approx(1.0, rel=1e-4)
 
 
 @pytest.mark.parametrize("accountant", ["pld", "rdp", "basic"])
