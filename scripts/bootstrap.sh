@@ -15,8 +15,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # multi-GB CUDA build.
 "${PIP[@]}" install -q "torch==2.13.0"
 "${PIP[@]}" install -q -e ".[all]"
-# dp-accounting 0.6 declares attrs<24 while Airflow's task SDK needs attrs>=24.2; it runs
-# unchanged on current attrs (its use is plain @attr.s classes, covered by our tests), so it
-# is installed without letting pip downgrade attrs. Its other requirements are ours too.
+# dp-accounting is the test suite's independent oracle only (the package has its own
+# accountant). It declares attrs<24 while Airflow's task SDK needs attrs>=24.2; it runs
+# unchanged on current attrs, so it is installed without letting pip downgrade attrs. Its
+# other requirements are in the dev extra.
 "${PIP[@]}" install -q --no-deps "dp-accounting==0.6.0"
 "$VENV/bin/python" -c "import airflow_privacy, airflow, dp_accounting, torch; print('[bootstrap] ok:', airflow.__version__, torch.__version__)"
