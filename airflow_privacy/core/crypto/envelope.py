@@ -337,7 +337,7 @@ def _begin_encryption(
         header.to_bytes(),
         prefix.segment_size,
         prefix.nonce_prefix,
-        hybrid.body_key(prefix, dek)[0],
+        hybrid.DerivedKeys.of(prefix, dek).body,
         header.bound + ad_digest,
     )
 

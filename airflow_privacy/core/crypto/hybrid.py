@@ -11,15 +11,17 @@ segmented AES-256-GCM STREAM as v1 (:mod:`.stream`); the file's random 256-bit d
 ``"airflow-privacy/v2/dek-wrap" || stable header || suite || recipient key id``, so every
 wrap is bound to this file, its producer id, its suite and its recipient key.
 
-Key commitment. Body key and commitment are both derived from the DEK,
+Key commitment and header tag. Three keys are derived from the DEK,
 ``HKDF-SHA256(DEK, info="airflow-privacy/v2/body" || prefix) -> body key (32) ||
-commitment (32)``, and the commitment sits in the stable header (as in the AWS Encryption
-SDK's committed suites). AES-GCM alone is not key-committing (Albertini, Duong, Gueron,
-Kölbl, Luykx & Schmieg, USENIX Security 2022; Len, Grubbs & Ristenpart, USENIX Security
-2021): without the commitment a malicious producer could wrap different keys to the holder
-and to an escrow recipient that open the same body to different plaintexts. With it, every
-recipient opens the same plaintext, and a producer signature over the stable header covers
-the body too.
+commitment (32) || header key (32)``; the commitment sits in the stable header (as in the
+AWS Encryption SDK's committed suites). AES-GCM alone is not key-committing (Albertini,
+Duong, Gueron, Kölbl, Luykx & Schmieg, USENIX Security 2022; Len, Grubbs & Ristenpart,
+USENIX Security 2021): without the commitment a malicious producer could wrap different
+keys to the holder and to an escrow recipient that open the same body to different
+plaintexts. With it, every recipient opens the same plaintext, and a producer signature
+over the stable header covers the body too. The header ends in
+``HMAC-SHA256(header key, every header byte before it)``, so any recipient detects an
+entry of *another* recipient being altered, added or removed.
 
 Sender authentication (optional). A producer with an Ed25519 signing key
 (``PrivateKeyRing.generate(suite="ed25519", key_id=<producer id>)``) signs
@@ -43,21 +45,22 @@ Header v2 (big-endian)::
              1      suite code (1 = HPKE X25519/HKDF-SHA256/AES-256-GCM, 2 = RSA-OAEP-3072)
              1      k = length of the recipient key id; k bytes key id (ASCII)
              2      w = length of the wrapped key; w bytes wrapped DEK (80 or 384)
+            32    header tag
 
 The recipient list is outside the segment AD so that :func:`rewrapped` -- a holder moving a
-file to a new key pair -- rewrites only the header; a wrap cannot be altered or moved
-undetected because its own context binds it, and a substituted wrap would have to commit
-to the same DEK.
+file to a new key pair -- rewrites only the header (and its tag, which it can: it holds the
+DEK); a wrap cannot be altered or moved undetected because its own context binds it, and
+a substituted wrap would have to commit to the same DEK.
 """
 
 from __future__ import annotations
 
-import hmac
+import hmac as hmac_module
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from airflow_privacy.core.crypto.keyring import KEY_ID_PATTERN, KeyRing
@@ -69,6 +72,7 @@ from airflow_privacy.core.errors import IntegrityError, InvalidParameterError
 VERSION = 2
 MAX_RECIPIENTS = 16
 _COMMITMENT_BYTES = 32
+_TAG_BYTES = 32
 _WRAP_LABEL = b"airflow-privacy/v2/dek-wrap\x00"
 _SIGN_LABEL = b"airflow-privacy/v2/producer-signature\x00"
 _BODY_LABEL = b"airflow-privacy/v2/body\x00"
@@ -97,6 +101,7 @@ class HybridHeader:
     producer: str
     signature: bytes
     recipients: tuple[Recipient, ...]
+    tag: bytes = b""
 
     @property
     def stable(self) -> bytes:
@@ -109,9 +114,20 @@ class HybridHeader:
         """The stable header and the signature: bound to every segment."""
         return self.stable + bytes([len(self.signature)]) + self.signature
 
-    def to_bytes(self) -> bytes:
+    @property
+    def untagged(self) -> bytes:
+        """Every header byte before the header tag."""
         entries = b"".join(r.to_bytes() for r in self.recipients)
         return self.bound + bytes([len(self.recipients)]) + entries
+
+    def to_bytes(self) -> bytes:
+        return self.untagged + self.tag
+
+    def tagged(self, keys: DerivedKeys) -> HybridHeader:
+        """This header with its tag computed under the file's header key."""
+        mac = hmac.HMAC(keys.header, hashes.SHA256())
+        mac.update(self.untagged)
+        return replace(self, tag=mac.finalize())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -168,10 +184,18 @@ def check_producer(producer: Any, signer: Any) -> tuple[str, PrivateKeyRing | No
     return producer or "", signer
 
 
-def body_key(prefix: Prefix, dek: bytes) -> tuple[bytes, bytes]:
-    """(body key, key commitment), both derived from the DEK (see module docstring)."""
-    okm = HKDF(hashes.SHA256(), 64, None, _BODY_LABEL + prefix.raw).derive(dek)
-    return okm[:32], okm[32:]
+@dataclass(frozen=True)
+class DerivedKeys:
+    """What one file's DEK yields: the body key, the key commitment, the header key."""
+
+    body: bytes = field(repr=False)
+    commitment: bytes
+    header: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, prefix: Prefix, dek: bytes) -> DerivedKeys:
+        okm = HKDF(hashes.SHA256(), 96, None, _BODY_LABEL + prefix.raw).derive(dek)
+        return cls(okm[:32], okm[32:64], okm[64:])
 
 
 def new_header(
@@ -181,15 +205,14 @@ def new_header(
     producer: str,
     signer: PrivateKeyRing | None,
 ) -> HybridHeader:
-    commitment = body_key(prefix, dek)[1]
-    draft = HybridHeader(prefix, commitment, producer, b"", ())
+    keys = DerivedKeys.of(prefix, dek)
+    draft = HybridHeader(prefix, keys.commitment, producer, b"", ())
     signature = b""
     if signer is not None:
         entry = signer._primary_entry()
         signature = entry.suite.sign(entry.key, _SIGN_LABEL + draft.stable)
-    return HybridHeader(
-        prefix, commitment, producer, signature, _wraps(draft.stable, dek, recipients)
-    )
+    wraps = _wraps(draft.stable, dek, recipients)
+    return replace(draft, signature=signature, recipients=wraps).tagged(keys)
 
 
 def read_header(prefix: Prefix, reader: IO[bytes]) -> HybridHeader:
@@ -213,25 +236,20 @@ def read_header(prefix: Prefix, reader: IO[bytes]) -> HybridHeader:
                 f"{suite.name} wraps are {suite.output_bytes}: truncated or tampered"
             )
         recipients.append(Recipient(suite, key_id, wrapped))
-    return HybridHeader(prefix, commitment, producer, signature, tuple(recipients))
+    tag = _take(reader, _TAG_BYTES)
+    return HybridHeader(prefix, commitment, producer, signature, tuple(recipients), tag)
 
 
 def open_header(
     header: HybridHeader, ring: Any, senders: PublicKeyRing | None
 ) -> tuple[bytes, str]:
     """(body key, id of the recipient key that opened it); IntegrityError unless ``ring``
-    holds the private key of one recipient, the DEK matches the commitment, and -- with
-    ``senders`` -- the producer's signature verifies."""
-    dek, key_id = _unwrap(header, ring)
-    key, commitment = body_key(header.prefix, dek)
-    if not hmac.compare_digest(commitment, header.commitment):
-        raise IntegrityError(
-            "the unwrapped data key does not match the header's key commitment: the file "
-            "was forged or its header was swapped with another file's"
-        )
+    holds the private key of one recipient, the DEK matches the commitment, the header tag
+    verifies, and -- with ``senders`` -- the producer's signature verifies."""
+    dek, key_id, keys = _open(header, ring)
     if senders is not None:
         _verify_sender(header, senders)
-    return key, key_id
+    return keys.body, key_id
 
 
 def rewrapped(
@@ -243,21 +261,33 @@ def rewrapped(
     (other recipients, e.g. an escrow key, are kept). With them: the file is wrapped to
     exactly those rings' primaries.
     """
-    dek, key_id = _unwrap(header, ring)
-    if not hmac.compare_digest(body_key(header.prefix, dek)[1], header.commitment):
-        raise IntegrityError("the unwrapped data key does not match the header's key commitment")
+    dek, key_id, keys = _open(header, ring)
     if recipients is None:
         if key_id == ring.primary_id:
             return None
         new = _wraps(header.stable, dek, [ring.public_ring()])[0]
-        kept = tuple(new if r.key_id == key_id else r for r in header.recipients)
-        return HybridHeader(
-            header.prefix, header.commitment, header.producer, header.signature, kept
-        )
-    if [r.key_id for r in header.recipients] == [p.primary_id for p in recipients]:
+        wraps = tuple(new if r.key_id == key_id else r for r in header.recipients)
+    elif [r.key_id for r in header.recipients] == [p.primary_id for p in recipients]:
         return None
-    wraps = _wraps(header.stable, dek, recipients)
-    return HybridHeader(header.prefix, header.commitment, header.producer, header.signature, wraps)
+    else:
+        wraps = _wraps(header.stable, dek, recipients)
+    return replace(header, recipients=wraps).tagged(keys)
+
+
+def _open(header: HybridHeader, ring: Any) -> tuple[bytes, str, DerivedKeys]:
+    dek, key_id = _unwrap(header, ring)
+    keys = DerivedKeys.of(header.prefix, dek)
+    if not hmac_module.compare_digest(keys.commitment, header.commitment):
+        raise IntegrityError(
+            "the unwrapped data key does not match the header's key commitment: the file "
+            "was forged or its header was swapped with another file's"
+        )
+    if not hmac_module.compare_digest(header.tagged(keys).tag, header.tag):
+        raise IntegrityError(
+            "the header tag does not verify: the header was altered (a recipient entry "
+            "added, removed or changed, or its signature stripped)"
+        )
+    return dek, key_id, keys
 
 
 def _wraps(stable: bytes, dek: bytes, rings: list[PublicKeyRing]) -> tuple[Recipient, ...]:

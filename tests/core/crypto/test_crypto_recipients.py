@@ -6,6 +6,8 @@ publishes nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -25,10 +27,11 @@ from airflow_privacy.core.crypto import (
     load_key_material,
     rewrap,
 )
-from airflow_privacy.core.crypto.stream import Prefix
+from airflow_privacy.core.crypto.stream import Body, Prefix, seal_bytes
 from airflow_privacy.core.errors import IntegrityError, InvalidParameterError
 
 SEG = 64
+HEADER_TAG = 32
 AD = "site=site_a/date=2026-07-01"
 SUITES = ["hpke-x25519-sha256-aes256gcm", "rsa-oaep-3072-sha256"]
 
@@ -219,7 +222,7 @@ def _wrapped_key_span(blob) -> tuple[int, int]:
     wrapped = {"hpke-x25519-sha256-aes256gcm": 80, "rsa-oaep-3072-sha256": 384}[
         header["recipients"][0]["suite"]
     ]
-    return size - wrapped - 2, wrapped
+    return size - HEADER_TAG - wrapped - 2, wrapped
 
 
 @pytest.mark.parametrize("cut", [1, 16, 79])
@@ -307,12 +310,12 @@ def test_a_file_claiming_the_wrong_origin_is_refused(holder, site_a, tmp_path):
     assert _listing(tmp_path) == ["c"]
 
 
-def test_a_stripped_signature_fails_the_body_even_without_senders(holder, site_a):
+def test_a_stripped_signature_is_caught_even_without_senders(holder, site_a):
     blob = bytes(encrypt_bytes(b"x" * 100, recipient=holder.public_ring(), signer=site_a))
     at = blob.index(b"site_a") + 6  # the signature length byte follows the producer id
     assert blob[at] == 64
     stripped = blob[:at] + b"\x00" + blob[at + 65 :]
-    with pytest.raises(IntegrityError, match="segment 0 failed"):
+    with pytest.raises(IntegrityError, match="header tag does not verify"):
         decrypt_bytes(stripped, holder)
 
 
@@ -387,8 +390,33 @@ def test_bad_parameters_name_themselves(holder, site_a):
 
 def test_recipients_given_different_data_keys_are_caught_by_the_key_commitment():
     """A malicious producer wraps one data key to the holder and another to the escrow
-    (an attack on non-committing AES-GCM): the escrow's key does not match the header's
-    commitment, so it is refused before any segment is tried."""
+    (an attack on non-committing AES-GCM), tagging the header under the first: the
+    escrow's key does not match the header's commitment, so it is refused before any
+    segment is tried."""
+    holder = PrivateKeyRing.generate(key_id="holder-1")
+    escrow = PrivateKeyRing.generate(key_id="escrow")
+    dek1, dek2 = os.urandom(32), os.urandom(32)
+    prefix = Prefix.new(hybrid.VERSION, SEG)
+    header = hybrid.new_header(prefix, dek1, [holder.public_ring()], "site_a", None)
+    to_escrow = hybrid._wraps(header.stable, dek2, [escrow.public_ring()])
+    keys = hybrid.DerivedKeys.of(prefix, dek1)
+    forged = dataclasses.replace(header, recipients=header.recipients + to_escrow).tagged(keys)
+    body = Body(
+        forged.to_bytes(),
+        SEG,
+        prefix.nonce_prefix,
+        keys.body,
+        forged.bound + hashlib.sha256(b"").digest(),
+    )
+    blob = seal_bytes(memoryview(b"rows"), body)
+    assert decrypt_bytes(blob, holder) == b"rows"
+    with pytest.raises(IntegrityError, match="key commitment"):
+        decrypt_bytes(blob, escrow)
+
+
+def test_any_recipient_detects_another_recipients_entry_being_removed_or_altered():
+    """The header tag (under a key derived from the DEK) covers every recipient entry: the
+    holder notices the escrow entry being stripped or altered, and vice versa."""
     holder, escrow = (
         PrivateKeyRing.generate(key_id="holder-1"),
         PrivateKeyRing.generate(key_id="escrow"),
@@ -396,16 +424,14 @@ def test_recipients_given_different_data_keys_are_caught_by_the_key_commitment()
     blob = encrypt_bytes(b"rows", recipient=[holder.public_ring(), escrow.public_ring()])
     reader = io.BytesIO(blob)
     header = hybrid.read_header(Prefix.read(reader, (hybrid.VERSION,)), reader)
-    other = hybrid._wraps(header.stable, os.urandom(32), [escrow.public_ring()])
-    forged = hybrid.HybridHeader(
-        header.prefix,
-        header.commitment,
-        header.producer,
-        header.signature,
-        (header.recipients[0], other[0]),
-    )
-    size = len(header.to_bytes())
-    blob2 = forged.to_bytes() + blob[size:]
-    assert decrypt_bytes(blob2, holder) == b"rows"
-    with pytest.raises(IntegrityError, match="key commitment"):
-        decrypt_bytes(blob2, escrow)
+    body = blob[len(header.to_bytes()) :]
+    holder_only = dataclasses.replace(header, recipients=header.recipients[:1]).to_bytes() + body
+    escrow_only = dataclasses.replace(header, recipients=header.recipients[1:]).to_bytes() + body
+    with pytest.raises(IntegrityError, match="header tag"):
+        decrypt_bytes(holder_only, holder)
+    with pytest.raises(IntegrityError, match="header tag"):
+        decrypt_bytes(escrow_only, escrow)
+    flipped = bytearray(blob)
+    flipped[len(header.to_bytes()) - 40] ^= 1  # inside the escrow's wrapped key
+    with pytest.raises(IntegrityError, match="header tag"):
+        decrypt_bytes(bytes(flipped), holder)
