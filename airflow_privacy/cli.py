@@ -1,17 +1,47 @@
 """``airflow-privacy``: runbook commands for the people who operate these pipelines.
 
 Each capability registers its command group here (``budget``, ``keys`` ...). Output is a
-plain table by default and JSON with ``--json`` for scripts.
+plain table by default and JSON with ``--json`` for scripts. Errors are one line on stderr
+with exit status 2; a reader that stops early (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import signal
+import stat
 import sys
 from collections.abc import Sequence
 
 from airflow_privacy import __version__
+
+DESCRIPTION = (
+    "Runbook commands for the people who operate airflow-privacy pipelines: privacy budgets "
+    "(budget) and key rings (keys). Tables by default, JSON with --json."
+)
+MAX_CAP_DELTA = 1e-3
+"""Largest δ a cap may have. (0, δ)-DP allows publishing each person's record outright with
+probability δ, so δ must stay well below 1/n for n people (Dwork & Roth 2014, §2.3): a cap
+above 1e-3 is no guarantee for any dataset of 1,000 people or more."""
+
+
+def _cell(value) -> str:
+    """A table cell without spaces (``cut``/``awk`` keep working): floats to 4 significant
+    digits, ISO times to the second in UTC, ``-`` for none. JSON keeps every digit."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str) and len(value) > 19 and value[10:11] == "T":
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if when.tzinfo is not None:
+            return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return when.strftime("%Y-%m-%dT%H:%M:%S")
+    return "-" if value is None else str(value)
 
 
 def _print(obj, as_json: bool) -> None:
@@ -19,14 +49,15 @@ def _print(obj, as_json: bool) -> None:
         print(json.dumps(obj, indent=2, default=str))
     elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
         cols = list(obj[0])
-        widths = [max(len(str(c)), *(len(str(r.get(c, ""))) for r in obj)) for c in cols]
-        print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=False)))
-        for row in obj:
-            print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=False)))
+        cells = [[_cell(r.get(c)) for c in cols] for r in obj]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     elif isinstance(obj, dict):
         width = max((len(k) for k in obj), default=0)
         for k, v in obj.items():
-            print(f"{k.ljust(width)}  {v}")
+            print(f"{k.ljust(width)}  {_cell(v)}")
     else:
         print(obj)
 
@@ -49,7 +80,25 @@ def _budget_show(args) -> int:
 
 
 def _budget_set(args) -> int:
-    status = _ledger(args).set_budget(args.dataset, epsilon=args.epsilon, delta=args.delta, accountant=args.accountant)
+    from airflow_privacy.core.dp.calibration import check_delta
+    from airflow_privacy.core.errors import InvalidParameterError
+
+    if args.delta is not None:
+        check_delta(args.delta, "--delta")
+        if args.delta > MAX_CAP_DELTA:
+            raise InvalidParameterError(
+                "--delta", args.delta, f"expected at most {MAX_CAP_DELTA:g}: δ must stay well below "
+                "1/(number of people in the dataset); typical caps are 1e-5 to 1e-9")
+    ledger = _ledger(args)
+    delta = args.delta
+    if delta is None:  # keep the current δ (a new dataset: 0)
+        try:
+            delta = ledger.status(args.dataset).cap_delta
+        except KeyError:
+            delta = 0.0
+    extra = {"reason": args.reason} if args.reason is not None else {}
+    status = ledger.set_budget(args.dataset, epsilon=args.epsilon, delta=delta, accountant=args.accountant,
+                               **extra)
     _print(status.to_dict(), args.json)
     return 0
 
@@ -59,8 +108,8 @@ def _budget_history(args) -> int:
     ledger.status(args.dataset)
     charges = [c.to_dict() for c in ledger.history(args.dataset)]
     if not args.json:
-        keep = ("created_at", "release_id", "epsilon", "delta", "spent_epsilon", "status", "output")
-        charges = [{k: c[k] for k in keep} for c in charges]
+        keep = ("created_at", "logical_date", "release_id", "epsilon", "delta", "spent_epsilon", "status", "output")
+        charges = [{k: c.get(k) for k in keep} for c in charges]
     _print(charges or f"dataset {args.dataset!r} has no releases yet", args.json)
     return 0
 
@@ -77,9 +126,12 @@ def _add_budget(sub) -> None:
     show.set_defaults(func=_budget_show)
     st = bsub.add_parser("set", parents=[common], help="create or change a dataset's cap")
     st.add_argument("dataset")
-    st.add_argument("--epsilon", type=float, required=True)
-    st.add_argument("--delta", type=float, default=0.0)
-    st.add_argument("--accountant", choices=["pld", "rdp", "basic"])
+    st.add_argument("--epsilon", type=float, required=True, help="the ε cap (> 0)")
+    st.add_argument("--delta", type=float, help=f"the δ cap, 0 to {MAX_CAP_DELTA:g} (default: keep the "
+                    "current one; 0 for a new dataset)")
+    st.add_argument("--accountant", choices=["pld", "rdp", "basic"],
+                    help="how releases compose (default: keep the current one; pld for a new dataset)")
+    st.add_argument("--reason", help="why the cap changes (recorded in the ledger)")
     st.set_defaults(func=_budget_set)
     hist = bsub.add_parser("history", parents=[common], help="every release charged to a dataset")
     hist.add_argument("dataset")
@@ -89,19 +141,40 @@ def _add_budget(sub) -> None:
 def _read_ring(path: str | None):
     from airflow_privacy.core.crypto import KeyRing
 
-    text = sys.stdin.read() if path in (None, "-") else open(path).read()
-    return KeyRing.from_json(text)
+    if path in (None, "-"):
+        return KeyRing.from_json(sys.stdin.read())
+    with open(path) as fh:
+        return KeyRing.from_json(fh.read())
+
+
+def _write_secret(text: str, output: str | None) -> None:
+    """A key ring to ``output`` (atomically, mode 0600) or to stdout.
+
+    A shell redirect (``> ring.json``) creates the file with the umask's mode, usually 0644
+    -- readable by every local user -- so printing to a regular file warns.
+    """
+    if output is not None:
+        from airflow_privacy.core.io import open_atomic
+
+        with open_atomic(output, mode=0o600) as fh:
+            fh.write(text.encode() + b"\n")
+        return
+    mode = os.fstat(sys.stdout.fileno()).st_mode
+    if stat.S_ISREG(mode) and mode & 0o077:
+        print(f"warning: a secret key ring is going to a file readable by others (mode {stat.S_IMODE(mode):o}); "
+              "use --output PATH to write it with mode 0600", file=sys.stderr)
+    print(text)
 
 
 def _keys_generate(args) -> int:
     from airflow_privacy.core.crypto import KeyRing
 
-    print(KeyRing.generate().to_json())
+    _write_secret(KeyRing.generate().to_json(), args.output)
     return 0
 
 
 def _keys_rotate(args) -> int:
-    print(_read_ring(args.ring).rotate().to_json())
+    _write_secret(_read_ring(args.ring).rotate().to_json(), args.output)
     return 0
 
 
@@ -112,13 +185,19 @@ def _keys_inspect(args) -> int:
     return 0
 
 
+_OUTPUT_HELP = ("write the key ring to PATH, atomically and with mode 0600 (a shell redirect "
+                "would leave it readable by others, mode 0644 under the usual umask)")
+
+
 def _add_keys(sub) -> None:
     keys = sub.add_parser("keys", help="generate and rotate key rings, inspect encrypted files")
     ksub = keys.add_subparsers(dest="command", metavar="ACTION", required=True)
     gen = ksub.add_parser("generate", help="print a new key ring JSON (paste it into a privacy_keys connection's password)")
+    gen.add_argument("--output", metavar="PATH", help=_OUTPUT_HELP)
     gen.set_defaults(func=_keys_generate)
     rot = ksub.add_parser("rotate", help="print the ring with a new primary key; old keys stay for decryption")
     rot.add_argument("ring", nargs="?", default="-", help="key ring JSON file (default: stdin)")
+    rot.add_argument("--output", metavar="PATH", help=_OUTPUT_HELP)
     rot.set_defaults(func=_keys_rotate)
     ins = ksub.add_parser("inspect", help="header of an encrypted file (no secrets)")
     ins.add_argument("file")
@@ -127,7 +206,7 @@ def _add_keys(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="airflow-privacy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="airflow-privacy", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"airflow-privacy {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     _add_budget(sub)
@@ -142,12 +221,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped (`| head`): end quietly with the status of a command killed by
+        # SIGPIPE; stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except OSError as exc:  # a file named on the command line
+        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # runbook users need the message, not a traceback
         from airflow_privacy.core.errors import PrivacyError
 
         if isinstance(exc, (PrivacyError, KeyError)):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
             return 2
         raise
 
