@@ -35,6 +35,7 @@ def test_every_public_operator_and_link_is_exported():
     expected = _public_classes("airflow_privacy.operators", OPERATOR_MODULES, (BaseOperator, BaseOperatorLink))
     assert expected >= {"DPAggregateOperator", "DeidentifyOperator", "EncryptOperator", "PrivacyBudgetLink"}
     assert expected <= set(airflow_privacy.operators.__all__)
+    assert sorted(airflow_privacy.operators.__all__) == sorted(airflow_privacy.operators._EXPORTS)
     for name in airflow_privacy.operators.__all__:
         exported = getattr(airflow_privacy.operators, name)
         assert exported.__module__.startswith("airflow_privacy.operators."), name
@@ -42,7 +43,7 @@ def test_every_public_operator_and_link_is_exported():
 
 def test_every_public_hook_is_exported():
     expected = _public_classes("airflow_privacy.hooks", HOOK_MODULES, (BaseHook,))
-    assert expected == {"PrivacyBudgetHook", "PrivacyKeyHook"} == set(airflow_privacy.hooks.__all__)
+    assert expected == {"PrivacyBudgetHook", "PrivacyKeyHook"} == set(airflow_privacy.hooks.__all__) == set(airflow_privacy.hooks._EXPORTS)
 
 
 def test_from_import_gives_the_module_class():

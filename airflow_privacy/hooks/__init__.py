@@ -13,7 +13,10 @@ _EXPORTS: dict[str, str] = {
     "PrivacyKeyHook": "keys",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "PrivacyBudgetHook",
+    "PrivacyKeyHook",
+]  # the keys of _EXPORTS (a literal, for linters and IDEs)
 
 if TYPE_CHECKING:
     from airflow_privacy.hooks.budget import PrivacyBudgetHook

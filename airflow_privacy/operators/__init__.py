@@ -28,10 +28,28 @@ _EXPORTS: dict[str, str] = {
     "PrivacyBudgetLink": "links",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DPAggregateOperator",
+    "DecryptOperator",
+    "DeidentifyOperator",
+    "EncryptOperator",
+    "FederatedClientOperator",
+    "FederatedRoundOperator",
+    "PaillierKeyHolderOperator",
+    "PrivacyBudgetLink",
+    "RotateKeysOperator",
+    "SecureShareOperator",
+    "SecureSumOperator",
+    "federated_round_group",
+    "secure_sum_group",
+]  # the keys of _EXPORTS (a literal, for linters and IDEs)
 
 if TYPE_CHECKING:
-    from airflow_privacy.operators.crypto import DecryptOperator, EncryptOperator, RotateKeysOperator
+    from airflow_privacy.operators.crypto import (
+        DecryptOperator,
+        EncryptOperator,
+        RotateKeysOperator,
+    )
     from airflow_privacy.operators.deidentify import DeidentifyOperator
     from airflow_privacy.operators.dp_aggregate import DPAggregateOperator
     from airflow_privacy.operators.federated import (

@@ -10,12 +10,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
+from airflow_privacy.core.dp.spec import check_release_spec
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.operators._release import PRIVACY_XCOM_KEY, run_dp_release
 from airflow_privacy.operators.links import PrivacyBudgetLink
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
 __all__ = ["DPAggregateOperator", "PRIVACY_XCOM_KEY"]
@@ -33,8 +35,10 @@ class DPAggregateOperator(BaseOperator):
     :param source: URI (or list of URIs, concatenated) of the input batch, templated.
     :param destination: URI of the released table (Parquet/CSV), templated.
     :param dataset: budget scope, e.g. ``"patients"`` (templated).
-    :param epsilon: ε of this release, in [1e-6, 100].
-    :param delta: δ of this release, in [0, 1).
+    :param epsilon: ε of this release, in [1e-6, 100] (templated: a number, or a Jinja string
+        such as ``"{{ dag_run.conf.get('epsilon', 1) }}"`` checked when the task renders it,
+        before anything is read or charged).
+    :param delta: δ of this release, in [0, 1) (templated like ``epsilon``).
     :param metrics: ``{output column: spec}`` as in ``dp_aggregate``.
     :param by: group-by columns.
     :param privacy_unit: column of the protected individual (None: each row).
@@ -49,7 +53,7 @@ class DPAggregateOperator(BaseOperator):
     :param budget_conn_id: ``privacy_budget`` connection id.
     """
 
-    template_fields: Sequence[str] = ("source", "destination", "dataset")
+    template_fields: Sequence[str] = ("source", "destination", "dataset", "epsilon", "delta")
     ui_color = "#e8d5f5"
     operator_extra_links = (PrivacyBudgetLink(),)
 
@@ -59,9 +63,9 @@ class DPAggregateOperator(BaseOperator):
         source: str | list[str],
         destination: str,
         dataset: str,
-        epsilon: float,
+        epsilon: float | str,
         metrics: Mapping[str, Any],
-        delta: float = 0.0,
+        delta: float | str = 0.0,
         by: Sequence[str] = (),
         privacy_unit: str | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
@@ -75,9 +79,13 @@ class DPAggregateOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        # Cheap checks at parse time: a DAG with epsilon=0 should not even import.
-        self.epsilon = check_epsilon(epsilon)
-        self.delta = check_delta(delta)
+        # Cheap checks at parse time, reading no data: a DAG with epsilon=0, a misspelt metric
+        # or a mean without bounds should not even import. A templated epsilon/delta is
+        # checked when rendered (render_template_fields).
+        self.epsilon = epsilon if _is_template(epsilon) else check_epsilon(epsilon)
+        self.delta = delta if _is_template(delta) else check_delta(delta)
+        check_release_spec(metrics=metrics, by=by, bounds=bounds, mechanism=mechanism,
+                           delta=None if _is_template(delta) else self.delta)
         if budget_cap is not None:
             if not isinstance(budget_cap, (tuple, list)) or len(budget_cap) != 2:
                 raise InvalidParameterError("budget_cap", budget_cap, "expected (epsilon, delta)")
@@ -98,9 +106,34 @@ class DPAggregateOperator(BaseOperator):
         self.budget_cap = budget_cap
         self.budget_conn_id = budget_conn_id
 
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        try:
+            self.epsilon = check_epsilon(_number(self.epsilon))
+            self.delta = check_delta(_number(self.delta))
+            check_release_spec(metrics=self.metrics, by=self.by, bounds=self.bounds, mechanism=self.mechanism,
+                               delta=self.delta)
+        except InvalidParameterError as exc:  # a bad run conf: fail before reading or charging, no retry
+            raise AirflowFailException(f"{exc} (after rendering the task's templates)") from exc
+
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return run_dp_release(self, context)
         except (PrivacyError, SchemaError, FileNotFoundError) as exc:
             # Deterministic failures: retrying cannot help and must not spend more budget.
             raise AirflowFailException(str(exc)) from exc
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def _number(value: Any) -> Any:
+    """A rendered template is text: ``"0.5"`` -> 0.5; anything else is left for the range check
+    to reject by name (a float that does not parse stays text)."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
