@@ -22,7 +22,8 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": "Privacy",
-                "external-doc-url": "https://github.com/airflow-privacy/airflow-privacy",
+                # Served by every deployment from the installed wheel (plugins/provider_docs.py).
+                "external-doc-url": "/privacy-docs/",
                 "tags": ["software"],
             }
         ],
