@@ -185,12 +185,29 @@ def _keys_inspect(args) -> int:
     return 0
 
 
+def _keys_decrypt(args) -> int:
+    from airflow_privacy.core.crypto import decrypt_file
+
+    if args.ring is not None:
+        ring = _read_ring(args.ring)
+    else:
+        from airflow_privacy.hooks.keys import PrivacyKeyHook
+
+        ring = PrivacyKeyHook(args.conn_id).get_conn()
+    # The plaintext file is created 0600, whatever the shell's umask: this process writes
+    # nothing else.
+    os.umask(0o077)
+    stats = decrypt_file(args.file, args.output, ring, args.associated_data)
+    _print({"output": args.output, **stats}, args.json)
+    return 0
+
+
 _OUTPUT_HELP = ("write the key ring to PATH, atomically and with mode 0600 (a shell redirect "
                 "would leave it readable by others, mode 0644 under the usual umask)")
 
 
 def _add_keys(sub) -> None:
-    keys = sub.add_parser("keys", help="generate and rotate key rings, inspect encrypted files")
+    keys = sub.add_parser("keys", help="generate and rotate key rings, inspect and decrypt encrypted files")
     ksub = keys.add_subparsers(dest="command", metavar="ACTION", required=True)
     gen = ksub.add_parser("generate", help="print a new key ring JSON (paste it into a privacy_keys connection's password)")
     gen.add_argument("--output", metavar="PATH", help=_OUTPUT_HELP)
@@ -203,6 +220,16 @@ def _add_keys(sub) -> None:
     ins.add_argument("file")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_keys_inspect)
+    dec = ksub.add_parser("decrypt", help="decrypt an encrypted file to PATH (mode 0600, published only "
+                          "once every segment authenticated)")
+    dec.add_argument("file", help="encrypted file (path or URI)")
+    dec.add_argument("--output", metavar="PATH", required=True, help="where the plaintext goes (path or URI)")
+    dec.add_argument("--ring", metavar="FILE", help="key ring JSON file, - for stdin (default: the "
+                     "privacy_keys connection)")
+    dec.add_argument("--conn-id", default="privacy_keys_default", help="privacy_keys connection id")
+    dec.add_argument("--associated-data", help="the associated data given at encryption")
+    dec.add_argument("--json", action="store_true", help="JSON output")
+    dec.set_defaults(func=_keys_decrypt)
 
 
 def build_parser() -> argparse.ArgumentParser:

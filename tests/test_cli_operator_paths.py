@@ -144,9 +144,36 @@ def test_tables_round_numbers_json_keeps_them(tmp_path):
         ["keys", "generate"],
         ["keys", "rotate"],
         ["keys", "inspect"],
+        ["keys", "decrypt"],
     ],
 )
 def test_help_shows_no_markup(args):
     out = _cli(*args, "--help")
     assert out.returncode == 0 and "usage: airflow-privacy" in out.stdout
     assert "``" not in out.stdout and ":func:" not in out.stdout
+
+
+def test_keys_decrypt_to_a_0600_file_and_nothing_on_a_wrong_key(tmp_path, keyring):
+    from airflow_privacy.core.crypto import encrypt_file
+
+    plain = os.urandom(3 << 20)
+    (tmp_path / "p.bin").write_bytes(plain)
+    encrypt_file(str(tmp_path / "p.bin"), str(tmp_path / "c.enc"), keyring, "site_a/2026-01-01")
+    ring = tmp_path / "ring.json"
+    ring.write_text(keyring.to_json())
+    out = tmp_path / "out" / "p.bin"
+    args = ["keys", "decrypt", str(tmp_path / "c.enc"), "--output", str(out)]
+    done = _cli(*args, "--ring", str(ring), "--associated-data", "site_a/2026-01-01", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["plaintext_bytes"] == len(plain) and out.read_bytes() == plain
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    out.unlink()
+    # the ring of the privacy_keys_default connection (the test session's, in the environment)
+    by_conn = _cli(*args, "--associated-data", "site_a/2026-01-01")
+    assert by_conn.returncode == 0 and out.read_bytes() == plain, by_conn.stderr
+    out.unlink()
+    _one_line_error(_cli(*args, "--ring", str(ring)), "authentication")  # associated data differs
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(KeyRing.generate().to_json())
+    _one_line_error(_cli(*args, "--ring", str(wrong), "--associated-data", "site_a/2026-01-01"))
+    assert not out.exists() and os.listdir(out.parent) == []  # no plaintext on failure
