@@ -14,8 +14,9 @@ Algorithms
 - Secure aggregation: Bonawitz masking via :mod:`airflow_privacy.core.secure_sum`; sites
   send ``[weight * delta, weight]`` under declared bounds (:mod:`.secure` documents the
   fixed-point error: below ``2**-frac_bits`` per coordinate of the mean).
-- Record-level DP: DP-SGD per site with Poisson sampling (Abadi et al., CCS 2016),
-  calibrated and accounted per site with dp-accounting (:mod:`.accounting`).
+- Record-level DP: DP-SGD per site with Poisson sampling (Abadi et al., CCS 2016) at the
+  public rate ``batch_size / max_rows``, calibrated and accounted per site with
+  dp-accounting (:mod:`.accounting`); nothing a site publishes depends on its row count.
 - Site-level DP: clipped updates plus distributed discrete Gaussian noise shares added
   before masking (Kairouz, Liu, Steinke, ICML 2021; :mod:`.distributed_dp`).
 - Robust aggregation (coordinate-wise median, trimmed mean) without secure sum only.
@@ -37,7 +38,7 @@ Site, on its queue (``FederatedClientOperator``)::
     ... / reveal_shares                                  # (core.secure_sum.masking)
     # secure=False instead: publish update.plain_input()
     shared = update.report()     # site, round, config hash, spent epsilon: no vector, no
-                                 # row count, loss or norm (update.metrics: the site's log)
+                                 # row count, loss or norm (update.metrics: site-private)
 
 Aggregator (``FederatedRoundOperator``)::
 

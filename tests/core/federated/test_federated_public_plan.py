@@ -171,3 +171,17 @@ def test_client_update_logs_nothing_computed_from_the_rows(dp, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert upd.metrics["examples"] == 1013 and upd.metrics["unknown_categories"] == {"g": 7}
     assert "1013" not in text and f"{upd.metrics['train_loss']:.4f}" not in text and "vocabulary" not in text, text
+
+
+def test_a_new_max_rows_keeps_the_checkpoint_and_replans_within_the_target():
+    """max_rows is a client-side plan (like batch_size): raising it when sites grow keeps the
+    checkpoint; the next round's noise is calibrated over the events already spent."""
+    first = FederatedConfig(batch_size=32, lr=0.3, rounds=2, secure=False, dp={"level": "record", "epsilon": 2.0, "max_rows": 200})
+    later = FederatedConfig(batch_size=32, lr=0.3, rounds=2, secure=False, dp={"level": "record", "epsilon": 2.0, "max_rows": 400})
+    ckpt = init_checkpoint(SPEC, first, seed=0)
+    upd = client_update(ckpt, frame(150), SPEC, first, site="s", random_source=0)
+    ckpt = server_aggregate(ckpt, upd.vector, upd.weight, first, spec=SPEC, reports=[upd.report()])
+    nxt = client_update(ckpt, frame(350), SPEC, later, site="s", prior_events=upd.events, random_source=1)
+    assert nxt.events[0]["sampling_probability"] == 32 / 400 and nxt.events[0]["count"] == math.ceil(400 / 32)
+    assert upd.privacy["epsilon"] < nxt.privacy["epsilon"] <= 2.0
+    assert nxt.privacy["epsilon"] == compose_federated_epsilon([*upd.events, *nxt.events], 1e-5)
