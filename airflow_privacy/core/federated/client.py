@@ -98,11 +98,12 @@ class ClientUpdate:
 
     :ivar vector: float64 ``(d,)``: ``weight * delta`` (site-level DP: the clipped delta on the
         ``2**-frac_bits`` lattice, weight 1), ``delta`` = local minus global parameters.
-    :ivar weight: the site's weight (row count capped at ``max_weight``, or 1).
+    :ivar weight: the site's weight (without DP: its row count capped at ``max_weight`` if
+        ``weighting="examples"``; otherwise 1).
     :ivar noise_share: site-level DP only: int64 ``(d,)`` noise in fixed-point units.
     :ivar metrics: the site's training diagnostics (site-local; see the module docstring).
-    :ivar events: record-level DP: this round's mechanism events (site-local: they are
-        charged to the site's own ledger dataset).
+    :ivar events: record-level DP: this round's mechanism events, charged to the site's own
+        ledger dataset; public values only (the plan of :meth:`~.config.RecordDP.plan`).
     :ivar privacy: record-level DP: ``{"epsilon", "delta"}`` this site has spent over all
         rounds, this one included -- the only privacy figure it publishes.
     """
@@ -179,8 +180,9 @@ class ClientUpdate:
 
         Only what the aggregator needs: which site trained on which round under which
         configuration (public protocol metadata), and under record-level DP the site's spent
-        ``(epsilon, delta)`` -- public by design, as the ledger's spend is (DESIGN §4). No
-        vector, no key material, no row count, sampling rate, loss or norm of the site.
+        ``(epsilon, delta)`` -- public by design, as the ledger's spend is (DESIGN §4), and a
+        function of public values only (the same for any row count). No vector, no key
+        material, no row count, loss or norm of the site.
         """
         out: dict[str, Any] = {"site": self.site, "round": self.round, "config_hash": self.config_hash}
         if self.privacy is not None:
