@@ -169,7 +169,28 @@ def _write_secret(text: str, output: str | None) -> None:
 def _keys_generate(args) -> int:
     from airflow_privacy.core.crypto import KeyRing
 
+    if args.recipient or args.public:
+        return _keys_generate_recipient(args)
     _write_secret(KeyRing.generate().to_json(), args.output)
+    return 0
+
+
+def _keys_generate_recipient(args) -> int:
+    """``--recipient``: a data holder's key pair. The private ring (secret) goes to
+    ``--output`` or stdout, for the holder's privacy_keys connection only; the public ring
+    (key id, suite, fingerprint) to ``--public``, for every producer."""
+    from airflow_privacy.core.crypto import PrivateKeyRing
+    from airflow_privacy.core.errors import InvalidParameterError
+
+    if not (args.recipient and args.public):
+        raise InvalidParameterError("--public", args.public, "give both --recipient and --public PATH")
+    ring = PrivateKeyRing.generate(suite=args.suite, key_id=args.key_id)
+    _write_secret(ring.to_json(), args.output)
+    public = ring.public_ring()
+    with open(args.public, "w") as fh:
+        fh.write(public.to_json() + "\n")
+    key = public.primary
+    print(f"public ring -> {args.public}: key {key.key_id} ({key.suite.name}), {key.fingerprint}", file=sys.stderr)
     return 0
 
 
@@ -211,6 +232,12 @@ def _add_keys(sub) -> None:
     ksub = keys.add_subparsers(dest="command", metavar="ACTION", required=True)
     gen = ksub.add_parser("generate", help="print a new key ring JSON (paste it into a privacy_keys connection's password)")
     gen.add_argument("--output", metavar="PATH", help=_OUTPUT_HELP)
+    gen.add_argument("--recipient", action="store_true", help="a data holder's key pair: the private ring as "
+                     "above (the holder's connection only), the public ring to --public (for producers)")
+    gen.add_argument("--public", metavar="PATH", help="with --recipient: where to write the public ring")
+    gen.add_argument("--suite", default="hpke-x25519-sha256-aes256gcm",
+                     choices=["hpke-x25519-sha256-aes256gcm", "rsa-oaep-3072-sha256"], help="with --recipient")
+    gen.add_argument("--key-id", help="with --recipient: the key's id (default: 8 random hex digits)")
     gen.set_defaults(func=_keys_generate)
     rot = ksub.add_parser("rotate", help="print the ring with a new primary key; old keys stay for decryption")
     rot.add_argument("ring", nargs="?", default="-", help="key ring JSON file (default: stdin)")
