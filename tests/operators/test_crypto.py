@@ -411,3 +411,27 @@ def test_recipient_parameters_and_wrong_connections_are_refused(tmp_path, monkey
         EncryptOperator(task_id="e", source=str(src), destination=str(tmp_path / "c"),
                         key_conn_id=private).execute({})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
+def test_keys_cli_generates_a_holder_key_pair(tmp_path):
+    from airflow_privacy.core.crypto import PrivateKeyRing, PublicKeyRing
+
+    exe = str(Path(sys.executable).parent / "airflow-privacy")
+    for suite in ("hpke-x25519-sha256-aes256gcm", "rsa-oaep-3072-sha256"):
+        priv, pub = tmp_path / f"{suite}.private.json", tmp_path / f"{suite}.public.json"
+        proc = subprocess.run(
+            [exe, "keys", "generate", "--recipient", "--suite", suite, "--key-id", "holder-1",
+             "--public", str(pub), "--output", str(priv)],
+            capture_output=True, text=True, check=True,
+        )
+        holder, public = PrivateKeyRing.from_json(priv.read_text()), PublicKeyRing.from_json(pub.read_text())
+        assert oct(priv.stat().st_mode & 0o777) == "0o600"
+        assert public == holder.public_ring() and public.primary_id == "holder-1"
+        assert public.primary.fingerprint in proc.stderr and proc.stdout == ""
+        assert json.loads(priv.read_text())["keys"][0]["private"] not in pub.read_text() + proc.stderr
+        (tmp_path / "p").write_bytes(b"rows")
+        encrypt_file(str(tmp_path / "p"), str(tmp_path / "c"), recipient=public)
+        decrypt_file(str(tmp_path / "c"), str(tmp_path / "o"), holder)
+        assert (tmp_path / "o").read_bytes() == b"rows"
+    bad = subprocess.run([exe, "keys", "generate", "--recipient"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--public" in bad.stderr
