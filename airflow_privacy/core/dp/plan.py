@@ -265,7 +265,8 @@ def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]]
     n; mean c² on normsum (S/N is off by noise/N) and c² on n (the mean's error from N is
     (μ - mid)/N·noise, |μ - mid| <= h); variance/std c² on each of normsq, normsum, n; a
     quantile (exponential mechanism, rank error ∝ L0·Linf/ε) 4c². Partition selection
-    counts as one count query of L0² for the groups it keeps, plus whatever reuses it.
+    counts as one count query of L0² for the groups it keeps, plus whatever reuses it, and
+    gets at least an equal share 1/k: the groups it releases are worth as much as any metric.
     """
     c2 = float(l0 * linf) ** 2
     a = dict.fromkeys(parts, 0.0)
@@ -295,4 +296,9 @@ def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]]
                 a[src["normsq"]] += c2
     roots = {q: max(v, 1e-12) ** (1 / 3) for q, v in a.items()}
     total = sum(roots.values())
-    return {q: r / total for q, r in roots.items()}
+    w = {q: r / total for q, r in roots.items()}
+    floor = 1 / len(parts)
+    if SELECTION in w and w[SELECTION] < floor:  # groups released: at least an equal share
+        rest = 1 - w[SELECTION]
+        w = {q: floor if q == SELECTION else v * (1 - floor) / rest for q, v in w.items()}
+    return w
