@@ -367,7 +367,9 @@ def dp_aggregate(
             events.append(noise[q].event)
         return noise, grids, events, eps_of
 
-    (noise, grids, events, eps_of), spent = common_share(plan, epsilon, delta, k, accountant)
+    # The threshold's (THRESHOLD_EPSILON, δ_T) event is paid off the top, so the total stays <= ε.
+    budget = epsilon - THRESHOLD_EPSILON if private_selection else epsilon
+    (noise, grids, events, eps_of), spent = common_share(plan, budget, delta, k, accountant)
     cost = PrivacyCost(epsilon=spent, delta=delta, events=events)
     if not cost.epsilon <= epsilon * (1 + 1e-9):  # never release more than was asked for
         raise InvalidParameterError(
