@@ -317,6 +317,12 @@ def _begin_encryption(
     ad_digest = _ad_digest(associated_data)
     dek = os.urandom(symmetric.DEK_BYTES)
     if ring is not None:
+        if isinstance(ring, (PublicKeyRing, PrivateKeyRing)):
+            raise InvalidParameterError(
+                "ring",
+                repr(ring),
+                "to encrypt to a data holder, pass its public ring as recipient=",
+            )
         _check_ring(ring, KeyRing)
         if producer is not None or signer is not None:
             raise InvalidParameterError(

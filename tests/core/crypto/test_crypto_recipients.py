@@ -372,6 +372,8 @@ def test_bad_parameters_name_themselves(holder, site_a):
         encrypt_bytes(b"x", KeyRing.generate(), recipient=public)
     with pytest.raises(InvalidParameterError, match="recipient"):
         encrypt_bytes(b"x", recipient=holder)  # the private ring: never handed to producers
+    with pytest.raises(InvalidParameterError, match="public ring as recipient="):
+        encrypt_bytes(b"x", public)  # positionally, where a symmetric ring goes
     with pytest.raises(InvalidParameterError, match="recipient"):
         encrypt_bytes(b"x", recipient=site_a.public_ring())
     with pytest.raises(InvalidParameterError, match="signer"):
