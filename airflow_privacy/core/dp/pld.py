@@ -179,12 +179,19 @@ def discrete_gaussian_atoms(sigma: float, sensitivity: int) -> tuple[np.ndarray,
     k = int(sensitivity)
     reach = int(math.ceil(12 * sigma)) + k + 1
     x = np.arange(-reach, reach + 1, dtype=np.float64)
-    log_w = -(x * x) / (2 * sigma * sigma)
-    wide = np.arange(-(2 * reach), 2 * reach + 1, dtype=np.float64)
-    log_z = special.logsumexp(-(wide * wide) / (2 * sigma * sigma))
-    probs = np.exp(log_w - log_z)
+    probs = np.exp(-(x * x) / (2 * sigma * sigma) - _log_normaliser(sigma))
     outside = max(0.0, 1.0 - float(probs.sum()))
     return (k * k - 2 * k * x) / (2 * sigma * sigma), probs, outside
+
+
+def _log_normaliser(sigma: float) -> float:
+    """``log Σ_{x∈Z} e^{-x²/2σ²}``. For σ >= 1 by Poisson summation (a Jacobi theta
+    function): ``σ√(2π) (1 + 2 Σ_n e^{-2π²σ²n²})``, whose n >= 2 terms are below e^{-78};
+    below 1 by the direct sum over |x| <= 40 (terms beyond are below e^{-800})."""
+    if sigma >= 1:
+        return math.log(sigma * math.sqrt(2 * math.pi)) + math.log1p(2 * math.exp(-2 * math.pi**2 * sigma**2))
+    x = np.arange(-40, 41, dtype=np.float64)
+    return float(special.logsumexp(-(x * x) / (2 * sigma * sigma)))
 
 
 def hockey_stick(losses: np.ndarray, probs: np.ndarray, epsilon: float, infinity: float = 0.0) -> float:

@@ -147,3 +147,15 @@ def test_epsilon_for_delta_edge_cases():
     assert pld.from_privacy_parameters(1.0).epsilon_for_delta(0.0) == pytest.approx(1.0, abs=pld.INTERVAL)
     with pytest.raises(ValueError, match="times"):
         one.self_compose(0)
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.9, 1.0, 1.5, 7.3, 400.0, 12345.6])
+def test_discrete_gaussian_normaliser_equals_the_direct_sum(sigma):
+    """The Poisson-summation normaliser against log-sum-exp over |x| <= 60σ + 50 (the
+    omitted terms are below e^{-1800}); equal to float round-off of a log near log(σ√2π)."""
+    from airflow_privacy.core.dp.pld import _log_normaliser
+
+    x = np.arange(-int(60 * sigma) - 50, int(60 * sigma) + 51, dtype=np.float64)
+    assert _log_normaliser(sigma) == pytest.approx(special.logsumexp(-(x * x) / (2 * sigma**2)), abs=1e-14)
+    losses, probs, outside = pld.discrete_gaussian_atoms(sigma, 3)
+    assert 0 <= outside < 1e-15 and probs.sum() + outside == pytest.approx(1.0, abs=1e-14)
