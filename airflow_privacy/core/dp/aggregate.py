@@ -12,22 +12,17 @@ Construction
        (:mod:`.bounding`): ≤ L0 groups per unit, ≤ Linf rows per (unit, group).
     2. Values are clamped to their declared ``bounds``; NaN values are left out of that
        column's sum, mean, variance and quantiles (they still count as rows).
-    3. The budget is split **equally** over the primitive queries the metrics need -- row
-       count, unit count, per-column value count, per-column normalized sum, per-column
-       normalized sum of squares, per-(column, q) quantile -- plus private partition
-       selection when there are no public groups: every part gets the same ε share s.
-       Queries shared by metrics (a mean and a variance of one column share its count and
-       sum) are run once. δ goes to partition selection (Laplace) or is split between
-       selection and the Gaussian queries. ``result.cost`` (what the ledger charges) is the
-       *tight* PLD composition of the mechanisms that ran, at δ, and s is chosen so that it
-       spends ε: s = ε/k composes to ε under basic composition but, with δ > 0, far less
-       under PLD (k Gaussian shares at (ε/k, δ/k) compose to only ~43-56 % of ε), so s is
-       searched in [ε/k, ε] against that same PLD composition (:func:`_common_share`, after
-       dp-accounting's ``calibrate_dp_mechanism``) until the cost is within 1 % of ε and
-       never above it. With δ = 0 (Laplace only) composition is the basic sum and s = ε/k
-       already spends ε. The search composes with the ``accountant`` the dataset's ledger
-       uses (``DPAggregateOperator`` passes it), so the release spends at most ε as the
-       ledger counts it: under ``basic`` that keeps s = ε/k.
+    3. The primitive queries and the budget split are planned from parameters and public
+       schema facts only (:mod:`.plan`): queries are shared where the parameters make them
+       equal (with Linf = 1 the selection's noisy unit count is the row count; a column that
+       cannot hold NaN -- integer/bool dtype, or ``missing_values="refuse"`` -- takes the row
+       count as its value count; else rows with and without a value are one "cells" count;
+       a sum beside its column's mean is normsum + mid·n), and ε is split by the cube-root
+       rule ε_q ∝ a_q^(1/3) (:func:`.plan.budget_weights`; selection gets at least 1/k).
+       ``result.cost`` (what the ledger charges) is the *tight* composition of the
+       mechanisms that ran, at δ, under the dataset's ``accountant``: the common scale of the
+       shares is searched (:func:`.plan.common_share`, after dp-accounting's
+       ``calibrate_dp_mechanism``) until the cost is within 1 % of ε and never above it.
     4. Counts and fixed-point sums get exact discrete Laplace (or discrete Gaussian) noise
        (CKS20, :mod:`.noise`). Sums are computed in int64 on a power-of-two grid γ: each
        clamped (and shifted) value x becomes ``floor(x/γ)`` or ``ceil(x/γ)`` by *unbiased
@@ -49,12 +44,11 @@ Construction
        (Smith, STOC 2011), sensitivity Linf, ε/L0 per group, sampled exactly with integer
        arithmetic and the random source (rejection with CKS20's exact Bernoulli(exp(−γ)); cf.
        Ilvento, CCS 2020). See :func:`.quantiles.dp_quantiles`.
-    6. Private partition selection: the candidates are only the groups that still hold a unit
-       after bounding (a group bounding emptied is never a candidate), and a group is released
-       when its noisy unit count
-       (discrete Laplace, L1 sensitivity L0) reaches the integer threshold
-       ``T = 1 + ceil(ln(δ(1+p)/L0) / ln p)``, p = e^{-1/scale}, so a group with a single
-       unit appears with probability ≤ δ/L0 (Korolova et al. 2009; Wilson et al. 2020).
+    6. Private partition selection (:mod:`.selection`): the candidates are only the groups
+       that still hold a unit after bounding, and a group is released when its noisy unit
+       count (discrete Laplace or discrete Gaussian, whichever threshold is lower for the
+       parameters) reaches an exact integer threshold that a group of one unit reaches with
+       probability <= δ_T/L0 (Korolova et al. 2009; Wilson et al. 2020; Gopi et al. 2020).
 """
 
 from __future__ import annotations
