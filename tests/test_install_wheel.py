@@ -108,6 +108,8 @@ def test_wheel_installs_into_stock_airflow_and_releases(tmp_path):
         AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
         AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT=json.dumps({"conn_type": "privacy_budget", "host": ledger}))
     _run([str(venv / "bin" / "airflow"), "db", "migrate"], timeout=600, env=env)
+    plugins = _run([str(venv / "bin" / "airflow"), "plugins", "-o", "json"], timeout=300, env=env)
+    assert {"privacy_budget", "privacy_docs"} <= {p["name"] for p in json.loads(plugins.stdout)}
     proc = _run([py, str(dag_file), f"file://{data}/visits.parquet", f"file://{out}"], timeout=600, env=env,
                 cwd=tmp_path)
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
