@@ -262,35 +262,50 @@ def dp_aggregate(
     nprng = numpy_generator(rng)
 
     # -- groups and bounding ----------------------------------------------------------------
-    data = df[list(needed)]
+    # Columns are read in place and gathered only at the kept rows: no copy of the frame
+    # (issue 14 §5: peak memory within 2x the frame).
+    taken = None  # positions in df of the rows considered (None: all of them)
     if public_groups is not None:
         groups = public_frame(public_groups, by)
         if len(by) == 1:  # a flat index: no n-row MultiIndex to build
-            group_codes = pd.Index(groups[by[0]]).get_indexer(data[by[0]])
+            group_codes = pd.Index(groups[by[0]]).get_indexer(df[by[0]])
         else:
-            group_codes = pd.MultiIndex.from_frame(groups).get_indexer(pd.MultiIndex.from_frame(data[by]))
+            group_codes = pd.MultiIndex.from_frame(groups).get_indexer(pd.MultiIndex.from_frame(df[by]))
         inside = group_codes >= 0
-        data, group_codes = data[inside], group_codes[inside]
+        if not inside.all():
+            taken = np.flatnonzero(inside)
+            group_codes = group_codes[taken]
     elif by:
         # A missing key is not a group: those rows are dropped (never released as "NaN"); list
         # NaN in public_groups to release it as a group of its own.
-        data = data[data[by].notna().all(axis=1).to_numpy()]
-        group_codes, uniques = pd.MultiIndex.from_frame(data[by]).factorize()
+        has_key = df[by].notna().all(axis=1).to_numpy()
+        if not has_key.all():
+            taken = np.flatnonzero(has_key)
+        keys = df[by] if taken is None else df[by].iloc[taken]
+        group_codes, uniques = pd.MultiIndex.from_frame(keys).factorize()
         groups = uniques.to_frame(index=False)
         groups.columns = by
     else:
         groups = pd.DataFrame(index=[0])
-        group_codes = np.zeros(len(data), dtype=np.int64)
+        group_codes = np.zeros(len(df), dtype=np.int64)
     n_groups = len(groups)
     group_codes = np.asarray(group_codes, dtype=np.int64)
+    n_taken = len(group_codes)
     if privacy_unit is None:
-        unit_codes = np.arange(len(data), dtype=np.int64)
+        unit_codes = np.arange(n_taken, dtype=np.int64)
     else:
-        unit_codes, _ = pd.factorize(data[privacy_unit])  # no missing values (checked above)
+        unit_codes = _unit_codes(df[privacy_unit])  # no missing values (checked above)
+        unit_codes = unit_codes if taken is None else unit_codes[taken]
     kept = bound_contributions(unit_codes, group_codes, l0, linf, nprng)
-    data = data.iloc[kept]
     gcodes = group_codes[kept]
     ucodes = np.asarray(unit_codes, dtype=np.int64)[kept]
+    del group_codes, unit_codes
+    rows_kept = kept if taken is None else taken[kept]
+
+    def column(col: str) -> np.ndarray:
+        """The kept rows' values of ``col`` as float64 (NaN for missing)."""
+        return df[col].to_numpy(dtype=float, na_value=np.nan)[rows_kept]
+
     if private_selection:
         # Candidates are only the groups that still hold a unit *after* bounding. A group that
         # bounding emptied must not even get a noisy count: one unit with rows in G >> L0 groups
@@ -395,7 +410,7 @@ def dp_aggregate(
         elif kind == "units":
             exact = _unit_counts(ucodes, gcodes, n_groups)
         elif kind in ("n", "cells"):
-            valid = data[q[1]].notna().to_numpy()
+            valid = ~np.isnan(column(q[1]))
             exact = np.bincount(gcodes[valid], minlength=n_groups)
             if kind == "cells":  # rows with a value, then rows without: one row, one cell
                 exact = np.concatenate((exact, np.bincount(gcodes[~valid], minlength=n_groups)))
@@ -407,13 +422,8 @@ def dp_aggregate(
         lo, hi = col_bounds[col]
         mid = (lo + hi) / 2
         gamma, magnitude, offset = grids[q]
-        vals = data[col].to_numpy(dtype=float, na_value=np.nan)
-        valid = ~np.isnan(vals)
-        v = np.clip(vals[valid], lo, hi)
-        x = {"sum": v, "normsum": v - mid, "normsq": (v - mid) ** 2 - offset}[kind] if len(v) else v
         steps = math.ceil(magnitude / gamma)  # |x| <= magnitude, so rounding stays within this
-        fixed = np.clip(stochastic_round(x / gamma, rng), -steps, steps)
-        exact = _int_group_sums(fixed, gcodes[valid], n_groups)
+        exact = _fixed_point_group_sums(column(col), gcodes, n_groups, kind, lo, hi, gamma, offset, steps, rng)
         noisy = (exact + spec.draw(rng, n_groups)) * gamma
         answers[q] = (noisy, offset) if kind == "normsq" else noisy
         noise_sd[f"{kind}({col})"] = spec.sd * gamma
@@ -423,7 +433,7 @@ def dp_aggregate(
     for q in queries:
         if q[0] == "quantile":
             col, qq = q[1], q[2]
-            answers[q] = dp_quantiles(data[col].to_numpy(dtype=float, na_value=np.nan), gcodes, n_groups,
+            answers[q] = dp_quantiles(column(col), gcodes, n_groups,
                                       col_bounds[col], qq, eps_of[q] / l0, linf, rng)
 
     # -- assemble the table (post-processing only) ------------------------------------------
@@ -475,6 +485,41 @@ def _unit_counts(ucodes: np.ndarray, gcodes: np.ndarray, n_groups: int) -> np.nd
     first = np.ones(len(pairs), dtype=bool)
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
     return np.bincount(pairs[first] % n_groups, minlength=n_groups)
+
+
+def _unit_codes(units: pd.Series) -> np.ndarray:
+    """Non-negative integer codes of the privacy units: the values themselves when they are
+    already small non-negative integers (no hash table over every row), else ``pd.factorize``.
+    Only equality of codes matters to bounding, so both give the same release distribution."""
+    values = units.to_numpy()
+    if values.dtype.kind in "iu" and len(values) and values.min() >= 0 and values.max() < 4 * len(values) + 1024:
+        return values
+    return pd.factorize(units)[0]
+
+
+_CHUNK = 1 << 20  # rows per step of the fixed-point sums: their temporaries stay small
+
+
+def _fixed_point_group_sums(vals: np.ndarray, gcodes: np.ndarray, n_groups: int, kind: str, lo: float, hi: float,
+                            gamma: float, offset: float, steps: int, rng: RandomSource) -> np.ndarray:
+    """Exact int64 per-group sums of the clamped (``sum``), centred (``normsum``) or centred
+    squared (``normsq``, less ``offset``) values on the grid γ, NaN left out, each value
+    stochastically rounded (:func:`.noise.stochastic_round`) -- chunk by chunk."""
+    mid = (lo + hi) / 2
+    total = np.zeros(n_groups, dtype=np.int64)
+    for start in range(0, len(vals), _CHUNK):
+        v = vals[start:start + _CHUNK]
+        valid = ~np.isnan(v)
+        x = np.clip(v[valid], lo, hi)
+        if kind != "sum":
+            x -= mid
+        if kind == "normsq":
+            x *= x
+            x -= offset
+        x /= gamma
+        fixed = np.clip(stochastic_round(x, rng), -steps, steps)
+        total += _int_group_sums(fixed, gcodes[start:start + _CHUNK][valid], n_groups)
+    return total
 
 
 def _int_group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:

@@ -50,9 +50,10 @@ def rank_within(segments: np.ndarray) -> np.ndarray:
 
 def _run_starts(segments: np.ndarray) -> np.ndarray:
     """Start index of each run of equal values (input sorted)."""
-    starts = np.flatnonzero(segments[1:] != segments[:-1])
-    starts += 1
-    return np.concatenate(([0], starts))
+    first = np.empty(len(segments), dtype=bool)
+    first[:1] = True
+    np.not_equal(segments[1:], segments[:-1], out=first[1:])
+    return np.flatnonzero(first)
 
 
 def first_in_run(segments: np.ndarray, limit: int) -> np.ndarray:
@@ -94,34 +95,41 @@ def bound_contributions(
     n = len(unit_codes)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    unit_codes = np.asarray(unit_codes, dtype=np.int64)
-    group_codes = np.asarray(group_codes, dtype=np.int64)
+    unit_codes = np.asarray(unit_codes)
+    group_codes = np.asarray(group_codes)
     # In-place arithmetic throughout: at 10 M rows every fresh n-sized array costs more in
-    # page faults than the arithmetic itself.
-    key = unit_codes * (int(group_codes.max()) + 1)
+    # page faults than the arithmetic itself; positions are int32 below 2^31 rows.
+    key = unit_codes.astype(np.int64)
+    key *= int(group_codes.max()) + 1
     key += group_codes  # the (unit, group) pair; sorted pairs are sorted by unit
     row_bits = max(1, (n - 1).bit_length())
     if int(key.max()) >= 1 << (63 - row_bits):
         key = np.unique(key, return_inverse=True)[1].astype(np.int64)  # dense, same order
     key <<= row_bits
-    key |= np.arange(n, dtype=np.int64)
+    for start in range(0, n, 1 << 20):  # the row index, without an n-sized temporary
+        key[start:start + (1 << 20)] |= np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
     key.sort()
-    rows = key & ((1 << row_bits) - 1)
+    index_type = np.int32 if n < 1 << 31 else np.int64
+    rows = np.empty(n, dtype=index_type)
+    np.bitwise_and(key, (1 << row_bits) - 1, out=rows, casting="unsafe")
     sorted_pair = key
     sorted_pair >>= row_bits
     pair_start = _run_starts(sorted_pair)
+    pair_sizes = np.diff(pair_start, append=n)
 
     # Linf: the first Linf rows of each pair segment, after shuffling them into place.
-    _sample_prefixes(rows, pair_start, max_rows_per_group, rng)
+    _sample_prefixes(rows, pair_start, max_rows_per_group, rng, pair_sizes)
     keep = first_in_run(sorted_pair, max_rows_per_group)
+    del key, sorted_pair
 
     # L0: the distinct pairs, in order, are grouped by unit; keep the first L0 of each unit.
     pair_unit = unit_codes[rows[pair_start]]
-    pair_ids = np.arange(len(pair_start))
+    pair_ids = np.arange(len(pair_start), dtype=index_type)
     _sample_prefixes(pair_ids, _run_starts(pair_unit), max_groups_per_unit, rng)
     kept_pair = np.zeros(len(pair_start), dtype=bool)
     kept_pair[pair_ids[first_in_run(pair_unit, max_groups_per_unit)]] = True
-    keep &= np.repeat(kept_pair, np.diff(pair_start, append=n))
+    del pair_unit, pair_ids
+    keep &= kept_pair if len(pair_start) == n else np.repeat(kept_pair, pair_sizes)
     # Ascending kept rows by an O(n) mask rather than a second O(n log n) sort.
     kept_rows = np.zeros(n, dtype=bool)
     kept_rows[rows[keep]] = True
@@ -131,7 +139,8 @@ def bound_contributions(
 _VECTOR_STEPS = 64  # segments needing more swaps than this are sampled one by one
 
 
-def _sample_prefixes(values: np.ndarray, starts: np.ndarray, k: int, rng: np.random.Generator) -> None:
+def _sample_prefixes(values: np.ndarray, starts: np.ndarray, k: int, rng: np.random.Generator,
+                     sizes: np.ndarray | None = None) -> None:
     """In place: the first ``min(k, size)`` entries of each segment become a uniformly random
     subset (without replacement) of that segment. Segments are ``values[starts[i]:starts[i + 1]]``;
     the last ends at the end.
@@ -143,8 +152,10 @@ def _sample_prefixes(values: np.ndarray, starts: np.ndarray, k: int, rng: np.ran
     vectorized step per swap; each larger one (each holds > 2·_VECTOR_STEPS entries, so there
     are few) draws its subset with ``Generator.choice(replace=False)``. The work is bounded by
     the data, O(n), whatever k is: segments within their bound are kept whole, untouched.
+    ``sizes``: the segments' sizes, when the caller has them.
     """
-    sizes = np.diff(starts, append=len(values))
+    if sizes is None:
+        sizes = np.diff(starts, append=len(values))
     big = sizes > k
     first, sizes = starts[big], sizes[big]
     swaps = np.minimum(k, sizes - k)
