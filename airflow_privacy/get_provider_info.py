@@ -45,16 +45,34 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_privacy.hooks.budget", "airflow_privacy.hooks.keys"],
             },
         ],
+        # The connection forms (Admin > Connections) are declared here, the way Airflow 3.2+
+        # reads them without importing the hooks (Airflow 3.3 calls no get_ui_field_behaviour
+        # when these keys are present, and needs no flask_appbuilder/wtforms for them).
         "connection-types": [
             {
                 "hook-class-name": "airflow_privacy.hooks.budget.PrivacyBudgetHook",
                 "connection-type": "privacy_budget",
                 "hook-name": "Privacy Budget Ledger",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"host": "Ledger URL (SQLAlchemy)", "password": "Ledger database password"},
+                    "placeholders": {
+                        "host": "postgresql+psycopg2://airflow@postgres/privacy",
+                        "password": "optional: replaces the password in the ledger URL",
+                    },
+                },
             },
             {
                 "hook-class-name": "airflow_privacy.hooks.keys.PrivacyKeyHook",
                 "connection-type": "privacy_keys",
                 "hook-name": "Privacy Key Ring",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port", "login", "extra"],
+                    "relabeling": {"password": "Key ring JSON"},
+                    "placeholders": {
+                        "password": "output of `airflow-privacy keys generate`",
+                    },
+                },
             },
         ],
         "extra-links": ["airflow_privacy.operators.links.PrivacyBudgetLink"],

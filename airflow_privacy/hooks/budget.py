@@ -37,14 +37,6 @@ class PrivacyBudgetHook(BaseHook):
         super().__init__(**kwargs)
         self.privacy_budget_conn_id = privacy_budget_conn_id
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login", "extra"],
-            "relabeling": {"host": "SQLAlchemy URL"},
-            "placeholders": {"host": "postgresql+psycopg2://airflow@postgres/privacy"},
-        }
-
     def get_url(self) -> str:
         try:
             conn = self.get_connection(self.privacy_budget_conn_id)

@@ -37,14 +37,6 @@ class PrivacyKeyHook(BaseHook):
         super().__init__(**kwargs)
         self.key_conn_id = key_conn_id
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["host", "schema", "port", "login", "extra"],
-            "relabeling": {"password": "Key ring JSON"},
-            "placeholders": {"password": "output of `airflow-privacy keys generate`"},
-        }
-
     def get_conn(self) -> KeyRing:
         """The connection's symmetric key ring.
 
