@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost
-from airflow_privacy.core.dp.bounding import bound_contributions, check_contribution_bounds
+from airflow_privacy.core.dp.bounding import bound_with_unit_counts, check_contribution_bounds
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
     check_delta,
@@ -289,16 +289,15 @@ def dp_aggregate(
         groups = pd.DataFrame(index=[0])
         group_codes = np.zeros(len(df), dtype=np.int64)
     n_groups = len(groups)
-    group_codes = np.asarray(group_codes, dtype=np.int64)
+    group_codes = np.asarray(group_codes, dtype=np.int32 if n_groups < 1 << 31 else np.int64)
     n_taken = len(group_codes)
     if privacy_unit is None:
         unit_codes = np.arange(n_taken, dtype=np.int64)
     else:
         unit_codes = _unit_codes(df[privacy_unit])  # no missing values (checked above)
         unit_codes = unit_codes if taken is None else unit_codes[taken]
-    kept = bound_contributions(unit_codes, group_codes, l0, linf, nprng)
+    kept, unit_counts = bound_with_unit_counts(unit_codes, group_codes, l0, linf, nprng, n_groups)
     gcodes = group_codes[kept]
-    ucodes = np.asarray(unit_codes, dtype=np.int64)[kept]
     del group_codes, unit_codes
     rows_kept = kept if taken is None else taken[kept]
 
@@ -313,11 +312,12 @@ def dp_aggregate(
         # unbounded in G. After bounding a unit touches <= L0 candidate groups, which is what
         # the threshold's δ/L0 per group assumes (Korolova et al. 2009; Desfontaines et al. 2022,
         # and pipeline-dp, which select on the bounded data).
-        present = np.flatnonzero(np.bincount(gcodes, minlength=n_groups))
-        recode = np.full(n_groups, -1, dtype=np.int64)
-        recode[present] = np.arange(len(present), dtype=np.int64)
+        present = np.flatnonzero(unit_counts)
+        recode = np.full(n_groups, -1, dtype=gcodes.dtype)
+        recode[present] = np.arange(len(present), dtype=gcodes.dtype)
         gcodes = recode[gcodes]
         groups = groups.iloc[present].reset_index(drop=True)
+        unit_counts = unit_counts[present]
         n_groups = len(present)
 
     # -- the primitive queries and the budget split (parameters and public schema only) -----
@@ -394,7 +394,7 @@ def dp_aggregate(
     release = np.ones(n_groups, dtype=bool)
     if private_selection:
         spec = noise[SELECTION]
-        answers[SELECTION] = (_unit_counts(ucodes, gcodes, n_groups) + spec.draw(rng, n_groups)).astype(float)
+        answers[SELECTION] = (unit_counts.astype(np.int64) + spec.draw(rng, n_groups)).astype(float)
         threshold = (laplace_threshold(float(spec.scale), l0, delta_t) if spec.scale is not None
                      else gaussian_threshold(math.sqrt(float(spec.sigma2)), l0, delta_t))
         release = answers[SELECTION] >= threshold
@@ -408,7 +408,7 @@ def dp_aggregate(
         if kind == "rows":
             exact = np.bincount(gcodes, minlength=n_groups)
         elif kind == "units":
-            exact = _unit_counts(ucodes, gcodes, n_groups)
+            exact = unit_counts
         elif kind in ("n", "cells"):
             valid = ~np.isnan(column(q[1]))
             exact = np.bincount(gcodes[valid], minlength=n_groups)
@@ -476,17 +476,6 @@ def dp_aggregate(
     return DPResult(table=out, cost=cost, noise_sd=noise_sd, grid=grid)
 
 
-def _unit_counts(ucodes: np.ndarray, gcodes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Distinct units per group: a value sort of the (unit, group) pairs and a difference,
-    ~15x faster than ``np.unique`` (which also builds an inverse) on millions of pairs."""
-    pairs = ucodes * n_groups
-    pairs += gcodes
-    pairs.sort()
-    first = np.ones(len(pairs), dtype=bool)
-    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
-    return np.bincount(pairs[first] % n_groups, minlength=n_groups)
-
-
 def _unit_codes(units: pd.Series) -> np.ndarray:
     """Non-negative integer codes of the privacy units: the values themselves when they are
     already small non-negative integers (no hash table over every row), else ``pd.factorize``.
@@ -497,7 +486,7 @@ def _unit_codes(units: pd.Series) -> np.ndarray:
     return pd.factorize(units)[0]
 
 
-_CHUNK = 1 << 20  # rows per step of the fixed-point sums: their temporaries stay small
+_CHUNK = 1 << 18  # rows per step of the fixed-point sums: their temporaries stay small
 
 
 def _fixed_point_group_sums(vals: np.ndarray, gcodes: np.ndarray, n_groups: int, kind: str, lo: float, hi: float,

@@ -76,7 +76,21 @@ def bound_contributions(
     max_rows_per_group: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Indices (ascending) of the rows kept after L0/Linf bounding; vectorized, O(n log n).
+    """Indices (ascending) of the rows kept after L0/Linf bounding (:func:`bound_with_unit_counts`)."""
+    return bound_with_unit_counts(unit_codes, group_codes, max_groups_per_unit, max_rows_per_group, rng)[0]
+
+
+def bound_with_unit_counts(
+    unit_codes: np.ndarray,
+    group_codes: np.ndarray,
+    max_groups_per_unit: int,
+    max_rows_per_group: int,
+    rng: np.random.Generator,
+    n_groups: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ascending) of the rows kept after L0/Linf bounding; vectorized, O(n log n);
+    and the number of distinct units each group keeps (length ``n_groups``; the kept
+    (unit, group) pairs counted per group -- no second sort).
 
     One value sort of ``pair << b | row`` (a SIMD sort of plain int64 values, ~5-10x faster
     than an argsort) groups the rows by (unit, group) pair, and the pairs by unit; then a
@@ -94,7 +108,7 @@ def bound_contributions(
     """
     n = len(unit_codes)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(n_groups, dtype=np.int64)
     unit_codes = np.asarray(unit_codes)
     group_codes = np.asarray(group_codes)
     # In-place arithmetic throughout: at 10 M rows every fresh n-sized array costs more in
@@ -114,8 +128,8 @@ def bound_contributions(
     np.bitwise_and(key, (1 << row_bits) - 1, out=rows, casting="unsafe")
     sorted_pair = key
     sorted_pair >>= row_bits
-    pair_start = _run_starts(sorted_pair)
-    pair_sizes = np.diff(pair_start, append=n)
+    pair_start = _run_starts(sorted_pair).astype(index_type)
+    pair_sizes = np.diff(pair_start, append=index_type(n))
 
     # Linf: the first Linf rows of each pair segment, after shuffling them into place.
     _sample_prefixes(rows, pair_start, max_rows_per_group, rng, pair_sizes)
@@ -130,10 +144,11 @@ def bound_contributions(
     kept_pair[pair_ids[first_in_run(pair_unit, max_groups_per_unit)]] = True
     del pair_unit, pair_ids
     keep &= kept_pair if len(pair_start) == n else np.repeat(kept_pair, pair_sizes)
+    units = np.bincount(group_codes[rows[pair_start[kept_pair]]], minlength=n_groups)
     # Ascending kept rows by an O(n) mask rather than a second O(n log n) sort.
     kept_rows = np.zeros(n, dtype=bool)
     kept_rows[rows[keep]] = True
-    return np.flatnonzero(kept_rows)
+    return np.flatnonzero(kept_rows), units
 
 
 _VECTOR_STEPS = 64  # segments needing more swaps than this are sampled one by one

@@ -105,3 +105,13 @@ def test_absurd_bounds_are_refused_with_the_limit():
         check_contribution_bounds(1, 0)
     with pytest.raises(InvalidParameterError, match=r"max_groups_per_unit \* max_rows_per_group"):
         check_contribution_bounds(MAX_CONTRIBUTIONS, 2)
+
+
+def test_unit_counts_are_the_distinct_units_each_group_keeps():
+    from airflow_privacy.core.dp.bounding import bound_with_unit_counts
+
+    rng = np.random.default_rng(5)
+    units, groups = rng.integers(0, 300, 20_000), rng.integers(0, 40, 20_000)
+    kept, counts = bound_with_unit_counts(units, groups.astype(np.int32), 2, 3, np.random.default_rng(6), 40)
+    expected = pd.Series(units[kept]).groupby(groups[kept]).nunique().reindex(range(40), fill_value=0)
+    assert np.array_equal(counts, expected.to_numpy())
