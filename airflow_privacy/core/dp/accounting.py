@@ -24,8 +24,9 @@ budget ledger can store them and re-compose the whole history with any accountan
     k runs of any ρ-zCDP mechanism, e.g. the multivariate discrete Gaussian of a query
     whose neighbours differ in several coordinates (ρ = Δ2²/2σ², CKS20 Thm 14).
 
-The last three have no per-event (ε, δ): ``basic`` composes them with RDP, and ``pld``
-composes the zCDP ones with RDP at half the δ and adds them to the PLD of the rest at the
+The last three have no per-event (ε, δ): ``basic`` composes them with RDP. ``pld`` and
+``rdp`` compose DP-SGD steps jointly with the other events (they have a PLD and an RDP curve);
+``pld`` composes zCDP events with RDP at half the δ and adds them to the PLD of the rest at the
 other half (taking the smaller of that and an all-RDP bound).
 
 Accountants (``compose_epsilon``), numpy/scipy only (dp-accounting is a test oracle):
@@ -243,9 +244,13 @@ def compose_epsilon(events: list[dict[str, Any]], delta: float, accountant: str 
     if not events:
         return 0.0
     federated = [e for e in events if e["kind"] in _NO_EPSILON_DELTA]
+    groups = _grouped(events)
+    if federated and accountant != "basic" and all(e["kind"] == "poisson_subsampled_gaussian" for e in federated):
+        # DP-SGD steps have a PLD and an RDP curve: one joint composition with everything else
+        # (no per-event (ε, δ), so no basic bound to compare with).
+        return _compose_pld(groups, delta) if accountant == "pld" else _compose_rdp(groups, delta)
     if federated:
         return _compose_with_federated(events, federated, delta, accountant)
-    groups = _grouped(events)
     eps = dlt = 0.0
     for key, n in groups.items():
         e, d = event_epsilon_delta(dict(key))
