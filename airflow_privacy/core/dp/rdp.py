@@ -44,9 +44,9 @@ def zcdp_curve(rho: float) -> np.ndarray:
 
 
 def _log_expectation_curve(losses: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
-    """``log E[e^{(α-1)L}] / (α-1)`` at every order, for a loss with atoms ``losses``."""
-    a1 = (ORDERS - 1.0)[:, None]
-    return special.logsumexp(log_probs[None, :] + a1 * losses[None, :], axis=1) / a1[:, 0]
+    """``log E[e^{(α-1)L}] / (α-1)`` at every order, for a loss with atoms ``losses`` (one
+    order at a time: a fixed-point sum's discrete Laplace has ~10^5 atoms)."""
+    return np.array([special.logsumexp(log_probs + (a - 1) * losses) / (a - 1) for a in ORDERS])
 
 
 @functools.lru_cache(maxsize=256)
