@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,12 @@ from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core import io
-from airflow_privacy.core.deid import deidentify, needs_keyring
+from airflow_privacy.core.deid import (
+    InformationLossWarning,
+    check_request,
+    deidentify,
+    needs_keyring,
+)
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.hooks.keys import PrivacyKeyHook
 
@@ -26,13 +32,23 @@ class DeidentifyOperator(BaseOperator):
     with the key ring), quasi-identifiers generalized until every equivalence class holds at
     least ``k`` distinct entities and ``l`` distinct sensitive values, the rest suppressed
     within ``max_suppression`` -- or the task fails (without retry) saying which constraint
-    could not be met, and writes nothing.
+    could not be met, and writes nothing. The audit report and the returned summary carry
+    the information lost (NCP, discernibility); past ``information_loss``'s threshold the
+    task logs a warning, or fails and writes nothing (``"on_exceed": "fail"``).
+
+    Rules, ``k_anonymity``, ``l_diversity`` and ``information_loss`` are checked when the
+    DAG file is parsed, without reading data: a misspelt rule or ``k_anonymity`` without
+    ``k`` is an import error of the DAG (rules holding a Jinja template are checked after
+    rendering, when the task runs).
 
     :param source: URI of the raw batch (templated).
     :param destination: URI of the de-identified batch (templated).
     :param rules: ``{column: rule}`` (templated: strings among the values are rendered).
-    :param k_anonymity: ``{"quasi_identifiers", "k", "entity", "max_suppression"}`` or None.
+    :param k_anonymity: ``{"quasi_identifiers", "k", "entity", "max_suppression",
+        "max_generalization"}`` or None (``max_generalization``: ``{column: highest level}``).
     :param l_diversity: ``{"sensitive", "l"}`` or None.
+    :param information_loss: ``{"max_ncp", "max_discernibility", "on_exceed"}`` (default:
+        warn above NCP 0.5; ``"on_exceed": "fail"`` fails the task instead).
     :param key_conn_id: ``privacy_keys`` connection for keyed rules.
     :param report_destination: URI of the audit report (default ``<destination>.report.json``).
     :param asset: an :class:`~airflow.sdk.Asset` (or its URI) updated on success, so
@@ -55,6 +71,7 @@ class DeidentifyOperator(BaseOperator):
         report_destination: str | None = None,
         asset: Asset | str | None = None,
         unlisted: str = "keep",
+        information_loss: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
@@ -63,6 +80,11 @@ class DeidentifyOperator(BaseOperator):
         super().__init__(**kwargs)
         if not isinstance(rules, Mapping) or not rules:
             raise InvalidParameterError("rules", rules, "expected a non-empty {column: rule} dict")
+        # Parse time, no data: the same checks deidentify() starts with. Templated rules are
+        # only known once rendered, so then only the other parameters are checked here.
+        templated = _holds_template(rules)
+        check_request({} if templated else rules, k_anonymity=k_anonymity, l_diversity=l_diversity,
+                      unlisted="keep" if templated else unlisted, information_loss=information_loss)
         self.source = source
         self.destination = destination
         self.rules = dict(rules)
@@ -72,6 +94,7 @@ class DeidentifyOperator(BaseOperator):
         self.report_destination = report_destination
         self.asset = asset
         self.unlisted = unlisted
+        self.information_loss = information_loss
 
     def execute(self, context: Context) -> dict[str, Any]:
         df = io.read_batch(self.source)
@@ -79,10 +102,18 @@ class DeidentifyOperator(BaseOperator):
         try:
             # the ring inside the try: a malformed ring or an empty connection is not retried
             ring = PrivacyKeyHook(self.key_conn_id).get_keyring() if needs_keyring(self.rules) else None
-            out, report = deidentify(df, self.rules, keyring=ring, k_anonymity=self.k_anonymity,
-                                     l_diversity=self.l_diversity, unlisted=self.unlisted)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InformationLossWarning)  # logged below, once
+                out, report = deidentify(df, self.rules, keyring=ring, k_anonymity=self.k_anonymity,
+                                         l_diversity=self.l_diversity, unlisted=self.unlisted,
+                                         information_loss=self.information_loss)
         except PrivacyError as exc:
             raise AirflowFailException(str(exc)) from exc
+        loss = report.get("information_loss")
+        if loss and loss["exceeded"]:
+            self.log.warning("Information loss above the policy's threshold (%s): NCP %.3f, normalized "
+                             "discernibility %.3f, per column %s -- see the audit report", loss["policy"],
+                             loss["ncp"], loss["discernibility_normalized"], loss["ncp_by_column"])
         report_uri = self.report_destination or f"{self.destination}.report.json"
         # Report first: each write is atomic, so a failure in between leaves at worst a report
         # of a batch not yet written (a retry rewrites both), never a batch without its audit.
@@ -96,8 +127,21 @@ class DeidentifyOperator(BaseOperator):
             "suppressed": report.get("suppressed"),
             "k_achieved": report.get("k_achieved"),
             "l_achieved": report.get("l_achieved"),
+            "information_loss": None if loss is None else {
+                key: loss[key] for key in ("ncp", "discernibility_normalized", "exceeded")},
         }
         self.log.info("De-identified: %s", summary)
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = {"output": self.destination, "rows": rows}
         return summary
+
+
+def _holds_template(value: Any) -> bool:
+    """Whether a (nested) rules value holds a Jinja template Airflow renders at run time."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(_holds_template(k) or _holds_template(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_template(v) for v in value)
+    return False

@@ -158,3 +158,31 @@ def test_rules_are_templated_as_documented():
     )
     op.render_template_fields({"params": {"site": "site_a"}})
     assert op.rules == {"site": {"replace": {"value": "site_a"}}, "email": "drop"}
+
+
+def _k50_operator(tmp_path, **policy) -> DeidentifyOperator:
+    """The demo batch that k = 50 turns into one class ("*" or a bucket spanning every value)."""
+    src = f"file://{tmp_path}/raw.parquet"
+    write_batch(generate_batch("site_b", DATE), src)
+    rules = {"name": "drop", "email": "redact", "patient_id": {"tokenize": {}}, "ssn": "drop", "phone": "drop",
+             "birth_date": "drop", "note": "drop", "visit_date": "drop",
+             "zip": {"generalize": {"prefix": 3}}, "age": {"bucket": {"width": 10}}}
+    return DeidentifyOperator(task_id="deid", source=src, destination=f"file://{tmp_path}/out.parquet", rules=rules,
+                              k_anonymity={"quasi_identifiers": ["age", "zip", "sex"], "k": 50,
+                                           "entity": "patient_id", "max_suppression": 0.05}, **policy)
+
+
+def test_k50_information_loss_warns_by_default(tmp_path, capfd):
+    summary = _k50_operator(tmp_path).execute({})
+    assert summary["information_loss"] == {"ncp": 1.0, "discernibility_normalized": 1.0, "exceeded": True}
+    report = json.loads(read_bytes(summary["report"]))
+    assert report["information_loss"]["ncp_by_column"] == {"age": 1.0, "zip": 1.0, "sex": 1.0}
+    logged = capfd.readouterr()
+    assert "Information loss above the policy's threshold" in logged.out + logged.err
+
+
+def test_k50_information_loss_fails_by_policy_and_writes_nothing(tmp_path):
+    op = _k50_operator(tmp_path, information_loss={"max_ncp": 0.6, "on_exceed": "fail"})
+    with pytest.raises(AirflowFailException, match=r"NCP 1.000 > information_loss.max_ncp=0.6"):
+        op.execute({})
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.report.json").exists()

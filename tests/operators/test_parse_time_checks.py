@@ -59,6 +59,44 @@ def test_dp_mistakes_are_import_errors_of_the_dag_file(args, expected, tmp_path,
     assert "InvalidParameterError" in error and expected in error, error
 
 
+DEID = 'DeidentifyOperator(task_id="deid", source="file:///nowhere/raw.parquet", destination="file:///nowhere/deid.parquet", '
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ('rules={"age": {"bucketize": {"width": 10}}})',
+     "invalid rules['age']='bucketize': unknown rule; expected one of ["),
+    ('rules={"age": {"bucket": {"width": 10}}}, k_anonymity={"quasi_identifiers": ["age"]})',
+     "invalid k_anonymity.k=None: expected an integer >= 2"),
+    ('rules={"age": "keep"}, k_anonymity={"quasi_identifiers": ["age"], "k": 5, "max_generalization": {"zip": 1}})',
+     "invalid k_anonymity.max_generalization='zip': not one of the quasi-identifiers ['age']"),
+    ('rules={"age": "drop"}, k_anonymity={"quasi_identifiers": ["age"], "k": 5})',
+     "invalid k_anonymity.quasi_identifiers='age': this column is dropped by its rule"),
+    ('rules={"age": "{{ params.age_rule }}"}, k_anonymity={"quasi_identifiers": ["age"], "k": 5}, '
+     'information_loss={"on_exceed": "stop"})',
+     "invalid information_loss.on_exceed='stop': expected one of ['warn', 'fail']"),
+], ids=["misspelt-rule", "k-anonymity-without-k", "cap-of-no-qi", "dropped-qi", "templated-rules-bad-policy"])
+def test_deid_mistakes_are_import_errors_of_the_dag_file(args, expected, tmp_path, airflow_db):
+    error = _import_error(tmp_path, DEID + args)
+    assert "InvalidParameterError" in error and expected in error, error
+
+
+def test_a_templated_rule_is_left_to_the_run(tmp_path):
+    """Its value is known only once rendered: parsing accepts the template, the run refuses a
+    bad rendered rule before reading or writing anything."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_privacy.operators import DeidentifyOperator
+
+    source = f"file://{tmp_path}/raw.parquet"
+    write_batch(pd.DataFrame({"age": [30, 40]}), source)
+    op = DeidentifyOperator(task_id="deid", source=source, destination=f"file://{tmp_path}/out.parquet",
+                            rules={"age": "{{ params.rule }}"})
+    op.render_template_fields({"params": {"rule": "bucketize"}})
+    with pytest.raises(AirflowFailException, match=r"invalid rules\['age'\]='bucketize': unknown rule"):
+        op.execute({})
+    assert not exists(f"file://{tmp_path}/out.parquet")
+
+
 # -- templated epsilon / delta, rendered from the run's conf ---------------------------------
 _TEMPLATED = """
     DPAggregateOperator(task_id="stats", source="{source}", destination="{dest}/{{{{ run_id }}}}.parquet",

@@ -8,7 +8,9 @@ scrubbing of free text.
   Sweeney 2002) and distinct l-diversity (Machanavajjhala et al. 2007) enforced by climbing
   generalization hierarchies and suppressing within a limit (:mod:`.anonymity`). Returns
   the frame and a JSON-able audit report (columns x transform x key id, rows in/out,
-  suppressed, k and l achieved, generalization levels).
+  suppressed, k and l achieved, generalization levels, information loss -- NCP and
+  discernibility, :mod:`.loss` -- against a warn-or-fail policy). :func:`check_request`
+  runs its parameter checks without data, as a DAG file is parsed (:mod:`.spec`).
 * :func:`needs_keyring` -- whether a rules mapping uses ``hash``, ``tokenize`` or
   ``shift_dates`` (so an operator fetches keys only when needed).
 * :func:`scrub_pii` -- validated regex recognizers for e-mail, phone, SSN, card, IP and
@@ -24,16 +26,22 @@ from __future__ import annotations
 from airflow_privacy.core.deid.deidentify import REPORT_VERSION, deidentify
 from airflow_privacy.core.deid.generalize import DATE_LEVELS
 from airflow_privacy.core.deid.keyed import HASH_VERSION
+from airflow_privacy.core.deid.loss import InformationLossError, InformationLossWarning
 from airflow_privacy.core.deid.pii import ENTITIES, scrub_pii
 from airflow_privacy.core.deid.rules import KEYED_RULES, RULES, needs_keyring
+from airflow_privacy.core.deid.spec import DEFAULT_LOSS_POLICY, check_request
 
 __all__ = [
     "DATE_LEVELS",
+    "DEFAULT_LOSS_POLICY",
     "ENTITIES",
     "HASH_VERSION",
+    "InformationLossError",
+    "InformationLossWarning",
     "KEYED_RULES",
     "REPORT_VERSION",
     "RULES",
+    "check_request",
     "deidentify",
     "needs_keyring",
     "scrub_pii",

@@ -46,6 +46,9 @@ most ``sum(levels)`` iterations. Correctness: classes are disjoint and removing 
 classes does not change the others, so every remaining class satisfies both constraints;
 monotonicity of nested hierarchies means the fully generalized state is the least violating
 one, so when it fails nothing else could succeed (short of suppressing more than allowed).
+A per-attribute ``max_levels`` caps the ladder below its top (say, ages never coarser than
+decades): the search then stops at the caps instead, and the same argument holds for the
+capped state among the states allowed. What generalization cost is measured in :mod:`.loss`.
 
 Implementation: the search runs on the batch compressed to its distinct (quasi-identifier
 codes, entity, sensitive value) combinations with a row count each, so an evaluation costs
@@ -80,6 +83,7 @@ class Enforcement:
     k_achieved: int | None
     l_achieved: int | None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    class_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per released class
 
 
 @dataclass
@@ -186,6 +190,7 @@ def enforce(
     max_suppression: float,
     entity_name: str | None = None,
     sensitive_name: str | None = None,
+    max_levels: Sequence[int | None] | None = None,
 ) -> Enforcement:
     """Find generalization levels and the rows to suppress (see module docstring).
 
@@ -196,9 +201,15 @@ def enforce(
     :param entity: per-row entity codes (-1 null) or None (each row its own entity).
     :param sensitive: per-row sensitive value codes (-1 null) or None.
     :param max_suppression: fraction of rows that may be suppressed, in [0, 1).
+    :param max_levels: per quasi-identifier, the highest level the search may climb to
+        (None: its top, ``"*"``); the search stops there as it stops at the top.
     :raises PrivacyError: the constraints cannot hold within the suppression limit.
     """
     rows_in = len(hierarchies[0].source.codes) if hierarchies else 0
+    ceilings = [
+        h.top if m is None else min(h.top, m)
+        for h, m in zip(hierarchies, max_levels or [None] * len(hierarchies), strict=True)
+    ]
     search = _Search(hierarchies, entity, sensitive, k, l_div)
     allowed = math.floor(max_suppression * rows_in)
     levels = [0] * len(hierarchies)
@@ -207,7 +218,7 @@ def enforce(
     while state.violating_rows > allowed:
         best: tuple[tuple[int, int, int, int], int, _State] | None = None
         for j, h in enumerate(hierarchies):
-            if levels[j] >= h.top:
+            if levels[j] >= ceilings[j]:
                 continue
             trial = list(levels)
             trial[j] += 1
@@ -221,8 +232,9 @@ def enforce(
             if best is None or score < best[0]:
                 best = (score, j, candidate)
         if best is None:
+            capped = {names[j]: c for j, (h, c) in enumerate(zip(hierarchies, ceilings, strict=True)) if c < h.top}
             raise PrivacyError(
-                _failure(state, rows_in, allowed, k, l_div, entity_name, sensitive_name)
+                _failure(state, rows_in, allowed, k, l_div, entity_name, sensitive_name, capped)
             )
         _, j, state = best
         levels[j] += 1
@@ -243,7 +255,8 @@ def enforce(
     l_achieved = None
     if state.diversity is not None and good.any():
         l_achieved = int(state.diversity[good].min())
-    return Enforcement(levels, keep, suppressed, k_achieved, l_achieved, steps)
+    class_rows = state.rows[good & (state.rows > 0)]
+    return Enforcement(levels, keep, suppressed, k_achieved, l_achieved, steps, class_rows)
 
 
 def _failure(
@@ -254,6 +267,7 @@ def _failure(
     l_div: int | None,
     entity_name: str | None,
     sensitive_name: str | None,
+    capped: dict[str, int],
 ) -> str:
     def share(n: int) -> str:
         return f"{n} of {rows} rows ({n / rows:.1%})" if rows else f"{n} rows"
@@ -275,8 +289,11 @@ def _failure(
             f"classes with fewer than {l_div} distinct {sensitive_name!r} values (the smallest "
             f"has {smallest}, {l_div - smallest} short)"
         )
+    how = (
+        f"generalized as far as max_generalization allows ({capped}; the others fully)"
+        if capped else "fully generalized"
+    )
     return (
         "cannot de-identify within the suppression limit even with every quasi-identifier "
-        f"fully generalized: {'; '.join(problems)}; max_suppression allows suppressing "
-        f"{share(allowed)}"
+        f"{how}: {'; '.join(problems)}; max_suppression allows suppressing {share(allowed)}"
     )

@@ -21,15 +21,19 @@ Audit report (JSON-able, no data values, no key material)::
                           "nulled_without_entity"? (shift_dates rows without an entity),
                           "generalization"?: {"level", "description"}}},
      "k_anonymity"?: {"quasi_identifiers", "k", "entity", "max_suppression", "k_achieved",
-                      "levels": {qi: {"level", "description"}}, "steps": [...]},
-     "l_diversity"?: {"sensitive", "l", "l_achieved"}}
+                      "levels": {qi: {"level", "description", "max_level"?}}, "steps": [...]},
+     "l_diversity"?: {"sensitive", "l", "l_achieved"},
+     "information_loss"?: {"ncp", "ncp_by_column", "discernibility",
+                           "discernibility_normalized", "policy", "exceeded"}}
+
+Information loss (:mod:`.loss`, with k-anonymity or l-diversity): NCP and discernibility of
+the release; above the ``information_loss`` policy's threshold a warning, or (``"on_exceed":
+"fail"``) :class:`~.loss.InformationLossError` and nothing returned.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,34 +41,17 @@ import pandas as pd
 
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
+from airflow_privacy.core.deid import loss as loss_measure
 from airflow_privacy.core.deid.anonymity import Enforcement, enforce
 from airflow_privacy.core.deid.dedupe import distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
-from airflow_privacy.core.deid.rules import (
-    Batch,
-    Drop,
-    Keep,
-    Rule,
-    is_column_name,
-    parse_rule,
-    parse_rules,
-)
+from airflow_privacy.core.deid.rules import Batch, Keep, Rule, parse_rule
+from airflow_privacy.core.deid.spec import Anonymity, check_columns, check_request
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
 __all__ = ["REPORT_VERSION", "deidentify"]
 
 REPORT_VERSION = 1
-_UNLISTED = ("keep", "drop", "error")
-
-
-@dataclass(frozen=True)
-class _Anonymity:
-    quasi_identifiers: list[Hashable]
-    k: int | None
-    entity: Hashable | None
-    max_suppression: float
-    sensitive: Hashable | None
-    l_div: int | None
 
 
 def deidentify(
@@ -75,6 +62,7 @@ def deidentify(
     k_anonymity: Mapping[str, Any] | None = None,
     l_diversity: Mapping[str, Any] | None = None,
     unlisted: str = "keep",
+    information_loss: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """De-identify a batch with per-column rules and optional k-anonymity / l-diversity.
 
@@ -98,16 +86,25 @@ def deidentify(
         and ``shift_dates``; required when one of them is used.
     :param k_anonymity: ``{"quasi_identifiers": [...], "k": int >= 2, "entity": column
         (optional: count distinct entities rather than rows), "max_suppression": fraction
-        of rows in [0, 1) that may be removed (default 0)}``.
+        of rows in [0, 1) that may be removed (default 0), "max_generalization":
+        {quasi-identifier: highest level} (optional; level 0 is what the column's rule
+        releases, the report's ``levels`` name each level -- e.g. ``{"age": 2}`` keeps ages
+        out of ``"*"``)}``.
     :param l_diversity: ``{"sensitive": column, "l": int >= 2}``; its classes are those of
         ``k_anonymity``'s quasi-identifiers (or its own ``"quasi_identifiers"``, and then
-        its own ``"max_suppression"``, when there is no ``k_anonymity``).
+        its own ``"max_suppression"`` and ``"max_generalization"``, when there is no
+        ``k_anonymity``).
     :param unlisted: what happens to columns without a rule: ``"keep"`` (default),
         ``"drop"``, or ``"error"`` (every column must have a rule).
+    :param information_loss: policy on the report's information loss (:mod:`.loss`):
+        ``{"max_ncp": fraction or None (default 0.5), "max_discernibility": fraction or None
+        (default None), "on_exceed": "warn" (default, :class:`~.loss.InformationLossWarning`)
+        or "fail" (:class:`~.loss.InformationLossError`, nothing returned)}``.
     :return: the de-identified frame and the JSON-able audit report.
     :raises InvalidParameterError: a bad rule, parameter or constraint.
     :raises SchemaError: a column is missing, duplicated or of the wrong type for its rule.
-    :raises PrivacyError: k-anonymity / l-diversity cannot hold within ``max_suppression``.
+    :raises PrivacyError: k-anonymity / l-diversity cannot hold within ``max_suppression``
+        (and ``max_generalization``), or the information loss fails the policy.
     """
     if not isinstance(df, pd.DataFrame):
         raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
@@ -120,9 +117,10 @@ def deidentify(
         # Parquet): 0 and "0" would share keyed tokens and one report entry.
         clash = sorted({repr(c) for c in df.columns if (texts == str(c)).sum() > 1})
         raise SchemaError(f"the batch has column names that are equal as text: {clash}")
-    if unlisted not in _UNLISTED:
-        raise InvalidParameterError("unlisted", unlisted, f"expected one of {list(_UNLISTED)}")
-    parsed = parse_rules(rules, df)
+    request = check_request(rules, k_anonymity=k_anonymity, l_diversity=l_diversity,
+                            unlisted=unlisted, information_loss=information_loss)
+    check_columns(request, df)
+    parsed = dict(request.rules)
     missing = [c for c in df.columns if c not in parsed]
     if missing and unlisted == "error":
         raise SchemaError(f"columns {missing} have no rule (unlisted='error')")
@@ -135,7 +133,7 @@ def deidentify(
             type(keyring).__name__ if keyring is not None else None,
             f"expected a KeyRing: the rules of columns {keyed} use keys",
         )
-    anonymity = _check_anonymity(k_anonymity, l_diversity, parsed, df)
+    anonymity = request.anonymity
 
     batch = Batch(df, keyring)
     columns_report = {str(c): rule.report() for c, rule in parsed.items()}
@@ -175,6 +173,7 @@ def deidentify(
             max_suppression=anonymity.max_suppression,
             entity_name=None if anonymity.entity is None else str(anonymity.entity),
             sensitive_name=None if anonymity.sensitive is None else str(anonymity.sensitive),
+            max_levels=[anonymity.max_levels.get(c) for c in anonymity.quasi_identifiers],
         )
         if result.keep is not None:
             rows = np.flatnonzero(result.keep)
@@ -185,6 +184,8 @@ def deidentify(
         ):
             released[column] = h.output(level, rows)
             levels[name] = {"level": level, "description": h.describe(level)}
+            if column in anonymity.max_levels:
+                levels[name]["max_level"] = anonymity.max_levels[column]
             columns_report[name]["generalization"] = levels[name]
         for column in early:
             if column not in anonymity.quasi_identifiers and rows is not None:
@@ -193,6 +194,10 @@ def deidentify(
                 # counts were taken before suppression: recount on the released rows
                 extra[column] = parsed[column].apply(batch.select(rows)).report
         anonymity_report = _anonymity_report(anonymity, names, levels, result)
+        # before phase 2: a release the policy refuses costs no more work and returns nothing
+        loss = loss_measure.information_loss(hierarchies, names, result.levels, result.keep, result.class_rows)
+        loss_measure.apply_policy(loss, request.loss_policy, levels)
+        anonymity_report["information_loss"] = loss
 
     # Phase 2, on the released rows only: every other column.
     kept = batch.select(rows)
@@ -232,7 +237,7 @@ def deidentify(
 
 
 def _anonymity_report(
-    anonymity: _Anonymity,
+    anonymity: Anonymity,
     names: list[str],
     levels: dict[str, dict[str, Any]],
     result: Enforcement,
@@ -288,122 +293,3 @@ def _sensitive_codes(
     if isinstance(rules[column], Keep):
         return batch.distinct(column).codes
     return distinct(outputs[column]).codes
-
-
-def _check_anonymity(
-    k_anonymity: Any, l_diversity: Any, rules: Mapping[Hashable, Rule], df: pd.DataFrame
-) -> _Anonymity | None:
-    if k_anonymity is None and l_diversity is None:
-        return None
-    k_spec = _mapping(
-        k_anonymity, "k_anonymity", {"quasi_identifiers", "k", "entity", "max_suppression"}
-    )
-    l_spec = _mapping(
-        l_diversity, "l_diversity", {"sensitive", "l", "quasi_identifiers", "max_suppression"}
-    )
-    if k_anonymity is not None:
-        if "quasi_identifiers" in l_spec and l_spec["quasi_identifiers"] != k_spec.get(
-            "quasi_identifiers"
-        ):
-            raise InvalidParameterError(
-                "l_diversity.quasi_identifiers",
-                l_spec["quasi_identifiers"],
-                "must equal k_anonymity.quasi_identifiers (or be omitted)",
-            )
-        if "max_suppression" in l_spec:
-            raise InvalidParameterError(
-                "l_diversity.max_suppression",
-                l_spec["max_suppression"],
-                "set max_suppression in k_anonymity when both are given",
-            )
-        qi_spec, where, suppression_spec = k_spec, "k_anonymity", k_spec
-    else:
-        qi_spec, where, suppression_spec = l_spec, "l_diversity", l_spec
-    qis = qi_spec.get("quasi_identifiers")
-    if isinstance(qis, (str, bytes)) or not isinstance(qis, Sequence) or not qis:
-        raise InvalidParameterError(
-            f"{where}.quasi_identifiers", qis, "expected a non-empty list of column names"
-        )
-    qis = list(qis)
-    unnamed = [q for q in qis if not is_column_name(q)]
-    if unnamed:
-        raise InvalidParameterError(
-            f"{where}.quasi_identifiers", unnamed[0], "expected column names, not lists or dicts"
-        )
-    if len(set(qis)) != len(qis):
-        raise InvalidParameterError(f"{where}.quasi_identifiers", qis, "names must be unique")
-    for qi in qis:
-        if qi not in df.columns:
-            raise SchemaError(
-                f"{where}.quasi_identifiers: column {qi!r} is not in the batch; it has "
-                f"{list(df.columns)}"
-            )
-        if isinstance(rules[qi], Drop):
-            raise InvalidParameterError(
-                f"{where}.quasi_identifiers",
-                qi,
-                "this column is dropped by its rule; a quasi-identifier must be released",
-            )
-    suppression = suppression_spec.get("max_suppression", 0.0)
-    if (
-        isinstance(suppression, bool)
-        or not isinstance(suppression, (int, float))
-        or not math.isfinite(suppression)
-        or not 0 <= suppression < 1
-    ):
-        raise InvalidParameterError(
-            f"{where}.max_suppression", suppression, "expected a fraction of rows in [0, 1)"
-        )
-    k = entity = None
-    if k_anonymity is not None:
-        k = _at_least_two(k_spec.get("k"), "k_anonymity.k")
-        entity = k_spec.get("entity")
-        if entity is not None:
-            if not is_column_name(entity):
-                raise InvalidParameterError("k_anonymity.entity", entity, "expected a column name")
-            if entity not in df.columns:
-                raise SchemaError(f"k_anonymity.entity: column {entity!r} is not in the batch")
-            if entity in qis:
-                raise InvalidParameterError(
-                    "k_anonymity.entity", entity, "must not be one of the quasi-identifiers"
-                )
-    sensitive = l_div = None
-    if l_diversity is not None:
-        l_div = _at_least_two(l_spec.get("l"), "l_diversity.l")
-        sensitive = l_spec.get("sensitive")
-        if sensitive is None:
-            raise InvalidParameterError("l_diversity.sensitive", None, "a column is required")
-        if not is_column_name(sensitive):
-            raise InvalidParameterError(
-                "l_diversity.sensitive", sensitive, "expected a column name"
-            )
-        if sensitive not in df.columns:
-            raise SchemaError(f"l_diversity.sensitive: column {sensitive!r} is not in the batch")
-        if sensitive in qis:
-            raise InvalidParameterError(
-                "l_diversity.sensitive", sensitive, "must not be one of the quasi-identifiers"
-            )
-        if isinstance(rules[sensitive], Drop):
-            raise InvalidParameterError(
-                "l_diversity.sensitive", sensitive, "this column is dropped by its rule"
-            )
-    return _Anonymity(qis, k, entity, float(suppression), sensitive, l_div)
-
-
-def _mapping(spec: Any, name: str, allowed: set[str]) -> dict[str, Any]:
-    if spec is None:
-        return {}
-    if not isinstance(spec, Mapping):
-        raise InvalidParameterError(name, type(spec).__name__, "expected a mapping")
-    unknown = sorted(set(spec) - allowed, key=str)
-    if unknown:
-        raise InvalidParameterError(
-            f"{name}.{unknown[0]}", spec[unknown[0]], f"unknown key; expected {sorted(allowed)}"
-        )
-    return dict(spec)
-
-
-def _at_least_two(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-        raise InvalidParameterError(name, value, "expected an integer >= 2")
-    return int(value)

@@ -58,7 +58,7 @@ from airflow_privacy.core.deid.generalize import (
 from airflow_privacy.core.deid.pii import ENTITIES, check_entities, scrub_distinct
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
-__all__ = ["KEYED_RULES", "RULES", "Batch", "Rule", "needs_keyring", "parse_rules"]
+__all__ = ["KEYED_RULES", "RULES", "Batch", "Rule", "check_rule_columns", "needs_keyring", "parse_rules"]
 
 _MISSING: Any = object()
 
@@ -703,20 +703,22 @@ def parse_rule(column: Hashable, spec: Any) -> Rule:
     return rule
 
 
-def parse_rules(rules: Any, df: pd.DataFrame) -> dict[Hashable, Rule]:
-    """Validate the whole rules mapping against the batch's columns."""
+def parse_rules(rules: Any) -> dict[Hashable, Rule]:
+    """Validate the whole rules mapping without data (what a DAG can check when parsed)."""
     if not isinstance(rules, Mapping):
         raise InvalidParameterError(
             "rules", type(rules).__name__, "expected a mapping of column name to rule"
         )
-    parsed: dict[Hashable, Rule] = {}
-    for column, spec in rules.items():
+    return {column: parse_rule(column, spec) for column, spec in rules.items()}
+
+
+def check_rule_columns(parsed: Mapping[Hashable, Rule], df: pd.DataFrame) -> None:
+    """The columns the rules name (their own, ``shift_dates.by``, ``scrub_pii.known``) are in
+    the batch."""
+    for column, rule in parsed.items():
         if column not in df.columns:
             raise SchemaError(
                 f"rules: column {column!r} is not in the batch; it has {list(df.columns)}"
             )
-        rule = parse_rule(column, spec)
         if isinstance(rule, (ShiftDates, ScrubPII)):
             rule.check(df)
-        parsed[column] = rule
-    return parsed
