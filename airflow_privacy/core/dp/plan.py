@@ -262,21 +262,21 @@ def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]]
     Per metric, with h the bounds' half-range, M their largest magnitude, mid their midpoint
     and c = L0·Linf (a count's L1 sensitivity): count c² (2c² from cells: the sum of two);
     count_units L0²; direct sum c²; sum = normsum + mid·n: c²·h²/M² on normsum, c²·mid²/M² on
-    n; mean c² on normsum (S/N is off by noise/N) and c² on n (the mean's error from N is
-    (μ - mid)/N·noise, |μ - mid| <= h); variance/std c² on each of normsq, normsum, n; a
-    quantile (exponential mechanism, rank error ∝ L0·Linf/ε) 4c². Partition selection
-    counts as one count query of L0² for the groups it keeps, plus whatever reuses it, and
-    gets at least an equal share 1/k: the groups it releases are worth as much as any metric.
+    n; mean c² on normsum (S/N is off by noise/N) and c²/3 on n (the mean's error from N is
+    (μ - mid)/N·noise, and E[(μ - mid)²] = h²/3 for a mean uniform in the bounds); variance/std
+    c² on normsq and normsum, c²/3 on n; a quantile (exponential mechanism, rank error ∝
+    L0·Linf/ε) 4c². Partition selection counts as one count query (c²) for the groups it
+    keeps, plus whatever reuses it.
     """
     c2 = float(l0 * linf) ** 2
     a = dict.fromkeys(parts, 0.0)
     if SELECTION in a:
-        a[SELECTION] += float(l0) ** 2
+        a[SELECTION] += c2
     for m in specs:
         src = sources[m.name]
         if m.kind in ("count", "count_units"):
             q = src.get("rows", src.get("units"))
-            a[q] += (float(l0) ** 2 if q == SELECTION and linf == 1 else c2) * (2 if q[0] == "cells" else 1)
+            a[q] += (float(l0) ** 2 if m.kind == "count_units" else c2) * (2 if q[0] == "cells" else 1)
             continue
         if m.kind == "quantile":
             a[src["quantile"]] += 4 * c2
@@ -291,14 +291,10 @@ def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]]
             a[src["n"]] += c2 * mid * mid / (big * big)
         else:
             a[src["normsum"]] += c2
-            a[src["n"]] += c2
+            a[src["n"]] += c2 / 3
             if "normsq" in src:
                 a[src["normsq"]] += c2
     roots = {q: max(v, 1e-12) ** (1 / 3) for q, v in a.items()}
     total = sum(roots.values())
     w = {q: r / total for q, r in roots.items()}
-    floor = 1 / len(parts)
-    if SELECTION in w and w[SELECTION] < floor:  # groups released: at least an equal share
-        rest = 1 - w[SELECTION]
-        w = {q: floor if q == SELECTION else v * (1 - floor) / rest for q, v in w.items()}
     return w

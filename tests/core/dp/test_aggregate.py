@@ -412,14 +412,14 @@ def test_gaussian_release_spends_its_budget_with_less_noise():
 def test_pure_laplace_release_splits_epsilon_by_the_cube_root_rule():
     """δ = 0: composition is the basic sum. Count + mean of a float column run two queries:
     the cells count (rows with / without x; the count uses both cells, the mean the first:
-    weight a = 2 + 1) and normsum(x) (the mean: a = 1). ε_q ∝ a_q^(1/3) minimises the summed
+    weight a = 2 + 1/3) and normsum(x) (the mean: a = 1). ε_q ∝ a_q^(1/3) minimises the summed
     variance Σ a_q/ε_q² under Σ ε_q = ε (plan.budget_weights), and the shares add up to ε."""
     from airflow_privacy.core.dp.noise import rational_at_least
 
     df = pd.DataFrame({"x": np.linspace(0, 1, 100)})
     res = dp_aggregate(df, epsilon=1.0, metrics={"n": "count", "m": ("mean", "x")}, bounds={"x": (0, 1)},
                        random_source=4)
-    w_cells = 3 ** (1 / 3) / (3 ** (1 / 3) + 1)
+    w_cells = (7 / 3) ** (1 / 3) / ((7 / 3) ** (1 / 3) + 1)
     cells, normsum = res.cost.events
     assert cells["parameter"] == float(1 / rational_at_least(cells["sensitivity"] / w_cells))
     assert normsum["parameter"] == float(1 / rational_at_least(normsum["sensitivity"] / (1 - w_cells)))

@@ -86,11 +86,11 @@ def test_large_delta_below_the_limit_releases():
 
 def test_budget_follows_the_cube_root_rule_for_a_nan_free_integer_column():
     """An integer column cannot hold NaN (a public fact of its dtype): its mean needs no value
-    count; with public groups count + mean run rows and normsum, weighted a = 2 (count and
-    the mean's n) and a = 1: ε_rows/ε_normsum = 2^(1/3) at δ = 0."""
+    count; with public groups count + mean run rows and normsum, weighted a = 1 + 1/3 (count,
+    and the mean's n) and a = 1: ε_rows/ε_normsum = (4/3)^(1/3) at δ = 0."""
     df = pd.DataFrame({"g": ["a"] * 50, "x": np.arange(50)})
     res = dp_aggregate(df, epsilon=1.0, metrics={"n": "count", "m": ("mean", "x")}, by=["g"],
                        public_groups={"g": ["a"]}, bounds={"x": (0, 100)}, random_source=3)
     rows, normsum = res.cost.events
     eps = [e["parameter"] * e["sensitivity"] for e in (rows, normsum)]
-    assert math.isclose(eps[0] / eps[1], 2 ** (1 / 3), rel_tol=1e-3)
+    assert math.isclose(eps[0] / eps[1], (4 / 3) ** (1 / 3), rel_tol=1e-3)
