@@ -69,11 +69,11 @@ from airflow_privacy.core.dp.calibration import (
     check_epsilon,
     zcdp_rho,
 )
+from airflow_privacy.core.dp.encoding import encode_rows, fixed_point_group_sums
 from airflow_privacy.core.dp.noise import (
     RandomSource,
     default_random_source,
     numpy_generator,
-    stochastic_round,
 )
 from airflow_privacy.core.dp.plan import (
     SELECTION,
@@ -95,7 +95,6 @@ from airflow_privacy.core.dp.spec import (
     apply_bins,
     check_bounds,
     parse_metrics,
-    public_frame,
 )
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
@@ -264,38 +263,8 @@ def dp_aggregate(
     # -- groups and bounding ----------------------------------------------------------------
     # Columns are read in place and gathered only at the kept rows: no copy of the frame
     # (issue 14 §5: peak memory within 2x the frame).
-    taken = None  # positions in df of the rows considered (None: all of them)
-    if public_groups is not None:
-        groups = public_frame(public_groups, by)
-        if len(by) == 1:  # a flat index: no n-row MultiIndex to build
-            group_codes = pd.Index(groups[by[0]]).get_indexer(df[by[0]])
-        else:
-            group_codes = pd.MultiIndex.from_frame(groups).get_indexer(pd.MultiIndex.from_frame(df[by]))
-        inside = group_codes >= 0
-        if not inside.all():
-            taken = np.flatnonzero(inside)
-            group_codes = group_codes[taken]
-    elif by:
-        # A missing key is not a group: those rows are dropped (never released as "NaN"); list
-        # NaN in public_groups to release it as a group of its own.
-        has_key = df[by].notna().all(axis=1).to_numpy()
-        if not has_key.all():
-            taken = np.flatnonzero(has_key)
-        keys = df[by] if taken is None else df[by].iloc[taken]
-        group_codes, uniques = pd.MultiIndex.from_frame(keys).factorize()
-        groups = uniques.to_frame(index=False)
-        groups.columns = by
-    else:
-        groups = pd.DataFrame(index=[0])
-        group_codes = np.zeros(len(df), dtype=np.int64)
+    groups, group_codes, unit_codes, taken = encode_rows(df, by, public_groups, privacy_unit)
     n_groups = len(groups)
-    group_codes = np.asarray(group_codes, dtype=np.int32 if n_groups < 1 << 31 else np.int64)
-    n_taken = len(group_codes)
-    if privacy_unit is None:
-        unit_codes = np.arange(n_taken, dtype=np.int64)
-    else:
-        unit_codes = _unit_codes(df[privacy_unit])  # no missing values (checked above)
-        unit_codes = unit_codes if taken is None else unit_codes[taken]
     kept, unit_counts = bound_with_unit_counts(unit_codes, group_codes, l0, linf, nprng, n_groups)
     gcodes = group_codes[kept]
     del group_codes, unit_codes
@@ -423,7 +392,7 @@ def dp_aggregate(
         mid = (lo + hi) / 2
         gamma, magnitude, offset = grids[q]
         steps = math.ceil(magnitude / gamma)  # |x| <= magnitude, so rounding stays within this
-        exact = _fixed_point_group_sums(column(col), gcodes, n_groups, kind, lo, hi, gamma, offset, steps, rng)
+        exact = fixed_point_group_sums(column(col), gcodes, n_groups, kind, lo, hi, gamma, offset, steps, rng)
         noisy = (exact + spec.draw(rng, n_groups)) * gamma
         answers[q] = (noisy, offset) if kind == "normsq" else noisy
         noise_sd[f"{kind}({col})"] = spec.sd * gamma
@@ -474,51 +443,3 @@ def dp_aggregate(
                 out[m.name] = var if m.kind == "variance" else np.sqrt(var)
     out = out[release].reset_index(drop=True) if by else out
     return DPResult(table=out, cost=cost, noise_sd=noise_sd, grid=grid)
-
-
-def _unit_codes(units: pd.Series) -> np.ndarray:
-    """Non-negative integer codes of the privacy units: the values themselves when they are
-    already small non-negative integers (no hash table over every row), else ``pd.factorize``.
-    Only equality of codes matters to bounding, so both give the same release distribution."""
-    values = units.to_numpy()
-    if values.dtype.kind in "iu" and len(values) and values.min() >= 0 and values.max() < 4 * len(values) + 1024:
-        return values
-    return pd.factorize(units)[0]
-
-
-_CHUNK = 1 << 18  # rows per step of the fixed-point sums: their temporaries stay small
-
-
-def _fixed_point_group_sums(vals: np.ndarray, gcodes: np.ndarray, n_groups: int, kind: str, lo: float, hi: float,
-                            gamma: float, offset: float, steps: int, rng: RandomSource) -> np.ndarray:
-    """Exact int64 per-group sums of the clamped (``sum``), centred (``normsum``) or centred
-    squared (``normsq``, less ``offset``) values on the grid γ, NaN left out, each value
-    stochastically rounded (:func:`.noise.stochastic_round`) -- chunk by chunk."""
-    mid = (lo + hi) / 2
-    total = np.zeros(n_groups, dtype=np.int64)
-    for start in range(0, len(vals), _CHUNK):
-        v = vals[start:start + _CHUNK]
-        valid = ~np.isnan(v)
-        x = np.clip(v[valid], lo, hi)
-        if kind != "sum":
-            x -= mid
-        if kind == "normsq":
-            x *= x
-            x -= offset
-        x /= gamma
-        fixed = np.clip(stochastic_round(x, rng), -steps, steps)
-        total += _int_group_sums(fixed, gcodes[start:start + _CHUNK][valid], n_groups)
-    return total
-
-
-def _int_group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Exact int64 per-group sums (float bincount is exact while |total| < 2^53)."""
-    if len(values) == 0:
-        return np.zeros(n_groups, dtype=np.int64)
-    if len(values) * int(np.abs(values).max()) < 2**53:
-        return np.rint(np.bincount(codes, weights=values, minlength=n_groups)).astype(np.int64)
-    sums = np.zeros(n_groups, dtype=np.int64)
-    np.add.at(sums, codes, values)
-    return sums
-
-
