@@ -16,6 +16,10 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
 export AIRFLOW_PRIVACY_DEMO_ROOT := file://$(AIRFLOW_HOME)/demo-data
 
 PYTEST_ARGS ?=
+# `make airflow` serves the UI on PORT and the DAGs of DAGS: make airflow PORT=9090 DAGS=~/my_dags
+# (`:=`, not `?=`: only the command line overrides them, never a PORT your shell exports)
+PORT := 8080
+DAGS := $(CURDIR)/dags
 
 .PHONY: demo test test-fast airflow bench lint clean install cluster-test
 
@@ -37,10 +41,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## Airflow web UI on http://localhost:8080 with the demo's home and DAGs.
+## Airflow web UI on http://localhost:$(PORT) with the demo's home, serving the DAGs in $(DAGS).
 airflow: $(STAMP)
 	@echo "Admin password: $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (created on first start)"
-	$(PY) -m airflow_privacy.demo --standalone
+	$(PY) -m airflow_privacy.demo --standalone --port "$(PORT)" --dags-folder "$(DAGS)"
 
 ## Benchmarks: each prints our figure next to a baseline measured in the same run.
 bench: $(STAMP)

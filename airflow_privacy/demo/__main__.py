@@ -94,6 +94,28 @@ def _budget_lines() -> list[str]:
     return budget_lines() + federated_lines()
 
 
+def _standalone(parser: argparse.ArgumentParser, args: argparse.Namespace, home: str) -> tuple[str, list[str], dict]:
+    """``airflow standalone`` on ``--port`` over ``--dags-folder``, with the demo's connections:
+    what to exec."""
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be a TCP port in 1..65535, got {args.port}")
+    settings = {"AIRFLOW__API__PORT": str(args.port)}
+    if args.dags_folder is not None:
+        folder = os.path.abspath(os.path.expanduser(args.dags_folder))
+        if not os.path.isdir(folder):
+            parser.error(f"--dags-folder {args.dags_folder!r} is not a directory")
+        settings["AIRFLOW__CORE__DAGS_FOLDER"] = folder
+    bin_dir = os.path.dirname(sys.executable)
+    airflow = os.path.join(bin_dir, "airflow")
+    # standalone starts its components as `airflow ...` from PATH: this interpreter's, even
+    # when the virtualenv is not activated (plain `make airflow`)
+    settings["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    home = str(claim_home(home))
+    print(f"[demo] Airflow UI on http://localhost:{args.port}, DAGs from "
+          f"{settings.get('AIRFLOW__CORE__DAGS_FOLDER', os.environ.get('AIRFLOW__CORE__DAGS_FOLDER'))}", flush=True)
+    return airflow, [airflow, "standalone"], {**os.environ, **settings, **demo_connections(home)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_privacy.demo", description=__doc__)
     parser.add_argument("--start", default="2026-01-01", help="first logical date (ISO)")
@@ -101,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dags", nargs="*", default=DEMO_DAGS, help="DAG ids to run")
     parser.add_argument("--standalone", action="store_true",
                         help="instead: start `airflow standalone` with the demo's connections")
+    parser.add_argument("--port", type=int, default=8080, help="with --standalone: the web UI's port")
+    parser.add_argument("--dags-folder", help="with --standalone: the DAGs folder to serve "
+                        "(default: $AIRFLOW__CORE__DAGS_FOLDER, the repository's dags/ under make)")
     args = parser.parse_args(argv)
     dropped = scrub_environment(os.environ)
     if dropped:
@@ -110,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not home:
         parser.error("AIRFLOW_HOME is not set; run through `make demo`")
     if args.standalone:
-        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-        home = str(claim_home(home))
-        os.execve(airflow, [airflow, "standalone"], {**os.environ, **demo_connections(home)})
+        os.execve(*_standalone(parser, args, home))
     if args.days < 1:
         parser.error(f"--days must be >= 1, got {args.days}")
     start = dt.date.fromisoformat(args.start)
