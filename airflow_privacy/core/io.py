@@ -213,18 +213,15 @@ def _open_atomic_local(
         os.close(dirfd)
 
 
-def _remove_stale_temporaries(dirfd: int, name: str) -> list[str]:
+def _remove_stale_temporaries(dirfd: int, name: str) -> None:
     """Delete the temporaries of ``name`` (in the directory ``dirfd``) no live writer holds.
 
     A writer holds an exclusive ``flock`` on its temporary until it has published or
     removed it, so one this process can lock belongs to a writer that died (the kernel
     drops a dead process's locks). Only regular files named exactly like our temporaries
     are touched; one owned by another user that we cannot open is left alone.
-
-    :return: the names deleted.
     """
     prefix = f".{name}{_TEMP_INFIX}"
-    removed = []
     for entry in os.listdir(dirfd):
         if not (entry.startswith(prefix) and _TEMP_SUFFIX.fullmatch(entry[len(prefix) :])):
             continue
@@ -240,10 +237,8 @@ def _remove_stale_temporaries(dirfd: int, name: str) -> list[str]:
         try:
             if stat.S_ISREG(os.fstat(fd).st_mode) and _is_named(dirfd, entry, fd):
                 os.unlink(entry, dir_fd=dirfd)
-                removed.append(entry)
         finally:
             os.close(fd)
-    return removed
 
 
 _TEMP_INFIX = ".tmp-"
