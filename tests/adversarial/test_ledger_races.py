@@ -134,3 +134,51 @@ def test_a_thousand_concurrent_charges_never_overspend(ledger_url):
     assert ok == 1000 and refused == workers * attempts - 1000
     assert status.releases == 1000 and len(ledger.history("shared")) == 1000
     assert status.spent_epsilon <= status.cap_epsilon * (1 + 1e-9)
+
+
+TREE = {"p": None, "p_a": "p", "p_b": "p", "p_c": "p"}
+
+
+def _tree_charger(url: str, gate, results, attempts: int, worker: int) -> None:
+    import random
+
+    ledger, rnd = PrivacyLedger(url), random.Random(worker)
+    gate.wait()
+    ok = refused = 0
+    for i in range(attempts):
+        node = rnd.choice(list(TREE))
+        try:
+            ledger.charge(node, release_id=f"w{worker}-{i}", cost=PrivacyCost(0.25, 0.0, [{"kind": "pure", "epsilon": 0.25}]))
+            ok += 1
+        except BudgetExceededError:
+            refused += 1
+    results.put((ok, refused))
+
+
+@pytest.mark.slow
+def test_concurrent_charges_anywhere_in_a_tree_never_overspend_any_cap(ledger_url):
+    """6 processes x 40 charges of ε = 0.25 at random nodes of patients ⊃ {site a, b, c}: the
+    parent's cap 10 bounds its own spend plus the largest site's (pure events at δ = 0 compose
+    by the exact sum), each site's cap 6 its own; the stored figures equal a recomposition."""
+    ledger = PrivacyLedger(ledger_url)
+    for name, parent in TREE.items():
+        ledger.set_budget(name, epsilon=10.0 if parent is None else 6.0, parent=parent)
+    ledger.engine.dispose()
+    workers, attempts = 6, 40
+    gate, results = FORK.Barrier(workers), FORK.Queue()
+    procs = [FORK.Process(target=_tree_charger, args=(ledger_url, gate, results, attempts, w)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=600) for _ in range(workers)]
+    for p in procs:
+        p.join(timeout=60)
+    own = {n: 0.25 * len(ledger.history(n)) for n in TREE}
+    worst = own["p"] + max(own[n] for n in TREE if n != "p")
+    ok = sum(g[0] for g in got)
+    print(f"{ledger_url.split(':')[0]}: {workers}x{attempts} charges across a 4-node tree: {ok} charged, "
+          f"{workers * attempts - ok} refused; own spend {own}; worst case of 'p' {worst} of cap 10")
+    assert ok == sum(len(ledger.history(n)) for n in TREE)
+    assert worst <= 10.0 and all(own[n] <= 6.0 for n in TREE if n != "p")
+    assert ledger.status("p").spent_epsilon == worst
+    assert all(stored == recomposed for _, stored, recomposed in ledger.verify())
+    assert sum(len(ledger.refusals(n)) for n in TREE) == workers * attempts - ok

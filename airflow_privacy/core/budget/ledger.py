@@ -5,176 +5,93 @@ database (any SQLAlchemy URL: SQLite file embedded, Postgres distributed) so it 
 XCom clearing and resets of Airflow's metadata DB.
 
 Guarantees
-    * **Never overspent.** :meth:`PrivacyLedger.charge` composes the dataset's recorded
-      mechanism events plus the new ones with the dataset's accountant (PLD by default) at
-      the cap's δ and inserts the charge only if the result is within the cap -- in one
-      transaction that holds the dataset's write lock (``BEGIN IMMEDIATE`` on SQLite,
-      ``SELECT ... FOR UPDATE`` on Postgres), so concurrent charges serialize.
+    * **Never overspent, at any level.** A dataset may be a partition of a parent population
+      (:mod:`.populations`). :meth:`PrivacyLedger.charge` composes, for the charged dataset
+      and for every ancestor, one person's worst-case history plus the new events with the
+      tree's accountant (PLD by default) at that node's δ, and inserts the charge only if
+      every one fits its cap -- in one transaction that holds the tree's lock (``BEGIN
+      IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` of the tree's root on Postgres), so
+      concurrent charges anywhere in one tree serialize.
     * **Idempotent.** A charge is keyed by ``(dataset, release_id)``; charging an id again
       returns the stored charge (``replayed=True``) and spends nothing.
     * Callers charge *before* drawing noise; if the charge fails nothing may be released.
+      A refused charge leaves a ``refused`` record (:meth:`refusals`) and spends nothing.
     * **One answer per charge.** Before a release is written, its SHA-256 is sealed in the
-      charge (:meth:`seal_release`); a retry finding a sealed charge must return exactly that
-      output (verified by the hash) and never draw fresh noise -- two independent noisy
-      answers under one charge would spend the budget twice.
+      charge (:meth:`seal_release`, a conditional update); a retry finding a sealed charge
+      must return exactly that output and never draw fresh noise.
+    * **Governed caps.** Every cap or parent change is recorded with who, when, the old and
+      new values and a reason (:meth:`cap_changes`); creating a cap only inserts.
 
-``spent_epsilon`` is the composed ε of every recorded event at the cap's δ: the whole
-history is (spent_epsilon, cap δ)-DP. ``spent_delta`` is the part of the cap's δ that
-(ε, δ) mechanisms (e.g. partition selection) consume outright -- the sum of their δ's; it
-must stay below the cap's δ, and composition uses what remains. DP-SGD, Gaussian and zCDP
-events carry no δ of their own and consume none outright: their δ is the cap's, at which
-they are composed. (Ledgers before schema v3 summed each release's declared δ instead; v3
-recomputes it.)
+``spent_epsilon`` is the worst-case composed ε of one person of the dataset's population at
+the cap's δ (equal to the dataset's own spend when it has no partitions). ``spent_delta`` is
+the part of the cap's δ that (ε, δ) mechanisms (e.g. partition selection) consume outright
+on that worst path -- the sum of their δ's; composition uses what remains.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from airflow_privacy.core.budget.populations import Forest
+from airflow_privacy.core.budget.records import (
+    BudgetStatus,
+    CapChange,
+    Charge,
+    Refusal,
+)
+from airflow_privacy.core.budget.schema import (
+    SCHEMA_VERSION,
+    cap_changes_table,
+    charges_table,
+    datasets_table,
+    migrate,
+    refusals_table,
+    utcnow,
+)
+from airflow_privacy.core.budget.spend import (
+    TOLERANCE,
+    charge_row,
+    dataset_row,
+    events_of,
+    exceeded,
+    read_forest,
+    record_alerts,
+    refresh,
+    status_of,
+)
 from airflow_privacy.core.dp.accounting import (
     ACCOUNTANTS,
     PrivacyCost,
     compose_epsilon,
     is_real_number,
-    outright_delta,
     validate_events,
 )
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.errors import (
     BudgetExceededError,
     InvalidParameterError,
-    PrivacyError,
     ReleaseConflictError,
 )
 
-SCHEMA_VERSION = 3
-_TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
+__all__ = ["SCHEMA_VERSION", "BudgetStatus", "CapChange", "Charge", "PrivacyLedger", "Refusal"]
 
-metadata = sa.MetaData()
-schema_table = sa.Table(
-    "privacy_schema", metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
-)
-datasets_table = sa.Table(
-    "privacy_datasets", metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("cap_epsilon", sa.Float, nullable=False),
-    sa.Column("cap_delta", sa.Float, nullable=False),
-    sa.Column("accountant", sa.String(16), nullable=False),
-    sa.Column("spent_epsilon", sa.Float, nullable=False, default=0.0),
-    sa.Column("spent_delta", sa.Float, nullable=False, default=0.0),
-    sa.Column("releases", sa.Integer, nullable=False, default=0),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-charges_table = sa.Table(
-    "privacy_charges", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dataset", sa.String(200), sa.ForeignKey("privacy_datasets.name"), nullable=False),
-    sa.Column("release_id", sa.String(1000), nullable=False),
-    sa.Column("epsilon", sa.Float, nullable=False),
-    sa.Column("delta", sa.Float, nullable=False),
-    sa.Column("events", sa.Text, nullable=False),
-    sa.Column("spent_epsilon", sa.Float, nullable=False),
-    sa.Column("dag_id", sa.String(250)),
-    sa.Column("run_id", sa.String(250)),
-    sa.Column("task_id", sa.String(250)),
-    sa.Column("map_index", sa.Integer),
-    sa.Column("output", sa.Text),
-    sa.Column("output_sha256", sa.String(64)),  # schema v2
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("dataset", "release_id", name="uq_privacy_charge_release"),
-)
+_KEEP: Any = object()  # set_budget(parent=...) not given: keep the current parent
 
 
-
-def _add_output_sha256(conn: sa.Connection) -> None:
-    """v2: the SHA-256 of each release's published output (v1 created tables lack it)."""
-    columns = {c["name"] for c in sa.inspect(conn).get_columns("privacy_charges")}
-    if "output_sha256" not in columns:
-        conn.execute(sa.text("ALTER TABLE privacy_charges ADD COLUMN output_sha256 VARCHAR(64)"))
-
-
-def _recompute_spent_delta(conn: sa.Connection) -> None:
-    """v3: ``spent_delta`` is the δ consumed outright by (ε, δ) events (was: sum of declared δ)."""
-    names = conn.execute(sa.select(datasets_table.c.name)).scalars().all()
-    for name in names:
-        texts = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == name)).scalars()
-        events = [ev for text in texts for ev in json.loads(text)]
-        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(
-            spent_delta=outright_delta(events)))
-
-
-# v1 creates the tables from the current definitions; later steps bring tables created by an
-# older package up to date and are no-ops on tables v1 has just created.
-_MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _add_output_sha256,
-                               3: _recompute_spent_delta}
-_MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
-
-
-@dataclass(frozen=True)
-class BudgetStatus:
-    dataset: str
-    cap_epsilon: float
-    cap_delta: float
-    spent_epsilon: float
-    spent_delta: float
-    remaining_epsilon: float
-    accountant: str
-    releases: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One recorded release; ``replayed`` is True when :meth:`charge` found it already there."""
-
-    dataset: str
-    release_id: str
-    epsilon: float
-    delta: float
-    events: list[dict[str, Any]]
-    spent_epsilon: float
-    output: str | None
-    status: str
-    created_at: dt.datetime
-    dag_id: str | None = None
-    run_id: str | None = None
-    task_id: str | None = None
-    map_index: int | None = None
-    replayed: bool = False
-    output_sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"] = self.created_at.isoformat()
-        return d
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _check_name(dataset: str) -> str:
+def _check_name(dataset: str, name: str = "dataset") -> str:
     if not isinstance(dataset, str) or not dataset.strip() or len(dataset) > 200:
-        raise InvalidParameterError("dataset", dataset, "expected a non-empty name of at most 200 characters")
+        raise InvalidParameterError(name, dataset, "expected a non-empty name of at most 200 characters")
     return dataset
 
 
 class PrivacyLedger:
-    """Persistent, atomic, idempotent privacy budget per dataset.
+    """Persistent, atomic, idempotent privacy budget per dataset and population tree.
 
     :param url: SQLAlchemy URL, e.g. ``sqlite:////path/budget.db`` or
         ``postgresql+psycopg2://user:pw@host/privacy``.
@@ -206,110 +123,137 @@ class PrivacyLedger:
     def __repr__(self) -> str:
         return f"PrivacyLedger({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
-        """Create or upgrade the schema; safe when many workers open a new ledger at once.
-
-        Postgres: a transaction-level advisory lock serializes the migrations (concurrent
-        CREATE TABLE statements otherwise fail with DuplicateTable); SQLite: ``BEGIN
-        IMMEDIATE``; any other database: a migration that lost such a race is retried once,
-        and then finds the schema the winner created.
-        """
+        """Create or upgrade the schema (:mod:`.schema`) in one transaction; safe when many
+        workers open a new ledger at once (Postgres: an advisory lock; SQLite: ``BEGIN
+        IMMEDIATE``; elsewhere the loser of a race retries once and finds the schema)."""
         try:
-            self._migrate_once()
+            with self._init_lock, self.engine.begin() as conn:
+                migrate(conn)
         except sa.exc.DBAPIError:
             time.sleep(0.5)
-            self._migrate_once()
-
-    def _migrate_once(self) -> None:
-        with self._init_lock, self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            insp = sa.inspect(conn)
-            current = 0
-            if insp.has_table("privacy_schema"):
-                current = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar() or 0
-            if current > SCHEMA_VERSION:
-                raise PrivacyError(f"ledger schema v{current} is newer than this package (v{SCHEMA_VERSION}); upgrade airflow-privacy")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                _MIGRATIONS[version](conn)
-                conn.execute(schema_table.insert().values(version=version, applied_at=_now()))
+            with self._init_lock, self.engine.begin() as conn:
+                migrate(conn)
 
     # -- caps -------------------------------------------------------------------------------
-    def set_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0, accountant: str | None = None) -> BudgetStatus:
-        """Create a dataset's cap or change it. A new cap must still cover what was spent."""
+    def set_budget(self, dataset: str, *, epsilon: float, delta: float | None = None, accountant: str | None = None,
+                   parent: str | None = _KEEP, reason: str | None = None, changed_by: str | None = None,
+                   alert_share: float | None = None) -> BudgetStatus:
+        """Create a dataset's cap or change it (a deliberate, recorded act).
+
+        :param delta: the δ cap; ``None`` keeps the current one (0 for a new dataset).
+        :param accountant: ``None`` keeps the current one (a new dataset: its parent's, or ``pld``).
+        :param parent: declare the dataset a partition of ``parent`` (its siblings are disjoint
+            from it); ``None`` detaches it; not given keeps the current parent.
+        :param reason: why -- required to change an existing dataset; recorded with ``changed_by``.
+        :param alert_share: notify when the spend passes this share of the cap (default 0.8).
+        :raises InvalidParameterError: a bad value, a missing parent, a cycle, an accountant or
+            δ cap that conflicts with the parent's or a partition's, or no reason for a change.
+        :raises BudgetExceededError: the new cap (or the parent's, with this dataset's history
+            added to it) would not cover what was already spent.
+        """
         _check_name(dataset)
-        epsilon, delta = check_epsilon(epsilon, maximum=math.inf), check_delta(delta)  # a cap: no per-release maximum
+        epsilon = check_epsilon(epsilon, maximum=math.inf)  # a cap: no per-release maximum
+        if delta is not None:
+            delta = check_delta(delta)
         if accountant is not None and accountant not in ACCOUNTANTS:
             raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
+        if parent is not _KEEP and parent is not None:
+            _check_name(parent, "parent")
+        if alert_share is not None and (not is_real_number(alert_share) or not 0 < alert_share <= 1):
+            raise InvalidParameterError("alert_share", alert_share, "expected a share of the cap in (0, 1]")
         with self.engine.begin() as conn:
-            row = self._lock_dataset(conn, dataset)
-            now = _now()
+            forest = self._lock(conn, dataset, parent if parent is not _KEEP else None)
+            row = forest.nodes.get(dataset)
+            old = dataset_row(conn, dataset) if row else None
+            if row is not None and (not isinstance(reason, str) or not reason.strip()):
+                raise InvalidParameterError("reason", reason, f"changing the cap of {dataset!r} needs a reason "
+                                            "(recorded with who and when; `budget set ... --reason`)")
+            new_parent = (row.parent if row else None) if parent is _KEEP else parent
+            if delta is None:
+                delta = row.cap_delta if row else 0.0
+            if accountant is None:
+                accountant = row.accountant if row else (forest.nodes[new_parent].accountant
+                                                         if new_parent in forest.nodes else "pld")
+            if new_parent is not None:
+                forest.check_parent(dataset, new_parent, accountant, delta)
+            forest.check_children(dataset, accountant, delta)
+            now = utcnow()
+            share = alert_share if alert_share is not None else (old.alert_share if old is not None else None)
+            values = dict(cap_epsilon=epsilon, cap_delta=delta, accountant=accountant, parent=new_parent,
+                          alert_share=share, updated_at=now)
             if row is None:
-                conn.execute(datasets_table.insert().values(
-                    name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant=accountant or "pld",
-                    spent_epsilon=0.0, spent_delta=0.0, releases=0, created_at=now, updated_at=now))
+                conn.execute(datasets_table.insert().values(name=dataset, spent_epsilon=0.0, spent_delta=0.0,
+                                                            own_epsilon=0.0, releases=0, created_at=now, **values))
             else:
-                acc = accountant or row.accountant
-                events = self._events(conn, dataset)
-                spent = compose_epsilon(events, delta, acc)
-                if not math.isfinite(spent):
-                    raise BudgetExceededError(
-                        f"cannot set the cap of dataset {dataset!r} to epsilon={epsilon}, delta={delta}: delta is the "
-                        f"binding constraint -- its (epsilon, delta) mechanisms already spent delta="
-                        f"{outright_delta(events):.3g} outright")
-                if spent > epsilon * (1 + _TOLERANCE):
-                    raise BudgetExceededError(
-                        f"cannot set the cap of dataset {dataset!r} to epsilon={epsilon}, delta={delta}: "
-                        f"already spent epsilon={spent:.6g} at that delta")
-                conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
-                    cap_epsilon=epsilon, cap_delta=delta, accountant=acc, spent_epsilon=spent, updated_at=now))
+                conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(**values))
+            forest = read_forest(conn)  # the changed tree
+            touched = [dataset, *forest.ancestors(dataset)]
+            if row is not None and row.parent not in (None, new_parent) and row.parent in forest.nodes:
+                touched += [row.parent, *forest.ancestors(row.parent)]  # the old tree loses a partition
+            refresh(conn, forest, touched, check=[dataset, *forest.ancestors(dataset)])
+            conn.execute(cap_changes_table.insert().values(
+                dataset=dataset, changed_at=now, changed_by=changed_by, old_epsilon=row.cap_epsilon if row else None,
+                old_delta=row.cap_delta if row else None, new_epsilon=epsilon, new_delta=delta,
+                old_parent=row.parent if row else None, new_parent=new_parent,
+                reason=reason.strip() if isinstance(reason, str) and reason.strip() else "created"))
         return self.status(dataset)
 
-    def ensure_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0) -> BudgetStatus:
-        """Create the cap if missing; if it exists it must equal ``(epsilon, delta)``.
+    def ensure_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0, parent: str | None = None,
+                      param: str = "budget_cap", changed_by: str | None = None) -> BudgetStatus:
+        """Create the cap if missing; if it exists it must equal ``(epsilon, delta)`` and ``parent``.
 
-        This is what a DAG may do; raising an existing cap is a deliberate runbook action
+        This is what a DAG may do; changing an existing cap is a deliberate runbook action
         (:meth:`set_budget`, ``airflow-privacy budget set``). Creation only ever *inserts*:
         when two first uses race with different caps, one insert wins and the other finds
         the winner's cap and refuses -- it never takes an update path that would overwrite it.
 
-        :raises InvalidParameterError: the dataset exists with another cap.
+        :param param: the DAG parameter holding the cap, named in the mismatch message.
+        :raises InvalidParameterError: the dataset exists with another cap or parent (the
+            message says which DAG parameter to update, and to what), or the parent is missing.
         """
         _check_name(dataset)
-        epsilon = check_epsilon(epsilon, "budget_cap epsilon", maximum=math.inf)
-        delta = check_delta(delta, "budget_cap delta")
+        epsilon = check_epsilon(epsilon, f"{param} epsilon", maximum=math.inf)
+        delta = check_delta(delta, f"{param} delta")
+        if parent is not None:
+            _check_name(parent, "parent")
         try:
             with self.engine.begin() as conn:
-                if self._lock_dataset(conn, dataset) is None:
-                    now = _now()
+                forest = self._lock(conn, dataset, parent)
+                if dataset not in forest.nodes:
+                    accountant = forest.nodes[parent].accountant if parent in forest.nodes else "pld"
+                    if parent is not None:
+                        forest.check_parent(dataset, parent, accountant, delta)
+                    now = utcnow()
                     conn.execute(datasets_table.insert().values(
-                        name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant="pld",
-                        spent_epsilon=0.0, spent_delta=0.0, releases=0, created_at=now, updated_at=now))
+                        name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant=accountant, parent=parent,
+                        spent_epsilon=0.0, spent_delta=0.0, own_epsilon=0.0, releases=0, created_at=now,
+                        updated_at=now))
+                    conn.execute(cap_changes_table.insert().values(
+                        dataset=dataset, changed_at=now, changed_by=changed_by, new_epsilon=epsilon,
+                        new_delta=delta, new_parent=parent, reason=f"created by {param}"))
         except sa.exc.IntegrityError:  # created concurrently (Postgres: the primary key decides)
             pass
         current = self.status(dataset)
         if not (math.isclose(current.cap_epsilon, epsilon) and math.isclose(current.cap_delta, delta)):
+            last = self.cap_changes(dataset)[-1]
             raise InvalidParameterError(
-                "budget_cap", (epsilon, delta),
-                f"dataset {dataset!r} already has cap epsilon={current.cap_epsilon}, delta={current.cap_delta}; "
-                "change it deliberately with `airflow-privacy budget set`")
+                param, (epsilon, delta),
+                f"dataset {dataset!r} has cap epsilon={current.cap_epsilon:g}, delta={current.cap_delta:g} (set "
+                f"{last.changed_at:%Y-%m-%d %H:%M} UTC by {last.changed_by or 'unknown'}: {last.reason}); update "
+                f"the DAG's {param} to ({current.cap_epsilon!r}, {current.cap_delta!r})")
+        if parent is not None and current.parent != parent:
+            raise InvalidParameterError(
+                "parent", parent, f"dataset {dataset!r} is a partition of {current.parent!r}, not {parent!r}; "
+                f"update the DAG's parent to {current.parent!r} or re-parent it with `airflow-privacy budget set`")
         return current
 
     # -- charging ---------------------------------------------------------------------------
-    def charge(
-        self,
-        dataset: str,
-        *,
-        release_id: str,
-        cost: PrivacyCost,
-        output: str | None = None,
-        dag_id: str | None = None,
-        run_id: str | None = None,
-        task_id: str | None = None,
-        map_index: int | None = None,
-    ) -> Charge:
-        """Record a release's cost if it fits under the cap; idempotent on ``release_id``.
+    def charge(self, dataset: str, *, release_id: str, cost: PrivacyCost, output: str | None = None,
+               dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None,
+               map_index: int | None = None, logical_date: Any = None) -> Charge:
+        """Record a release's cost if it fits under its dataset's cap and every ancestor's cap;
+        idempotent on ``release_id``.
 
         The spend is computed from ``cost.events`` -- the mechanisms that actually run --
         never from the claimed ``cost.epsilon``, so the events must be present and valid.
@@ -324,8 +268,9 @@ class PrivacyLedger:
 
         :raises InvalidParameterError: malformed or empty events, a claim below what the
             events compose to, or a replay of ``release_id`` with a different cost.
-        :raises BudgetExceededError: the composed spend would exceed the cap -- the message
-            says whether ε or δ is the binding constraint (nothing written).
+        :raises BudgetExceededError: the composed spend would exceed the cap of the dataset or
+            of an ancestor population (named in the message); a refusal is recorded, nothing
+            is charged.
         :raises KeyError: the dataset has no cap.
         """
         _check_name(dataset)
@@ -343,18 +288,22 @@ class PrivacyLedger:
         stated = claim_eps > 0 or claim_delta > 0
         if stated:
             tight = compose_epsilon(events, claim_delta, "pld")
-            if not tight <= claim_eps * (1 + _TOLERANCE):
+            if not tight <= claim_eps * (1 + TOLERANCE):
                 raise InvalidParameterError(
                     "cost.epsilon", claim_eps,
                     f"the cost's {len(events)} event(s) compose to epsilon={tight:.6g} at delta={claim_delta:.3g} "
                     "(PLD); a cost may not claim less than its mechanisms spend (or pass epsilon=delta=0 to let "
                     "the ledger compute it)")
+        who = dict(release_id=release_id, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
+                   logical_date=logical_date)
+        refused = None
         with self.engine.begin() as conn:
-            row = self._lock_dataset(conn, dataset)
-            if row is None:
+            forest = self._lock(conn, dataset)
+            if dataset not in forest.nodes:
                 raise KeyError(f"dataset {dataset!r} has no privacy budget; create one with "
                                f"`airflow-privacy budget set {dataset} --epsilon E --delta D`")
-            existing = self._charge_row(conn, dataset, release_id)
+            node = forest.nodes[dataset]
+            existing = charge_row(conn, dataset, release_id)
             if existing is not None:
                 same = validate_events(json.loads(existing.events)) == events and (
                     not stated or (math.isclose(existing.epsilon, claim_eps, rel_tol=1e-12)
@@ -365,39 +314,30 @@ class PrivacyLedger:
                         f"dataset {dataset!r} already holds this release with a different cost (epsilon="
                         f"{existing.epsilon:.6g}, delta={existing.delta:.3g}, events {existing.events}); a retry "
                         "must replay the same cost -- a different release needs a new release_id")
-                return self._to_charge(existing, replayed=True)
-            # Runbooks and alerts match the message's start: "privacy budget of dataset 'x' exceeded".
-            where = f"privacy budget of dataset {dataset!r} exceeded (cap epsilon={row.cap_epsilon:.6g}, " \
-                    f"delta={row.cap_delta:.3g}, {row.accountant})"
-            if claim_delta > row.cap_delta * (1 + _TOLERANCE):
-                raise BudgetExceededError(
-                    f"{where}: delta is the binding constraint -- this release needs delta={claim_delta:.3g}, "
-                    f"more than the cap delta={row.cap_delta:.3g} allows; nothing was released")
-            history = self._events(conn, dataset) + events
-            spent = compose_epsilon(history, row.cap_delta, row.accountant)
-            outright = outright_delta(history)
-            if not math.isfinite(spent):
-                raise BudgetExceededError(
-                    f"{where}: delta is the binding constraint -- with this release the (epsilon, delta) "
-                    f"mechanisms of the dataset spend delta={outright:.3g} outright, which leaves no room for "
-                    f"composition within the cap delta={row.cap_delta:.3g}; nothing was released")
-            if spent > row.cap_epsilon * (1 + _TOLERANCE):
-                remaining = max(row.cap_epsilon - row.spent_epsilon, 0.0)
-                needs = claim_eps if stated else compose_epsilon(events, row.cap_delta, row.accountant)
-                raise BudgetExceededError(
-                    f"{where}: this release needs epsilon={needs:.6g} (delta={claim_delta:.3g}) but only "
-                    f"{remaining:.6g} of the cap epsilon={row.cap_epsilon:.6g} (delta={row.cap_delta:.3g}, "
-                    f"{row.accountant}) remains; nothing was released")
+                return Charge.from_row(existing, replayed=True)
             if not stated:
-                claim_eps, claim_delta = compose_epsilon(events, row.cap_delta, row.accountant), row.cap_delta
-            now = _now()
-            conn.execute(charges_table.insert().values(
-                dataset=dataset, release_id=release_id, epsilon=claim_eps, delta=claim_delta,
-                events=json.dumps(events), spent_epsilon=spent, dag_id=dag_id, run_id=run_id,
-                task_id=task_id, map_index=map_index, output=output, status="charged", created_at=now))
-            conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
-                spent_epsilon=spent, spent_delta=outright, releases=row.releases + 1, updated_at=now))
-            return self._to_charge(self._charge_row(conn, dataset, release_id), replayed=False)
+                claim_eps, claim_delta = compose_epsilon(events, node.cap_delta, node.accountant), node.cap_delta
+            if claim_delta > node.cap_delta * (1 + TOLERANCE):
+                refused = (dataset, f"{exceeded(node, dataset)}: delta is the binding constraint -- this "
+                           f"release needs delta={claim_delta:.3g}, more than the cap delta={node.cap_delta:.3g} "
+                           "allows; nothing was released")
+            else:
+                refused = refresh(conn, forest, [dataset, *forest.ancestors(dataset)], extra=(dataset, events),
+                                        needs=(claim_eps, claim_delta), check="all")
+            if refused is not None:
+                conn.execute(refusals_table.insert().values(
+                    dataset=dataset, epsilon=claim_eps, delta=claim_delta, events=json.dumps(events),
+                    reason=refused[1], created_at=utcnow(), **who))
+            else:
+                conn.execute(charges_table.insert().values(
+                    dataset=dataset, epsilon=claim_eps, delta=claim_delta, events=json.dumps(events),
+                    spent_epsilon=dataset_row(conn, dataset).spent_epsilon, output=output, status="charged",
+                    created_at=utcnow(), **who))
+                conn.execute(datasets_table.update().where(datasets_table.c.name == dataset).values(
+                    releases=datasets_table.c.releases + 1))
+                alerts = record_alerts(conn, [dataset, *forest.ancestors(dataset)])
+                return Charge.from_row(charge_row(conn, dataset, release_id), alerts=alerts)
+        raise BudgetExceededError(refused[1])
 
     def seal_release(self, dataset: str, release_id: str, *, output: str, sha256: str) -> None:
         """Fix a charged release's answer before it is written: where it goes and its SHA-256.
@@ -405,7 +345,6 @@ class PrivacyLedger:
         From here on the release's answer is this output and no other: a retry must return
         it (:meth:`get_release` gives the hash to verify it against) and must not draw new
         noise, even if the file is missing -- it may have been published and then lost.
-        Sealing twice with a different hash is refused.
 
         Sealing is a single conditional update (``WHERE output_sha256 IS NULL``) checked by
         its row count, so of two live tries of one task (a retry started while the first
@@ -428,7 +367,7 @@ class PrivacyLedger:
                                   .values(output=output, output_sha256=sha256)).rowcount
             if sealed == 1:
                 return
-            row = self._charge_row(conn, dataset, release_id)
+            row = charge_row(conn, dataset, release_id)
         if row is None:
             raise KeyError(f"dataset {dataset!r} has no charge {release_id!r} to seal")
         if row.output_sha256 != sha256:
@@ -447,16 +386,17 @@ class PrivacyLedger:
 
     # -- reading ----------------------------------------------------------------------------
     def status(self, dataset: str) -> BudgetStatus:
-        """Cap, spend and remaining ε of ``dataset`` (``KeyError`` if it has no cap)."""
+        """Cap, spend and remaining ε of ``dataset``, with its ancestors' (``KeyError`` if none)."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(datasets_table).where(datasets_table.c.name == dataset)).first()
-        if row is None:
+            rows = {r.name: r for r in conn.execute(sa.select(datasets_table)).all()}
+        if dataset not in rows:
             raise KeyError(f"dataset {dataset!r} has no privacy budget")
-        return BudgetStatus(
-            dataset=row.name, cap_epsilon=row.cap_epsilon, cap_delta=row.cap_delta,
-            spent_epsilon=row.spent_epsilon, spent_delta=row.spent_delta,
-            remaining_epsilon=max(row.cap_epsilon - row.spent_epsilon, 0.0),
-            accountant=row.accountant, releases=row.releases)
+        chain, seen = [dataset], {dataset}
+        while rows[chain[-1]].parent in rows and rows[chain[-1]].parent not in seen:
+            chain.append(rows[chain[-1]].parent)
+            seen.add(chain[-1])
+        statuses = [status_of(rows[name]) for name in chain]
+        return BudgetStatus(**{**statuses[0].__dict__, "ancestors": tuple(statuses[1:])})
 
     def datasets(self) -> list[BudgetStatus]:
         with self.engine.connect() as conn:
@@ -468,35 +408,50 @@ class PrivacyLedger:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(charges_table).where(charges_table.c.dataset == dataset)
                                 .order_by(charges_table.c.id)).all()
-        return [self._to_charge(r) for r in rows]
+        return [Charge.from_row(r) for r in rows]
+
+    def cap_changes(self, dataset: str) -> list[CapChange]:
+        """Every creation and change of ``dataset``'s cap or parent, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(cap_changes_table).where(cap_changes_table.c.dataset == dataset)
+                                .order_by(cap_changes_table.c.id)).all()
+        return [CapChange.from_row(r) for r in rows]
+
+    def refusals(self, dataset: str) -> list[Refusal]:
+        """Releases the caps refused (nothing charged), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(refusals_table).where(refusals_table.c.dataset == dataset)
+                                .order_by(refusals_table.c.id)).all()
+        return [Refusal.from_row(r) for r in rows]
 
     def get_release(self, dataset: str, release_id: str) -> Charge | None:
         with self.engine.connect() as conn:
-            row = self._charge_row(conn, dataset, release_id)
-        return None if row is None else self._to_charge(row)
+            row = charge_row(conn, dataset, release_id)
+        return None if row is None else Charge.from_row(row)
+
+    def verify(self) -> list[tuple[str, float, float]]:
+        """Recompose every dataset's worst case from its events: ``(dataset, stored, recomposed)``."""
+        with self.engine.connect() as conn:
+            forest = read_forest(conn)
+            events = {name: events_of(conn, name) for name in forest.nodes}
+            stored = {r.name: r.spent_epsilon for r in conn.execute(sa.select(datasets_table)).all()}
+        return [(name, stored[name], forest.worst_case(name, events)[0]) for name in sorted(forest.nodes)]
 
     # -- internals --------------------------------------------------------------------------
-    def _lock_dataset(self, conn: sa.Connection, dataset: str):
-        query = sa.select(datasets_table).where(datasets_table.c.name == dataset)
-        if not self._sqlite:  # SQLite already holds the database write lock (BEGIN IMMEDIATE)
-            query = query.with_for_update()
-        return conn.execute(query).first()
-
-    @staticmethod
-    def _charge_row(conn: sa.Connection, dataset: str, release_id: str):
-        return conn.execute(sa.select(charges_table).where(
-            (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id))).first()
-
-    @staticmethod
-    def _events(conn: sa.Connection, dataset: str) -> list[dict[str, Any]]:
-        rows = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == dataset)).scalars()
-        return [ev for text in rows for ev in json.loads(text)]
-
-    @staticmethod
-    def _to_charge(row, replayed: bool = False) -> Charge:
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.timezone.utc)
-        return Charge(
-            dataset=row.dataset, release_id=row.release_id, epsilon=row.epsilon, delta=row.delta,
-            events=json.loads(row.events), spent_epsilon=row.spent_epsilon, output=row.output,
-            status=row.status, created_at=created, dag_id=row.dag_id, run_id=row.run_id,
-            task_id=row.task_id, map_index=row.map_index, replayed=replayed, output_sha256=row.output_sha256)
+    def _lock(self, conn: sa.Connection, dataset: str, other: str | None = None) -> Forest:
+        """Serialize with every writer of the trees of ``dataset`` (and ``other``): SQLite holds
+        the database's write lock already (BEGIN IMMEDIATE); Postgres locks the trees' root rows
+        in name order, then re-reads the forest -- if a concurrent re-parenting moved a root
+        meanwhile, it locks again."""
+        forest = read_forest(conn)
+        if self._sqlite:
+            return forest
+        locked: set[str] = set()
+        while True:
+            roots = sorted({forest.root(n) for n in (dataset, other) if n is not None and n in forest.nodes} - locked)
+            if not roots:
+                return forest
+            for root in roots:
+                conn.execute(sa.select(datasets_table.c.name).where(datasets_table.c.name == root).with_for_update())
+                locked.add(root)
+            forest = read_forest(conn)

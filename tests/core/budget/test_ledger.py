@@ -66,8 +66,8 @@ def test_spent_is_pld_composition_of_all_events(tmp_path):
 def test_cap_changes(ledger):
     ledger.charge("patients", release_id="a", cost=_cost(0.75))
     with pytest.raises(BudgetExceededError):
-        ledger.set_budget("patients", epsilon=0.5, delta=1e-6)
-    assert ledger.set_budget("patients", epsilon=2.0, delta=1e-6).remaining_epsilon == pytest.approx(1.25, rel=1e-4)
+        ledger.set_budget("patients", epsilon=0.5, delta=1e-6, reason="lower")
+    assert ledger.set_budget("patients", epsilon=2.0, delta=1e-6, reason="raise").remaining_epsilon == pytest.approx(1.25, rel=1e-4)
     with pytest.raises(InvalidParameterError, match="budget_cap"):
         ledger.ensure_budget("patients", epsilon=3.0, delta=1e-6)
     assert ledger.ensure_budget("patients", epsilon=2.0, delta=1e-6).cap_epsilon == 2.0

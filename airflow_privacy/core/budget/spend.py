@@ -1,0 +1,107 @@
+"""Composing and storing the spend of a population tree, inside the ledger's transaction.
+
+:func:`refresh` recomposes one person's worst case (:meth:`.populations.Forest.worst_case`)
+for the datasets a charge or a cap change touches, checks their caps and stores the result;
+:func:`record_alerts` notes the alert thresholds a charge crossed first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import sqlalchemy as sa
+
+from airflow_privacy.core.budget.populations import Forest, Node, within
+from airflow_privacy.core.budget.records import DEFAULT_ALERT_SHARE, BudgetStatus
+from airflow_privacy.core.budget.schema import alerts_table, charges_table, datasets_table, utcnow
+from airflow_privacy.core.dp.accounting import compose_epsilon
+from airflow_privacy.core.errors import BudgetExceededError
+
+TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
+
+
+def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: tuple | None = None,
+             needs: tuple[float, float] | None = None) -> tuple[str, str] | None:
+    """Recompose the worst case of ``names`` (with ``extra = (dataset, events)`` added) and
+    store it; returns ``(dataset, message)`` for the first checked node over its cap (then
+    nothing is stored), or raises :class:`BudgetExceededError` from a cap change."""
+    names = list(dict.fromkeys(names))
+    events = {n: events_of(conn, n) for n in {m for name in names for m in forest.subtree(name)}}
+    if extra is not None:
+        events[extra[0]] = events.get(extra[0], []) + extra[1]
+    worst = {name: forest.worst_case(name, events) for name in names}
+    for name in (names if check == "all" else check):
+        node, (eps, outright) = forest.nodes[name], worst[name]
+        if within(eps, node.cap_epsilon, TOLERANCE):
+            continue
+        whose = "" if extra is None or name == extra[0] else f" -- {extra[0]!r} is a partition of it"
+        if not math.isfinite(eps):
+            why = (f"delta is the binding constraint -- the (epsilon, delta) mechanisms spend delta="
+                   f"{outright:.3g} outright on one person's worst path, which leaves no room for composition "
+                   f"within the cap delta={node.cap_delta:.3g}")
+        else:
+            why = f"one person's worst-case epsilon would be {eps:.6g} at delta={node.cap_delta:.3g}"
+            if needs is not None:
+                why = (f"this release needs epsilon={needs[0]:.6g} (delta={needs[1]:.3g}) but only "
+                       f"{max(node.cap_epsilon - dataset_row(conn, name).spent_epsilon, 0):.6g} of the cap "
+                       f"remains; {why}")
+        message = f"{exceeded(node, name)}{whose}: {why}; nothing was released"
+        if extra is None:
+            raise BudgetExceededError(message.replace("nothing was released", "the cap was not changed"))
+        return name, message
+    for name in names:
+        own = compose_epsilon(events.get(name, []), forest.nodes[name].cap_delta, forest.nodes[name].accountant)
+        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(
+            spent_epsilon=worst[name][0], spent_delta=worst[name][1], own_epsilon=own, updated_at=utcnow()))
+    return None
+
+def exceeded(node: Node, name: str) -> str:
+    # Runbooks and alerts match the message's start: "privacy budget of dataset 'x' exceeded".
+    return (f"privacy budget of dataset {name!r} exceeded (cap epsilon={node.cap_epsilon:.6g}, "
+            f"delta={node.cap_delta:.3g}, {node.accountant})")
+
+def record_alerts(conn, names: list[str]) -> tuple[tuple[str, float], ...]:
+    """Alert thresholds first crossed now (recorded, so each is notified once per cap)."""
+    crossed = []
+    for name in names:
+        row = dataset_row(conn, name)
+        share = row.alert_share if row.alert_share is not None else DEFAULT_ALERT_SHARE
+        if row.spent_epsilon < share * row.cap_epsilon:
+            continue
+        done = conn.execute(sa.select(alerts_table.c.dataset).where(
+            (alerts_table.c.dataset == name) & (alerts_table.c.share == share)
+            & (alerts_table.c.cap_epsilon == row.cap_epsilon))).first()
+        if done is None:
+            conn.execute(alerts_table.insert().values(dataset=name, share=share, cap_epsilon=row.cap_epsilon,
+                                                      spent_epsilon=row.spent_epsilon, created_at=utcnow()))
+            crossed.append((name, share))
+    return tuple(crossed)
+
+def read_forest(conn: sa.Connection) -> Forest:
+    rows = conn.execute(sa.select(datasets_table.c.name, datasets_table.c.parent, datasets_table.c.cap_epsilon,
+                                  datasets_table.c.cap_delta, datasets_table.c.accountant)).all()
+    return Forest(Node(r.name, r.parent, r.cap_epsilon, r.cap_delta, r.accountant) for r in rows)
+
+def dataset_row(conn: sa.Connection, dataset: str):
+    return conn.execute(sa.select(datasets_table).where(datasets_table.c.name == dataset)).first()
+
+def status_of(row) -> BudgetStatus:
+    return BudgetStatus(
+        dataset=row.name, cap_epsilon=row.cap_epsilon, cap_delta=row.cap_delta,
+        spent_epsilon=row.spent_epsilon, spent_delta=row.spent_delta,
+        remaining_epsilon=max(row.cap_epsilon - row.spent_epsilon, 0.0),
+        accountant=row.accountant, releases=row.releases, parent=row.parent,
+        own_epsilon=row.own_epsilon if row.own_epsilon is not None else row.spent_epsilon,
+        alert_share=row.alert_share if row.alert_share is not None else DEFAULT_ALERT_SHARE)
+
+def charge_row(conn: sa.Connection, dataset: str, release_id: str):
+    return conn.execute(sa.select(charges_table).where(
+        (charges_table.c.dataset == dataset) & (charges_table.c.release_id == release_id))).first()
+
+def events_of(conn: sa.Connection, dataset: str) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == dataset)
+                        .order_by(charges_table.c.id)).scalars()
+    return [ev for text in rows for ev in json.loads(text)]
+
