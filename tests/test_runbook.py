@@ -284,6 +284,17 @@ def _keys_inspect(out: str, demo: Demo) -> None:
     assert all(key["key"] not in out for key in json.loads(ring_json)["keys"])  # a header, never a secret
 
 
+def _keys_decrypt(out: str, demo: Demo) -> None:
+    import pyarrow.parquet as pq
+
+    shown = dict(line.split(None, 1) for line in out.strip().splitlines())
+    batch = demo.work / "site_a.parquet"
+    assert shown["output"] == "site_a.parquet" and int(shown["plaintext_bytes"]) == batch.stat().st_size
+    assert batch.stat().st_mode & 0o777 == 0o600
+    raw = demo.home / "demo-data" / "raw" / "site=site_a" / f"date={DAY}.parquet"
+    assert batch.read_bytes() == raw.read_bytes() and pq.read_table(batch).num_rows > 0
+
+
 def _list_checkpoints(out: str, demo: Demo) -> None:
     assert {"latest.pt", "round-00001.pt", "round-00002.pt", "round-00003.pt"} <= set(out.split())
 
@@ -328,6 +339,7 @@ CHECKS: list[tuple[str, Callable[[str, Demo], None]]] = [
     ("airflow-privacy keys generate --output ring.json", _keys_generate),
     ("airflow-privacy keys rotate ring.json --output ring-rotated.json", _keys_rotate),
     ("airflow-privacy keys inspect", _keys_inspect),
+    ("airflow-privacy keys decrypt", _keys_decrypt),
     ('CKPT="$AIRFLOW_HOME/demo-data/federated/checkpoints"', _no_output),
     ('ls "$CKPT"', _list_checkpoints),
     ('cp "$CKPT/round-00002.pt" "$CKPT/latest.pt"', _roll_back),
