@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from airflow_privacy.core.dp import accuracy
 from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost
 from airflow_privacy.core.dp.bounding import bound_with_unit_counts, check_contribution_bounds
 from airflow_privacy.core.dp.calibration import (
@@ -117,12 +118,15 @@ class DPResult:
         metric's unit -- data-independent, safe to publish as an error bar.
     :ivar grid: the fixed-point grid step γ of each sum query (data-independent); its
         stochastic rounding adds an unbiased error of sd ≤ sqrt(n)·γ/2 over n values.
+    :ivar accuracy: per metric, its error bars (:func:`.accuracy.attach`): ``basis``, and
+        ``sd`` / ``ci95`` (largest over the released groups) or ``rank_error95``.
     """
 
     table: pd.DataFrame
     cost: PrivacyCost
     noise_sd: dict[str, float] = field(default_factory=dict)
     grid: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def dp_aggregate(
@@ -143,6 +147,7 @@ def dp_aggregate(
     on_cost: Callable[[PrivacyCost], Any] | None = None,
     accountant: str = "pld",
     missing_values: str = "skip",
+    error_bars: Sequence[str] | str | None = (),
 ) -> DPResult:
     """Release differentially private statistics of ``df``, grouped by ``by``.
 
@@ -187,6 +192,12 @@ def dp_aggregate(
         own), ``"refuse"`` raises :class:`SchemaError` before anything is charged -- the column
         is then known to hold a value in every row, and its value count is the row count (one
         query fewer). Integer and boolean columns cannot hold NaN: always the latter.
+    :param error_bars: ``"sd"`` and/or ``"ci95"``: add the columns ``<metric>_sd`` (noise
+        standard deviation) and ``<metric>_ci95`` (half-width of an interval holding the
+        bounded statistic with probability >= 95 %) per metric but quantiles, computed from
+        public parameters and released values only (:mod:`.accuracy`: exact for counts and
+        sums, approximate for means, variances and std). Whatever is asked, every metric is
+        rounded to the power of ten at or below its sd/10 and ``result.accuracy`` holds them.
     :param on_cost: called with the release's :class:`PrivacyCost` after validation and
         planning but *before any noise is drawn* -- the budget ledger charges here; if it
         raises, nothing is computed or released.
@@ -217,6 +228,11 @@ def dp_aggregate(
         raise InvalidParameterError("metrics", clash, f"output names must differ from the group columns {by}")
     if mechanism not in MECHANISMS:
         raise InvalidParameterError("mechanism", mechanism, f"expected one of {MECHANISMS}")
+    error_bars = accuracy.check_error_bars(error_bars)
+    bar_names = [f"{m.name}_{e}" for m in specs if m.kind != "quantile" for e in error_bars]
+    clash = sorted(set(bar_names) & ({m.name for m in specs} | set(by)))
+    if clash:
+        raise InvalidParameterError("error_bars", list(error_bars), f"its columns {clash} clash with a metric or group column")
     l0, linf = check_contribution_bounds(max_groups_per_unit, max_rows_per_group)
     if privacy_unit is None:
         l0 = linf = 1
@@ -414,16 +430,21 @@ def dp_aggregate(
         return noise[q].sd * (math.sqrt(2) if q[0] == "cells" else 1.0)
 
     out = groups.copy() if by else pd.DataFrame(index=range(1))
+    errors: dict[str, accuracy.MetricError] = {}
     for m in specs:
         src = sources[m.name]
         if m.kind in ("count", "count_units"):
             q = src.get("rows", src.get("units"))
             out[m.name] = np.maximum(np.rint(count_of(q)), 0).astype(np.int64)
             noise_sd[m.kind] = sd_of(q)
+            errors[m.name] = (accuracy.MetricError("combined", [(1.0, noise[q])] * 2) if q[0] == "cells"
+                              else accuracy.MetricError("exact", [(1.0, noise[q])]))
         elif m.kind == "quantile":
             out[m.name] = answers[src["quantile"]]
+            errors[m.name] = accuracy.quantile_error(col_bounds[m.column], eps_of[src["quantile"]] / l0, linf)
         elif "sum" in src:
             out[m.name] = answers[src["sum"]]
+            errors[m.name] = accuracy.MetricError("exact", [(grids[src["sum"]][0], noise[src["sum"]])])
         else:
             lo, hi = col_bounds[m.column]
             mid, half = (lo + hi) / 2, (hi - lo) / 2
@@ -432,14 +453,21 @@ def dp_aggregate(
                 out[m.name] = answers[src["normsum"]] + mid * n_noisy
                 noise_sd[f"sum({m.column})"] = math.hypot(noise_sd[f"normsum({m.column})"], mid * noise[src["n"]].sd)
                 grid[f"sum({m.column})"] = grid[f"normsum({m.column})"]
+                errors[m.name] = accuracy.MetricError("combined", [(grids[src["normsum"]][0], noise[src["normsum"]]),
+                                                                (mid, noise[src["n"]])])
                 continue
             n = np.maximum(n_noisy, 1.0)
             mean_c = np.clip(answers[src["normsum"]] / n, -half, half)
+            ratio = {"gamma_s": grids[src["normsum"]][0], "s": answers[src["normsum"]], "spec_s": noise[src["normsum"]],
+                     "n": n, "spec_n": noise[src["n"]], "bounds": (lo, hi)}
             if m.kind == "mean":
                 out[m.name] = mean_c + mid
+                errors[m.name] = accuracy.ratio_error("mean", **ratio)
             else:
                 sq, offset = answers[src["normsq"]]
                 var = np.clip((sq / n + offset) - mean_c**2, 0.0, half * half)
                 out[m.name] = var if m.kind == "variance" else np.sqrt(var)
-    out = out[release].reset_index(drop=True) if by else out
-    return DPResult(table=out, cost=cost, noise_sd=noise_sd, grid=grid)
+                errors[m.name] = accuracy.ratio_error(m.kind, **ratio, gamma_q=grids[src["normsq"]][0], q=sq,
+                                                      spec_q=noise[src["normsq"]], value=var)
+    out, summary = accuracy.attach(out, errors, error_bars, keep=release if by else None)
+    return DPResult(table=out, cost=cost, noise_sd=noise_sd, grid=grid, accuracy=summary)
