@@ -2,7 +2,8 @@
 
 Each run reads the day's raw batches of all sites and releases, per site and diagnosis, the
 number of visits, the mean cost and the median age -- with user-level differential privacy
-(a patient's whole day is protected; one visit per patient and day is used).
+(a patient's whole day is protected; one visit per patient and day is used) -- and their
+error bars (``<metric>_sd``, ``<metric>_ci95``; README "Error bars").
 Every release is charged to the ``patients`` dataset's budget in the ledger; the cumulative
 spend is in each task's ``privacy_budget`` XCom. The demo cap (ε = 6, δ = 1e-6) is shared
 with ``cross_site_totals`` (ε = 1 per day) and affords three days of both at ε = 1 + 1: on
@@ -51,6 +52,9 @@ def dp_daily_statistics():
         bounds={"cost": (0, 5000), "age": (0, 110)},
         max_groups_per_unit=1,
         max_rows_per_group=1,
+        # visits_sd / visits_ci95, avg_cost_sd / avg_cost_ci95 next to each value (the median
+        # gets a rank bound in the return value's "accuracy" instead)
+        error_bars=("sd", "ci95"),
         budget_cap=(6.0, 1e-6),
     )
 

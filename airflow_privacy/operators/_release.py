@@ -45,6 +45,7 @@ class DPReleaseTask(Protocol):
     public_groups: Any
     bins: Any
     mechanism: str
+    error_bars: Sequence[str]
     budget_cap: tuple[float, float] | None
     budget_conn_id: str
     log: Any
@@ -110,7 +111,7 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
         df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
         bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
         public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
-        accountant=ledger.status(op.dataset).accountant,
+        accountant=ledger.status(op.dataset).accountant, error_bars=op.error_bars,
     )
     data, rows = _serialize(result.table, op.destination)
     # Seal the answer before it can be seen: a retry after this point returns these bytes or
@@ -121,9 +122,9 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
     ledger.seal_release(op.dataset, rid, output=op.destination, sha256=hashlib.sha256(data).hexdigest())
     io.write_bytes(data, op.destination)
     ledger.mark_released(op.dataset, rid, op.destination)
-    op.log.info("Released %d rows to %s (noise sd per query: %s)", rows, op.destination,
-                {k: round(v, 4) for k, v in result.noise_sd.items()})
-    return _finish(op, context, ledger, rid, result.cost.epsilon, result.cost.delta, op.destination, rows)
+    op.log.info("Released %d rows to %s; error bars per metric: %s", rows, op.destination, result.accuracy)
+    done = _finish(op, context, ledger, rid, result.cost.epsilon, result.cost.delta, op.destination, rows)
+    return {**done, "accuracy": result.accuracy}
 
 
 def _serialize(table: pd.DataFrame, destination: str) -> tuple[bytes, int]:
@@ -166,9 +167,11 @@ def _reuse_release(op, context, ledger, rid, previous) -> dict[str, Any]:
                                    f"(sha256 now {found}). {advice}")
     if previous.status != "released":  # sealed, then the earlier try stopped before recording it
         ledger.mark_released(op.dataset, rid, output)
+    # The accuracy of a ratio depends on the noisy values; the ledger does not keep it, so a
+    # replay returns accuracy None (the output's <metric>_sd/_ci95 columns, if asked, hold it).
     op.log.info("Release %s was already published to %s: returning it (no new charge, no new noise)", rid, output)
     rows = len(io.read_batch(output))
-    return _finish(op, context, ledger, rid, previous.epsilon, previous.delta, output, rows)
+    return {**_finish(op, context, ledger, rid, previous.epsilon, previous.delta, output, rows), "accuracy": None}
 
 
 def _require_budget(ledger: PrivacyLedger, dataset: str) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_privacy.core.dp.accuracy import check_error_bars
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.dp.spec import check_release_spec
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
@@ -48,6 +49,10 @@ class DPAggregateOperator(BaseOperator):
     :param public_groups: known group keys (``{column: values}``), or None for private selection.
     :param bins: ``{column: edges}`` to release histograms (see ``dp_aggregate``).
     :param mechanism: ``"laplace"`` or ``"gaussian"``.
+    :param error_bars: ``"sd"`` and/or ``"ci95"``: add ``<metric>_sd`` / ``<metric>_ci95``
+        columns to the output (see :mod:`airflow_privacy.core.dp.accuracy`). Either way the
+        return value holds ``accuracy`` -- per metric ``basis`` and ``sd``/``ci95`` (largest
+        over the released groups) or ``rank_error95`` -- and the metrics are rounded to their noise.
     :param budget_cap: ``(epsilon, delta)`` creating the dataset's cap when missing; must equal
         an existing cap (raise caps with ``airflow-privacy budget set``).
     :param budget_conn_id: ``privacy_budget`` connection id.
@@ -74,6 +79,7 @@ class DPAggregateOperator(BaseOperator):
         public_groups: Mapping[str, Sequence[Any]] | None = None,
         bins: Mapping[str, Sequence[float]] | None = None,
         mechanism: str = "laplace",
+        error_bars: Sequence[str] | str | None = (),
         budget_cap: tuple[float, float] | None = None,
         budget_conn_id: str = PrivacyBudgetHook.default_conn_name,
         **kwargs: Any,
@@ -103,6 +109,7 @@ class DPAggregateOperator(BaseOperator):
         self.public_groups = public_groups
         self.bins = bins
         self.mechanism = mechanism
+        self.error_bars = check_error_bars(error_bars)
         self.budget_cap = budget_cap
         self.budget_conn_id = budget_conn_id
 
