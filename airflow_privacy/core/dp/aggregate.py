@@ -63,18 +63,24 @@ import pandas as pd
 
 from airflow_privacy.core.dp import accuracy
 from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost
-from airflow_privacy.core.dp.bounding import bound_with_unit_counts, check_contribution_bounds
+from airflow_privacy.core.dp.bounding import check_contribution_bounds
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
     check_delta,
     check_epsilon,
     zcdp_rho,
 )
-from airflow_privacy.core.dp.encoding import encode_rows, fixed_point_group_sums
+from airflow_privacy.core.dp.engines import (
+    AggregateRequest,
+    SumQuery,
+    choose_engine,
+    is_dataset,
+    load_engine,
+)
+from airflow_privacy.core.dp.engines.dataset import resolve
 from airflow_privacy.core.dp.noise import (
     RandomSource,
     default_random_source,
-    numpy_generator,
 )
 from airflow_privacy.core.dp.plan import (
     SELECTION,
@@ -96,8 +102,9 @@ from airflow_privacy.core.dp.spec import (
     apply_bins,
     check_bounds,
     parse_metrics,
+    public_frame,
 )
-from airflow_privacy.core.errors import InvalidParameterError, SchemaError
+from airflow_privacy.core.errors import InvalidParameterError
 
 _NOISE_STEPS = 1 << 12  # the noise of a fixed-point sum spans at least this many grid steps...
 _MAX_ROW_STEPS = 1 << 14  # ...unless one value's range would need more than this many
@@ -130,7 +137,7 @@ class DPResult:
 
 
 def dp_aggregate(
-    df: pd.DataFrame,
+    df: pd.DataFrame | str | Sequence[str],
     *,
     epsilon: float,
     delta: float = 0.0,
@@ -148,10 +155,12 @@ def dp_aggregate(
     accountant: str = "pld",
     missing_values: str = "skip",
     error_bars: Sequence[str] | str | None = (),
+    engine: str | None = None,
 ) -> DPResult:
     """Release differentially private statistics of ``df``, grouped by ``by``.
 
-    :param df: input rows.
+    :param df: input rows: a DataFrame, or a Parquet dataset (file, glob, hive-partitioned
+        folder, fsspec URI, or a list of them; files in sorted order).
     :param epsilon: total ε of this release, a real number in [1e-6, 100]
         (:data:`.calibration.MIN_EPSILON`, :data:`.calibration.MAX_EPSILON`).
     :param delta: total δ of this release, in [0, 1); must be > 0 for private partition
@@ -198,15 +207,23 @@ def dp_aggregate(
         public parameters and released values only (:mod:`.accuracy`: exact for counts and
         sums, approximate for means, variances and std). Whatever is asked, every metric is
         rounded to the power of ten at or below its sd/10 and ``result.accuracy`` holds them.
-    :param on_cost: called with the release's :class:`PrivacyCost` after validation and
-        planning but *before any noise is drawn* -- the budget ledger charges here; if it
-        raises, nothing is computed or released.
+    :param engine: where bounding and the integer aggregates run (:mod:`.engines`):
+        ``"pandas"`` (in memory) or ``"duckdb"`` (out of core over a Parquet dataset, within a
+        memory limit, spilling to disk); ``None`` chooses by input size
+        (:func:`.engines.choose_engine`). Noise, selection and accounting are the same for every
+        engine. Quantiles, medians and ``bins`` need ``"pandas"``.
+    :param on_cost: called with the release's :class:`PrivacyCost` after validation, planning
+        and the engine's pre-noise aggregates (so a dataset that cannot be read is never
+        charged), but *before any noise is drawn* -- the budget ledger charges here; if it
+        raises, nothing is released.
     :returns: :class:`DPResult`.
     :raises InvalidParameterError: a parameter is out of range (message names it).
     :raises SchemaError: a named column is missing or not numeric.
     """
-    if not isinstance(df, pd.DataFrame):
-        raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
+    if not (isinstance(df, pd.DataFrame) or is_dataset(df)):
+        raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame or a Parquet dataset URI")
+    engine = choose_engine(df, engine)
+    runner = load_engine(engine)
     epsilon = check_epsilon(epsilon)
     delta = check_delta(delta)
     if delta >= MAX_DELTA:
@@ -238,13 +255,15 @@ def dp_aggregate(
         l0 = linf = 1
     value_cols = {m.column for m in specs if m.column is not None}
     needed = set(by) | value_cols | ({privacy_unit} if privacy_unit else set())
-    missing = sorted(c for c in needed if c not in df.columns)
-    if missing:
-        raise SchemaError(f"input lacks column(s) {missing}; it has {list(df.columns)}")
+    if engine != "pandas" and (bins or any(m.kind == "quantile" for m in specs)):
+        raise InvalidParameterError("engine", engine, "quantiles, medians and bins need engine='pandas' "
+                                    "(they use the rows, not only the integer aggregates)")
+    if engine == "pandas" and not isinstance(df, pd.DataFrame):
+        df = resolve(df).to_pandas(sorted(needed))
     col_bounds = check_bounds(bounds, value_cols)
-    for col in value_cols:
-        if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
-            raise SchemaError(f"column {col!r} must be numeric for {sorted(m.kind for m in specs if m.column == col)}, got {df[col].dtype}")
+    nan_free = runner.inspect(df, needed=needed, value_cols=value_cols, privacy_unit=privacy_unit,
+                              missing_values=missing_values,
+                              kinds={c: sorted(m.kind for m in specs if m.column == c) for c in value_cols})
     if bins:
         df, public_groups = apply_bins(df, bins, by, public_groups)
     private_selection = bool(by) and public_groups is None
@@ -258,57 +277,11 @@ def dp_aggregate(
             raise InvalidParameterError("delta", delta, "mechanism='gaussian' needs delta > 0")
     if public_groups is not None and not by:
         raise InvalidParameterError("public_groups", public_groups, "only meaningful with `by` columns")
-    if privacy_unit is not None:
-        n_missing = int(df[privacy_unit].isna().sum())
-        if n_missing:
-            # Merging them into one "missing" unit would let many people share one contribution
-            # bound; dropping them silently would hide a data problem. The caller decides.
-            raise SchemaError(
-                f"privacy_unit column {privacy_unit!r} has {n_missing} missing value(s); every row must "
-                "belong to a known unit -- fill or drop those rows before the release")
-
-    if missing_values == "refuse":
-        holes = {c: int(n) for c in sorted(value_cols) if (n := df[c].isna().sum())}
-        if holes:
-            raise SchemaError(f"missing_values='refuse' but value column(s) hold NaN (count per column: {holes}); "
-                              "nothing was charged -- fill or drop them, or use missing_values='skip'")
-
     rng = default_random_source(random_source)
-    nprng = numpy_generator(rng)
-
-    # -- groups and bounding ----------------------------------------------------------------
-    # Columns are read in place and gathered only at the kept rows: no copy of the frame
-    # (issue 14 §5: peak memory within 2x the frame).
-    groups, group_codes, unit_codes, taken = encode_rows(df, by, public_groups, privacy_unit)
-    n_groups = len(groups)
-    kept, unit_counts = bound_with_unit_counts(unit_codes, group_codes, l0, linf, nprng, n_groups)
-    gcodes = group_codes[kept]
-    del group_codes, unit_codes
-    rows_kept = kept if taken is None else taken[kept]
-
-    def column(col: str) -> np.ndarray:
-        """The kept rows' values of ``col`` as float64 (NaN for missing)."""
-        return df[col].to_numpy(dtype=float, na_value=np.nan)[rows_kept]
-
-    if private_selection:
-        # Candidates are only the groups that still hold a unit *after* bounding. A group that
-        # bounding emptied must not even get a noisy count: one unit with rows in G >> L0 groups
-        # would otherwise raise the chance that some of its groups is released to ~G·δ/L0,
-        # unbounded in G. After bounding a unit touches <= L0 candidate groups, which is what
-        # the threshold's δ/L0 per group assumes (Korolova et al. 2009; Desfontaines et al. 2022,
-        # and pipeline-dp, which select on the bounded data).
-        present = np.flatnonzero(unit_counts)
-        recode = np.full(n_groups, -1, dtype=gcodes.dtype)
-        recode[present] = np.arange(len(present), dtype=gcodes.dtype)
-        gcodes = recode[gcodes]
-        groups = groups.iloc[present].reset_index(drop=True)
-        unit_counts = unit_counts[present]
-        n_groups = len(present)
 
     # -- the primitive queries and the budget split (parameters and public schema only) -----
-    # Public facts only: the declared policy, or a numpy integer/boolean dtype (no NaN possible).
-    nan_free = {c for c in value_cols
-                if missing_values == "refuse" or (isinstance(df[c].dtype, np.dtype) and df[c].dtype.kind in "iub")}
+    # nan_free (the engine's inspect): public facts only -- the declared policy, or a numpy
+    # integer/boolean dtype (no NaN possible).
     queries, sources = primitive_queries(specs, private_selection=private_selection, linf=linf, nan_free=nan_free)
     parts = ([SELECTION] if private_selection else []) + queries
     weights = budget_weights(specs, sources, parts, col_bounds, l0, linf)
@@ -369,6 +342,20 @@ def dp_aggregate(
         raise InvalidParameterError(
             "epsilon", epsilon, f"too small for this release: its {len(events)} mechanism(s) compose to "
             f"epsilon={cost.epsilon:.3g} at delta={delta:.3g}; ask for fewer metrics, a larger epsilon or delta")
+    # -- the engine: bounding, clamping, rounding, integer aggregates -- before the charge, so
+    # unreadable data is never charged; nothing computed here is released -------------------
+    sum_queries = {}
+    for q, (gamma, magnitude, offset) in grids.items():
+        lo, hi = col_bounds[q[1]]
+        sum_queries[q] = SumQuery(q[0], q[1], lo, hi, gamma, offset, math.ceil(magnitude / gamma))
+    request = AggregateRequest(
+        by=tuple(by), privacy_unit=privacy_unit,
+        public_groups=None if public_groups is None else public_frame(public_groups, by),
+        l0=l0, linf=linf, private_selection=private_selection,
+        count_columns=tuple(dict.fromkeys(q[1] for q in queries if q[0] in ("n", "cells"))),
+        sums=tuple(sum_queries.values()))
+    agg = runner.aggregate(df, request, rng)
+    groups, unit_counts, n_groups = agg.groups, agg.units, len(agg.groups)
     if on_cost is not None:
         on_cost(cost)  # e.g. the ledger's atomic check-and-charge; raising aborts the release
 
@@ -391,14 +378,13 @@ def dp_aggregate(
         if kind == "selection":
             continue
         if kind == "rows":
-            exact = np.bincount(gcodes, minlength=n_groups)
+            exact = agg.rows
         elif kind == "units":
             exact = unit_counts
         elif kind in ("n", "cells"):
-            valid = ~np.isnan(column(q[1]))
-            exact = np.bincount(gcodes[valid], minlength=n_groups)
+            exact = agg.values[q[1]]
             if kind == "cells":  # rows with a value, then rows without: one row, one cell
-                exact = np.concatenate((exact, np.bincount(gcodes[~valid], minlength=n_groups)))
+                exact = np.concatenate((exact, agg.rows - exact))
             noise_sd[f"count({q[1]})"] = spec.sd
         if kind in ("rows", "units", "n", "cells"):
             answers[q] = (exact.astype(np.int64) + spec.draw(rng, len(exact))).astype(float)
@@ -407,8 +393,7 @@ def dp_aggregate(
         lo, hi = col_bounds[col]
         mid = (lo + hi) / 2
         gamma, magnitude, offset = grids[q]
-        steps = math.ceil(magnitude / gamma)  # |x| <= magnitude, so rounding stays within this
-        exact = fixed_point_group_sums(column(col), gcodes, n_groups, kind, lo, hi, gamma, offset, steps, rng)
+        exact = agg.sums[sum_queries[q]]  # |x| <= magnitude: within ceil(magnitude/gamma) steps
         noisy = (exact + spec.draw(rng, n_groups)) * gamma
         answers[q] = (noisy, offset) if kind == "normsq" else noisy
         noise_sd[f"{kind}({col})"] = spec.sd * gamma
@@ -418,7 +403,7 @@ def dp_aggregate(
     for q in queries:
         if q[0] == "quantile":
             col, qq = q[1], q[2]
-            answers[q] = dp_quantiles(column(col), gcodes, n_groups,
+            answers[q] = dp_quantiles(agg.column(col), agg.gcodes, n_groups,
                                       col_bounds[col], qq, eps_of[q] / l0, linf, rng)
 
     # -- assemble the table (post-processing only) ------------------------------------------

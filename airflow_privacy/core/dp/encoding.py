@@ -5,13 +5,12 @@ the fixed-point group sums of a value column, chunk by chunk -- the data-heavy s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from airflow_privacy.core.dp.noise import RandomSource, stochastic_round
 from airflow_privacy.core.dp.spec import public_frame
 
 
@@ -70,10 +69,12 @@ _CHUNK = 1 << 18  # rows per step of the fixed-point sums: their temporaries sta
 
 
 def fixed_point_group_sums(vals: np.ndarray, gcodes: np.ndarray, n_groups: int, kind: str, lo: float, hi: float,
-                           gamma: float, offset: float, steps: int, rng: RandomSource) -> np.ndarray:
+                           gamma: float, offset: float, steps: int,
+                           rounding: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     """Exact int64 per-group sums of the clamped (``sum``), centred (``normsum``) or centred
     squared (``normsq``, less ``offset``) values on the grid γ, NaN left out, each value
-    stochastically rounded (:func:`.noise.stochastic_round`) -- chunk by chunk."""
+    stochastically rounded by ``rounding(x, at)`` (``at``: the indices in ``vals`` of ``x``;
+    :func:`.noise.stochastic_round` or the engines' keyed rounding) -- chunk by chunk."""
     mid = (lo + hi) / 2
     total = np.zeros(n_groups, dtype=np.int64)
     for start in range(0, len(vals), _CHUNK):
@@ -86,7 +87,7 @@ def fixed_point_group_sums(vals: np.ndarray, gcodes: np.ndarray, n_groups: int, 
             x *= x
             x -= offset
         x /= gamma
-        fixed = np.clip(stochastic_round(x, rng), -steps, steps)
+        fixed = np.clip(rounding(x, start + np.flatnonzero(valid)), -steps, steps)
         total += _int_group_sums(fixed, gcodes[start:start + _CHUNK][valid], n_groups)
     return total
 
