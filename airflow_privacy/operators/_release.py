@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core import io
 from airflow_privacy.core.dp import dp_aggregate
+from airflow_privacy.core.dp.engines import choose_engine
 from airflow_privacy.core.errors import PrivacyError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 
@@ -93,8 +94,13 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
     if previous is not None and (previous.output_sha256 is not None or previous.status == "released"):
         return _reuse_release(op, context, ledger, rid, previous)
 
-    df = _read_sources(op.source)
-    op.log.info("Read %d rows from %s", len(df), op.source)
+    engine = choose_engine(op.source, getattr(op, "engine", None))
+    if engine == "pandas":
+        df = _read_sources(op.source)
+        op.log.info("Read %d rows from %s", len(df), op.source)
+    else:  # the engine reads the dataset itself, before the charge (dp_aggregate's on_cost)
+        df = op.source
+        op.log.info("Aggregating %s with engine=%r", op.source, engine)
 
     def charge(cost):
         if not math.isfinite(cost.epsilon) or cost.epsilon > op.epsilon * (1 + 1e-9):
@@ -111,7 +117,7 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
         df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
         bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
         public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
-        accountant=ledger.status(op.dataset).accountant, error_bars=op.error_bars,
+        accountant=ledger.status(op.dataset).accountant, error_bars=op.error_bars, engine=engine,
     )
     data, rows = _serialize(result.table, op.destination)
     # Seal the answer before it can be seen: a retry after this point returns these bytes or

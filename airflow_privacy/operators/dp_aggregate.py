@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core.dp.accuracy import check_error_bars
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
+from airflow_privacy.core.dp.engines import ENGINES
 from airflow_privacy.core.dp.spec import check_release_spec
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
@@ -50,6 +51,11 @@ class DPAggregateOperator(BaseOperator):
     :param bins: ``{column: edges}`` to release histograms (see ``dp_aggregate``).
     :param mechanism: ``"laplace"`` or ``"gaussian"``.
     :param error_bars: ``"sd"`` and/or ``"ci95"``: add ``<metric>_sd`` / ``<metric>_ci95``
+    :param engine: where bounding and the integer aggregates run: ``"pandas"`` (reads the batch
+        into memory) or ``"duckdb"`` (out of core over the Parquet ``source`` -- file, glob,
+        hive-partitioned folder -- within a memory limit, spilling to disk); ``None`` picks by
+        the source's size (``pandas`` up to 256 MiB of Parquet). Noise, budget and XCom are the
+        same for every engine.
         columns to the output (see :mod:`airflow_privacy.core.dp.accuracy`). Either way the
         return value holds ``accuracy`` -- per metric ``basis`` and ``sd``/``ci95`` (largest
         over the released groups) or ``rank_error95`` -- and the metrics are rounded to their noise.
@@ -88,6 +94,7 @@ class DPAggregateOperator(BaseOperator):
         # Cheap checks at parse time, reading no data: a DAG with epsilon=0, a misspelt metric
         # or a mean without bounds should not even import. A templated epsilon/delta is
         # checked when rendered (render_template_fields).
+        engine: str | None = None,
         self.epsilon = epsilon if _is_template(epsilon) else check_epsilon(epsilon)
         self.delta = delta if _is_template(delta) else check_delta(delta)
         check_release_spec(metrics=metrics, by=by, bounds=bounds, mechanism=mechanism,
@@ -120,6 +127,9 @@ class DPAggregateOperator(BaseOperator):
             self.delta = check_delta(_number(self.delta))
             check_release_spec(metrics=self.metrics, by=self.by, bounds=self.bounds, mechanism=self.mechanism,
                                delta=self.delta)
+        if engine is not None and engine not in ENGINES:
+            raise InvalidParameterError("engine", engine, f"expected one of {ENGINES} or None (chosen by input size)")
+        self.engine = engine
         except InvalidParameterError as exc:  # a bad run conf: fail before reading or charging, no retry
             raise AirflowFailException(f"{exc} (after rendering the task's templates)") from exc
 

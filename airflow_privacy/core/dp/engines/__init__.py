@@ -9,10 +9,10 @@ reading no rows) and ``aggregate`` (the plan, returning :class:`BoundedAggregate
 small table returns to :func:`..aggregate.dp_aggregate`, where noise, partition selection and
 accounting run unchanged for every engine.
 
-Choosing the engine when it is not given (:func:`choose_engine`): a pandas DataFrame runs on
-``"pandas"``; a Parquet dataset (path, glob, folder, URI) runs on ``"pandas"`` when its files
-total at most :data:`PANDAS_MAX_BYTES` (256 MiB of Parquet, ~ 1-2 GB in memory as a frame),
-else on ``"duckdb"`` (out of core, bounded memory).
+Choosing the engine when it is not given (:func:`choose_engine`): a pandas DataFrame or a CSV
+source runs on ``"pandas"``; a Parquet dataset (path, glob, folder, URI) runs on ``"pandas"``
+when its files total at most :data:`PANDAS_MAX_BYTES` (256 MiB of Parquet, ~ 1-2 GB in memory
+as a frame), else on ``"duckdb"`` (out of core, bounded memory).
 """
 
 from __future__ import annotations
@@ -113,11 +113,15 @@ def choose_engine(data: Any, engine: str | None) -> str:
             raise InvalidParameterError("engine", engine, "a pandas DataFrame runs on engine='pandas'; pass a "
                                         "Parquet dataset (path, glob, folder or URI) for an out-of-core engine")
         return engine
-    if isinstance(data, pd.DataFrame):
+    if isinstance(data, pd.DataFrame) or any(str(u).lower().endswith(".csv") for u in _uris(data)):
         return "pandas"
     from airflow_privacy.core.dp.engines.dataset import dataset_bytes
 
     return "pandas" if dataset_bytes(data) <= PANDAS_MAX_BYTES else "duckdb"
+
+
+def _uris(data: Any) -> list[str]:
+    return [data] if isinstance(data, str) else list(data) if is_dataset(data) else []
 
 
 def load_engine(name: str) -> ModuleType:

@@ -87,7 +87,11 @@ def resolve(source: Any) -> ParquetDataset:
     first = None
     rows = 0
     for name in files:
-        meta = pq.read_metadata(name, filesystem=fs)
+        try:
+            meta = pq.read_metadata(name, filesystem=fs)
+        except (OSError, pa.ArrowException) as exc:
+            raise SchemaError(f"source {source!r}: {name!r} is not a readable Parquet file ({exc}) -- nothing "
+                              "was charged") from exc
         schema = meta.schema.to_arrow_schema().remove_metadata()
         rows += meta.num_rows
         if first is None:
