@@ -50,12 +50,12 @@ class DPAggregateOperator(BaseOperator):
     :param public_groups: known group keys (``{column: values}``), or None for private selection.
     :param bins: ``{column: edges}`` to release histograms (see ``dp_aggregate``).
     :param mechanism: ``"laplace"`` or ``"gaussian"``.
-    :param error_bars: ``"sd"`` and/or ``"ci95"``: add ``<metric>_sd`` / ``<metric>_ci95``
     :param engine: where bounding and the integer aggregates run: ``"pandas"`` (reads the batch
         into memory) or ``"duckdb"`` (out of core over the Parquet ``source`` -- file, glob,
         hive-partitioned folder -- within a memory limit, spilling to disk); ``None`` picks by
         the source's size (``pandas`` up to 256 MiB of Parquet). Noise, budget and XCom are the
         same for every engine.
+    :param error_bars: ``"sd"`` and/or ``"ci95"``: add ``<metric>_sd`` / ``<metric>_ci95``
         columns to the output (see :mod:`airflow_privacy.core.dp.accuracy`). Either way the
         return value holds ``accuracy`` -- per metric ``basis`` and ``sd``/``ci95`` (largest
         over the released groups) or ``rank_error95`` -- and the metrics are rounded to their noise.
@@ -85,6 +85,7 @@ class DPAggregateOperator(BaseOperator):
         public_groups: Mapping[str, Sequence[Any]] | None = None,
         bins: Mapping[str, Sequence[float]] | None = None,
         mechanism: str = "laplace",
+        engine: str | None = None,
         error_bars: Sequence[str] | str | None = (),
         budget_cap: tuple[float, float] | None = None,
         budget_conn_id: str = PrivacyBudgetHook.default_conn_name,
@@ -94,7 +95,6 @@ class DPAggregateOperator(BaseOperator):
         # Cheap checks at parse time, reading no data: a DAG with epsilon=0, a misspelt metric
         # or a mean without bounds should not even import. A templated epsilon/delta is
         # checked when rendered (render_template_fields).
-        engine: str | None = None,
         self.epsilon = epsilon if _is_template(epsilon) else check_epsilon(epsilon)
         self.delta = delta if _is_template(delta) else check_delta(delta)
         check_release_spec(metrics=metrics, by=by, bounds=bounds, mechanism=mechanism,
@@ -116,6 +116,9 @@ class DPAggregateOperator(BaseOperator):
         self.public_groups = public_groups
         self.bins = bins
         self.mechanism = mechanism
+        if engine is not None and engine not in ENGINES:
+            raise InvalidParameterError("engine", engine, f"expected one of {ENGINES} or None (chosen by input size)")
+        self.engine = engine
         self.error_bars = check_error_bars(error_bars)
         self.budget_cap = budget_cap
         self.budget_conn_id = budget_conn_id
@@ -127,9 +130,6 @@ class DPAggregateOperator(BaseOperator):
             self.delta = check_delta(_number(self.delta))
             check_release_spec(metrics=self.metrics, by=self.by, bounds=self.bounds, mechanism=self.mechanism,
                                delta=self.delta)
-        if engine is not None and engine not in ENGINES:
-            raise InvalidParameterError("engine", engine, f"expected one of {ENGINES} or None (chosen by input size)")
-        self.engine = engine
         except InvalidParameterError as exc:  # a bad run conf: fail before reading or charging, no retry
             raise AirflowFailException(f"{exc} (after rendering the task's templates)") from exc
 
