@@ -16,13 +16,23 @@ Dropouts: a site task that fails (or a site whose worker is gone) is simply abse
 next aggregator step, which runs with ``trigger_rule="all_done"``; the protocol removes the
 dropped site's masks from the survivors' shares. Fewer than ``threshold`` survivors fails
 the round and releases nothing.
+
+Waiting: within one DAG the aggregator steps wait for the site tasks as Airflow dependencies
+(the scheduler waits; no task runs meanwhile). Sites that run *outside* the DAG (another
+deployment writing to the same shared storage) are waited for with ``wait_for_sites``: a
+step that finds site messages missing defers to
+:class:`~airflow_privacy.triggers.site_messages.SiteMessagesTrigger` -- the wait runs in the
+triggerer and holds no worker slot -- and resumes when they are all there or the wait is
+over, absent sites then counting as dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,6 +67,7 @@ from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
 from airflow_privacy.operators._release import privacy_summary
 from airflow_privacy.operators.links import PrivacyBudgetLink
+from airflow_privacy.triggers.site_messages import SiteMessagesTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -67,6 +78,8 @@ PAILLIER_SITE_STEPS = ("encrypt",)
 PAILLIER_AGGREGATOR_STEPS = ("charge", "add")
 KEYHOLDER_STEPS = ("keygen", "decrypt")
 PROTOCOLS = ("masking", "paillier")
+_SITE_MESSAGES = {"collect": "advertise", "route": "share", "request": "mask", "unmask": "reveal", "add": "encrypt"}
+"""The site messages each aggregator step reads (``unmask``: of the survivors the request names)."""
 
 
 class _RoundMixin:
@@ -285,6 +298,10 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
 
     :param step: ``collect`` | ``route`` | ``request`` | ``unmask``.
     :param destination: for ``unmask``: URI of the released sum (Parquet, column ``value``).
+    :param wait_for_sites: how long (seconds or ``timedelta``) the step waits, deferred, for site
+        messages that are missing when it starts; ``None`` (default): proceed at once -- right
+        when the sites are upstream tasks of the same DAG, as in :func:`secure_sum_group`.
+    :param poll_interval: seconds between the trigger's checks of the shared storage.
     (other parameters as :class:`SecureShareOperator`)
     """
 
@@ -307,6 +324,8 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         length: int | None = None,
         dp: dict[str, Any] | None = None,
         config_factory: Callable[[str], SecureSumConfig] | None = None,
+        wait_for_sites: float | timedelta | None = None,
+        poll_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")  # dropped sites must not block the round
@@ -317,9 +336,33 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
             raise InvalidParameterError("destination", destination, "the unmask step writes the sum")
         self.step = step
         self.destination = destination
+        self.wait_for_sites = _seconds("wait_for_sites", wait_for_sites)
+        self.poll_interval = _seconds("poll_interval", poll_interval)
         self._init_round(sites, bounds, threshold, frac_bits, shared_storage, round_name, length, dp, config_factory)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if self.wait_for_sites and self.step in _SITE_MESSAGES:
+            awaited = _SITE_MESSAGES[self.step]
+            sites = self.sites
+            if self.step == "unmask":  # the reveals of the survivors the request names
+                sites = request_survivors(self._config(self._round_id(context)), self._input_msg(context, "request"))
+            missing = [self._msg(context, awaited, s) for s in sites if not io.exists(self._msg(context, awaited, s))]
+            if missing:
+                self.log.info("Waiting up to %gs for %d site message(s) of step %r, deferred (no worker slot held)",
+                              self.wait_for_sites, len(missing), awaited)
+                self.defer(trigger=SiteMessagesTrigger(paths=missing, deadline=time.time() + self.wait_for_sites,
+                                                       poll_interval=self.poll_interval),
+                           method_name="execute_complete")
+        return self._run_step(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resumed from :class:`SiteMessagesTrigger`: run the step with the messages present."""
+        if event and event.get("timed_out"):
+            self.log.warning("Gave up waiting for %d site message(s); their sites count as dropped: %s",
+                             len(event["missing"]), event["missing"])
+        return self._run_step(context)
+
+    def _run_step(self, context: Context) -> dict[str, Any]:
         config = self._config(self._round_id(context))
         try:
             if self.step == "collect":
@@ -475,6 +518,15 @@ class PaillierKeyHolderOperator(SecureSumOperator):
         except PrivacyError as exc:
             raise AirflowFailException(f"key holder, step {self.step}: {exc}") from exc
         return self._release(context, result)
+
+
+def _seconds(name: str, value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise InvalidParameterError(name, value, "expected a positive number of seconds or a timedelta")
+    return float(seconds)
 
 
 def _check_dp(dp: dict[str, Any] | None, length: int | None) -> dict[str, Any] | None:
