@@ -72,46 +72,108 @@ def _ledger(args):
     return PrivacyBudgetHook(args.conn_id).get_ledger()
 
 
+def _budget_tree(ledger, dataset: str | None) -> list[dict]:
+    """Every dataset (or ``dataset`` and its partitions), parents before their partitions, with
+    its depth in the tree and the forecast date its cap is reached (``None``: never)."""
+    from airflow_privacy.plugins.budget_forecast import forecast
+
+    statuses = {s.dataset: s for s in ledger.datasets()}
+    if dataset is not None:
+        ledger.status(dataset)  # KeyError: no such dataset
+    dates = forecast(ledger)
+    children: dict[str | None, list[str]] = {}
+    for s in statuses.values():
+        children.setdefault(s.parent if s.parent in statuses else None, []).append(s.dataset)
+    rows: list[dict] = []
+
+    def walk(name: str, depth: int) -> None:
+        s = statuses[name]
+        when = dates.get(name)
+        rows.append({**s.to_dict(), "depth": depth, "children": children.get(name, []),
+                     "forecast": when.isoformat() if when is not None else "never"})
+        for child in children.get(name, []):
+            walk(child, depth + 1)
+
+    for root in [dataset] if dataset is not None else children.get(None, []):
+        walk(root, 0)
+    return rows
+
+
 def _budget_show(args) -> int:
     ledger = _ledger(args)
-    rows = [ledger.status(args.dataset)] if args.dataset else ledger.datasets()
-    _print([r.to_dict() for r in rows] if rows else "no datasets have a privacy budget yet", args.json)
+    rows = _budget_tree(ledger, args.dataset)
+    if not rows:
+        _print("no datasets have a privacy budget yet", args.json)
+    elif args.json:
+        _print(rows, True)
+    else:
+        _print([{"dataset": "  " * r["depth"] + r["dataset"], "own_eps": r["own_epsilon"],
+                 "worst_eps": r["spent_epsilon"], "cap_eps": r["cap_epsilon"], "cap_delta": r["cap_delta"],
+                 "remaining_eps": r["remaining_epsilon"], "releases": r["releases"],
+                 "cap_reached": r["forecast"][:10] if r["forecast"] != "never" else "never"} for r in rows], False)
     return 0
 
 
 def _budget_set(args) -> int:
+    import getpass
+
     from airflow_privacy.core.dp.calibration import check_delta
     from airflow_privacy.core.errors import InvalidParameterError
 
     if args.delta is not None:
         check_delta(args.delta, "--delta")
-        if args.delta > MAX_CAP_DELTA:
-            raise InvalidParameterError(
-                "--delta", args.delta, f"expected at most {MAX_CAP_DELTA:g}: δ must stay well below "
-                "1/(number of people in the dataset); typical caps are 1e-5 to 1e-9")
+    if args.delta is not None and args.delta > MAX_CAP_DELTA:
+        raise InvalidParameterError(
+            "--delta", args.delta, f"expected at most {MAX_CAP_DELTA:g}: δ must stay well below "
+            "1/(number of people in the dataset); typical caps are 1e-5 to 1e-9")
     ledger = _ledger(args)
-    delta = args.delta
-    if delta is None:  # keep the current δ (a new dataset: 0)
-        try:
-            delta = ledger.status(args.dataset).cap_delta
-        except KeyError:
-            delta = 0.0
-    extra = {"reason": args.reason} if args.reason is not None else {}
-    status = ledger.set_budget(args.dataset, epsilon=args.epsilon, delta=delta, accountant=args.accountant,
-                               **extra)
+    extra = {}
+    if args.no_parent:
+        extra["parent"] = None
+    elif args.parent is not None:
+        extra["parent"] = args.parent
+    try:
+        ledger.status(args.dataset)
+        if args.reason is None or not args.reason.strip():
+            raise InvalidParameterError("--reason", args.reason, f"changing the cap of {args.dataset!r} needs "
+                                        "--reason TEXT (recorded with who and when in `budget history`)")
+    except KeyError:
+        pass  # a new dataset: no reason needed
+    status = ledger.set_budget(args.dataset, epsilon=args.epsilon, delta=args.delta, accountant=args.accountant,
+                               reason=args.reason, changed_by=args.by or getpass.getuser(),
+                               alert_share=args.alert_share, **extra)
     _print(status.to_dict(), args.json)
     return 0
 
 
 def _budget_history(args) -> int:
+    """Charges, cap changes and refused releases of one dataset, in one chronological list."""
     ledger = _ledger(args)
     ledger.status(args.dataset)
-    charges = [c.to_dict() for c in ledger.history(args.dataset)]
+    rows = [{"kind": "charge", "at": c.created_at, **c.to_dict()} for c in ledger.history(args.dataset)]
+    rows += [{"kind": "cap_change", "at": c.changed_at, **c.to_dict()} for c in ledger.cap_changes(args.dataset)]
+    rows += [{"kind": "refused", "at": r.created_at, **r.to_dict()} for r in ledger.refusals(args.dataset)]
+    rows.sort(key=lambda r: r["at"])  # stable: within one instant, charges, then changes, then refusals
+    for r in rows:
+        r["at"] = r["at"].isoformat()
     if not args.json:
-        keep = ("created_at", "logical_date", "release_id", "epsilon", "delta", "spent_epsilon", "status", "output")
-        charges = [{k: c.get(k) for k in keep} for c in charges]
-    _print(charges or f"dataset {args.dataset!r} has no releases yet", args.json)
+        rows = [_history_line(r) for r in rows]
+    _print(rows or f"dataset {args.dataset!r} has no history yet", args.json)
     return 0
+
+
+def _history_line(r: dict) -> dict:
+    """One table row: what happened, to which run, for how much ε."""
+    if r["kind"] == "cap_change":
+        was = "-" if r["old_epsilon"] is None else f"{r['old_epsilon']:g}/{r['old_delta']:g}"
+        what = f"cap {was}->{r['new_epsilon']:g}/{r['new_delta']:g}"
+        if r["old_parent"] != r["new_parent"]:
+            what += f" parent {r['old_parent'] or '-'}->{r['new_parent'] or '-'}"
+        return {"at": r["at"], "kind": r["kind"], "logical_date": None, "release_id": None, "epsilon": None,
+                "spent_epsilon": None, "detail": f"{what} by {r['changed_by'] or 'unknown'}: {r['reason']}"}
+    detail = r.get("output") if r["kind"] == "charge" else r["reason"]
+    return {"at": r["at"], "kind": r["kind"], "logical_date": r["logical_date"], "release_id": r["release_id"],
+            "epsilon": r["epsilon"], "spent_epsilon": r.get("spent_epsilon"), "detail": detail}
 
 
 def _add_budget(sub) -> None:
@@ -121,19 +183,30 @@ def _add_budget(sub) -> None:
     common.add_argument("--conn-id", default="privacy_budget_default", help="privacy_budget connection id")
     common.add_argument("--url", help="SQLAlchemy URL of the ledger (overrides --conn-id)")
     common.add_argument("--json", action="store_true", help="JSON output")
-    show = bsub.add_parser("show", parents=[common], help="cap, spent and remaining budget")
-    show.add_argument("dataset", nargs="?")
+    show = bsub.add_parser("show", parents=[common], help="the population tree: own and worst-case spend, cap, "
+                           "remaining budget and the forecast date each cap is reached")
+    show.add_argument("dataset", nargs="?", help="show only this dataset and its partitions")
     show.set_defaults(func=_budget_show)
-    st = bsub.add_parser("set", parents=[common], help="create or change a dataset's cap")
+    st = bsub.add_parser("set", parents=[common], help="create or change a dataset's cap (recorded with who, "
+                         "when and why)")
     st.add_argument("dataset")
     st.add_argument("--epsilon", type=float, required=True, help="the ε cap (> 0)")
     st.add_argument("--delta", type=float, help=f"the δ cap, 0 to {MAX_CAP_DELTA:g} (default: keep the "
                     "current one; 0 for a new dataset)")
     st.add_argument("--accountant", choices=["pld", "rdp", "basic"],
-                    help="how releases compose (default: keep the current one; pld for a new dataset)")
-    st.add_argument("--reason", help="why the cap changes (recorded in the ledger)")
+                    help="how releases compose (default: keep the current one; the parent's or pld for a new "
+                    "dataset)")
+    parent = st.add_mutually_exclusive_group()
+    parent.add_argument("--parent", metavar="NAME", help="declare the dataset a partition of NAME (its "
+                        "siblings are disjoint: one person is in at most one)")
+    parent.add_argument("--no-parent", action="store_true", help="detach the dataset from its parent")
+    st.add_argument("--reason", help="why the cap changes; required to change an existing dataset")
+    st.add_argument("--alert-share", type=float, metavar="SHARE",
+                    help="notify when the worst case passes this share of the cap, in (0, 1] (default 0.8)")
+    st.add_argument("--by", metavar="WHO", help="who makes the change (default: the OS user)")
     st.set_defaults(func=_budget_set)
-    hist = bsub.add_parser("history", parents=[common], help="every release charged to a dataset")
+    hist = bsub.add_parser("history", parents=[common], help="a dataset's charges, cap changes and refused "
+                           "releases, oldest first")
     hist.add_argument("dataset")
     hist.set_defaults(func=_budget_history)
 

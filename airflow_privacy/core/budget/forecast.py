@@ -58,27 +58,45 @@ class Spender:
     next_runs: Iterable[dt.datetime]
 
 
-def epsilon_per_run(history: Sequence[Charge], dag_id: str, *, last: int = DEFAULT_LAST_RUNS) -> float:
-    """The largest increase of the dataset's worst-case ε made by one run of ``dag_id`` over its
+def epsilon_per_run(history: Sequence[Charge], dag_id: str, *, partitions: Iterable[Sequence[Charge]] = (),
+                    last: int = DEFAULT_LAST_RUNS) -> float:
+    """The largest increase of the dataset's *own* ε made by one run of ``dag_id`` over its
     ``last`` most recent runs (a run = the charges sharing a ``run_id``; without one, each
     charge is its own run).
 
     ``history`` is the dataset's charges, oldest first (:meth:`PrivacyLedger.history`); each
     charge's ``spent_epsilon`` is the dataset's worst case right after it, so a run's increase
-    is its last charge's figure minus the figure just before its first charge. Another DAG's
-    charge between two charges of the run counts towards the run (pessimistic).
+    is its last charge's figure minus the figure of the charge before its first one. That
+    figure also grows with the dataset's partitions (``partitions``: each direct partition's
+    history): their worst case's growth over the same span -- the largest partition's, as the
+    worst case takes one partition -- is taken off, so that :func:`exhaustion_dates` does not
+    count the partitions' DAGs twice. Another DAG's charge of this dataset between two charges
+    of the run counts towards the run (pessimistic).
     """
     if last < 1:
         raise InvalidParameterError("last", last, "expected a number of runs >= 1")
+    partitions = [list(p) for p in partitions]
     runs: dict[str, list[int]] = {}
     for i, c in enumerate(history):
         if c.dag_id == dag_id:
             runs.setdefault(c.run_id if c.run_id is not None else f"#{i}", []).append(i)
     increases = []
     for indexes in list(runs.values())[-last:]:
-        before = history[indexes[0] - 1].spent_epsilon if indexes[0] > 0 else 0.0
-        increases.append(max(0.0, history[indexes[-1]].spent_epsilon - before))
+        first, final = indexes[0], history[indexes[-1]]
+        before = history[first - 1] if first > 0 else None
+        grew = final.spent_epsilon - (before.spent_epsilon if before is not None else 0.0)
+        since = before.created_at if before is not None else None
+        grew -= _worst_partition(partitions, final.created_at) - _worst_partition(partitions, since)
+        increases.append(max(0.0, grew))
     return max(increases, default=0.0)
+
+
+def _worst_partition(partitions: Sequence[Sequence[Charge]], at: dt.datetime | None) -> float:
+    """The largest worst case among the partitions as of ``at`` (their last charge until then)."""
+    if at is None:
+        return 0.0
+    return max((next((c.spent_epsilon for c in reversed(p) if c.created_at <= at), 0.0) for p in partitions),
+               default=0.0)
 
 
 def cadence(logical_dates: Iterable[dt.datetime], now: dt.datetime) -> Iterator[dt.datetime]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 
@@ -83,3 +84,14 @@ def test_cadence_repeats_the_median_spacing_after_now():
     assert list(itertools.islice(cadence(dates, NOW), 3)) == [NOW, NOW + DAY, NOW + 2 * DAY]
     assert list(itertools.islice(cadence(dates, NOW + dt.timedelta(hours=1)), 1)) == [NOW + DAY]
     assert list(cadence([NOW], NOW)) == []
+
+
+def test_epsilon_per_run_of_a_parent_leaves_out_its_partitions_growth():
+    # per day: the partition's run (+0.2 to its worst case and the parent's), then the parent's own run (+0.1)
+    child, parent = [], []
+    for k in range(3):
+        at = NOW + k * DAY
+        child.append(dataclasses.replace(_charge(0.2 * (k + 1), dag="fed", run=f"r{k}"), created_at=at))
+        parent.append(dataclasses.replace(_charge(0.3 * (k + 1), run=f"r{k}"), created_at=at + dt.timedelta(hours=1)))
+    assert epsilon_per_run(parent, "d") == pytest.approx(0.3)  # without the partitions: counted twice later
+    assert epsilon_per_run(parent, "d", partitions=[child, []]) == pytest.approx(0.1)
