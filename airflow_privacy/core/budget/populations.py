@@ -23,10 +23,11 @@ worst case at its own δ with its own accountant; a tree shares one accountant, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_privacy.core.budget.composed import ComposedState
 from airflow_privacy.core.dp.accounting import compose_epsilon, outright_delta
 from airflow_privacy.core.errors import InvalidParameterError
 
@@ -95,6 +96,24 @@ class Forest:
                 continue
             worst_eps = max(worst_eps, compose_epsilon(history, node.cap_delta, node.accountant))
             worst_delta = max(worst_delta, outright_delta(history))
+        return worst_eps, worst_delta
+
+    def worst_case_of_states(self, name: str, states: Mapping[str, ComposedState],
+                             events_of: Callable[[str], list[dict[str, Any]]]) -> tuple[float, float]:
+        """:meth:`worst_case` from each node's stored composition: a path composes the states
+        of its nodes (one convolution per node, shared by the paths below it) instead of their
+        events. A path holding zCDP-type events (:attr:`ComposedState.fallback`) is recomposed
+        from ``events_of`` its nodes."""
+        node = self.nodes[name]
+        worst_eps = worst_delta = 0.0
+        todo = [([name], states[name])]
+        while todo:
+            path, composed = todo.pop()
+            if composed.runs:
+                eps = (compose_epsilon([ev for m in path for ev in events_of(m)], node.cap_delta, node.accountant)
+                       if composed.fallback else composed.epsilon(node.cap_delta))
+                worst_eps, worst_delta = max(worst_eps, eps), max(worst_delta, composed.outright_delta)
+            todo.extend((path + [child], composed.compose(states[child])) for child in self.children.get(path[-1], []))
         return worst_eps, worst_delta
 
     def check_parent(self, name: str, parent: str, accountant: str, cap_delta: float) -> None:

@@ -1,4 +1,4 @@
-"""The ledger's tables and their migrations (schema v1 .. v4).
+"""The ledger's tables and their migrations (schema v1 .. v5).
 
 Every migration of one open runs in a single transaction (DDL is transactional in SQLite
 and in Postgres), so a migration killed midway leaves the previous schema intact and the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from airflow_privacy.core.dp.accounting import outright_delta
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 schema_table = sa.Table(
@@ -39,6 +39,9 @@ datasets_table = sa.Table(
     sa.Column("parent", sa.String(200)),  # schema v4: this population is a partition of `parent`
     sa.Column("own_epsilon", sa.Float),  # schema v4: the composition of this dataset's own events
     sa.Column("alert_share", sa.Float),  # schema v4: notify when spent passes this share of the cap
+    # schema v5: the composition of this dataset's own events (composed.ComposedState.to_bytes),
+    # updated with each charge so that no charge recomposes the history; NULL: build from events
+    sa.Column("composed", sa.LargeBinary),
 )
 charges_table = sa.Table(
     "privacy_charges", metadata,
@@ -146,9 +149,22 @@ def _v4(conn: sa.Connection) -> None:
                  .values(own_epsilon=datasets_table.c.spent_epsilon))
 
 
+def _v5(conn: sa.Connection) -> None:
+    """v5: each dataset's composed state, recomposed once from its events (:mod:`.composed`)."""
+    from airflow_privacy.core.budget.composed import ComposedState
+
+    _add_columns(conn, "privacy_datasets", {"composed": "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"})
+    rows = conn.execute(sa.select(datasets_table.c.name, datasets_table.c.accountant)).all()
+    for name, accountant in rows:
+        texts = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == name)
+                             .order_by(charges_table.c.id)).scalars()
+        state = ComposedState(accountant).add([ev for text in texts for ev in json.loads(text)])
+        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(composed=state.to_bytes()))
+
+
 # v1 creates the tables from the current definitions; later steps bring tables created by an
 # older package up to date and are no-ops on tables v1 has just created.
-MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _v2, 3: _v3, 4: _v4}
+MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
 
 

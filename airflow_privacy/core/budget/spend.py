@@ -1,7 +1,9 @@
 """Composing and storing the spend of a population tree, inside the ledger's transaction.
 
-:func:`refresh` recomposes one person's worst case (:meth:`.populations.Forest.worst_case`)
-for the datasets a charge or a cap change touches, checks their caps and stores the result;
+:func:`refresh` composes one person's worst case (:meth:`.populations.Forest.worst_case_of_states`)
+for the datasets a charge or a cap change touches from each dataset's stored composition
+(:mod:`.composed`, updated with the charge in the same transaction: no history is
+recomposed), checks their caps and stores the result;
 :func:`record_alerts` notes the alert thresholds a charge crossed first.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from airflow_privacy.core.budget.composed import ComposedState
 from airflow_privacy.core.budget.populations import Forest, Node, within
 from airflow_privacy.core.budget.records import DEFAULT_ALERT_SHARE, BudgetStatus
 from airflow_privacy.core.budget.schema import alerts_table, charges_table, datasets_table, utcnow
@@ -28,10 +31,20 @@ def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: t
     store it; returns ``(dataset, message)`` for the first checked node over its cap (then
     nothing is stored), or raises :class:`BudgetExceededError` from a cap change."""
     names = list(dict.fromkeys(names))
-    events = {n: events_of(conn, n) for n in {m for name in names for m in forest.subtree(name)}}
+    states = {n: state_of(conn, n, forest.nodes[n].accountant) for n in {m for name in names for m in forest.subtree(name)}}
+    changed = {n for n, (_, rebuilt) in states.items() if rebuilt}
+    states = {n: state for n, (state, _) in states.items()}
+    loaded: dict[str, list[dict[str, Any]]] = {}
+
+    def events(name: str) -> list[dict[str, Any]]:  # only for paths holding zCDP-type events
+        if name not in loaded:
+            loaded[name] = events_of(conn, name) + (extra[1] if extra is not None and extra[0] == name else [])
+        return loaded[name]
+
     if extra is not None:
-        events[extra[0]] = events.get(extra[0], []) + extra[1]
-    worst = {name: forest.worst_case(name, events) for name in names}
+        states[extra[0]] = states[extra[0]].add(extra[1])
+        changed.add(extra[0])
+    worst = {name: forest.worst_case_of_states(name, states, events) for name in names}
     for name in (names if check == "all" else check):
         node, (eps, outright) = forest.nodes[name], worst[name]
         if within(eps, node.cap_epsilon, TOLERANCE):
@@ -52,9 +65,17 @@ def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: t
             raise BudgetExceededError(message.replace("nothing was released", "the cap was not changed"))
         return name, message
     for name in names:
-        own = compose_epsilon(events.get(name, []), forest.nodes[name].cap_delta, forest.nodes[name].accountant)
+        delta, accountant = forest.nodes[name].cap_delta, forest.nodes[name].accountant
+        own = (worst[name][0] if not forest.children[name]
+               else compose_epsilon(events(name), delta, accountant) if states[name].fallback
+               else states[name].epsilon(delta))
+        values = dict(spent_epsilon=worst[name][0], spent_delta=worst[name][1], own_epsilon=own, updated_at=utcnow())
+        if name in changed:
+            values["composed"] = states[name].to_bytes()
+        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(**values))
+    for name in changed.difference(names):  # rebuilt below the refreshed nodes
         conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(
-            spent_epsilon=worst[name][0], spent_delta=worst[name][1], own_epsilon=own, updated_at=utcnow()))
+            composed=states[name].to_bytes()))
     return None
 
 def exceeded(node: Node, name: str) -> str:
@@ -85,7 +106,19 @@ def read_forest(conn: sa.Connection) -> Forest:
     return Forest(Node(r.name, r.parent, r.cap_epsilon, r.cap_delta, r.accountant) for r in rows)
 
 def dataset_row(conn: sa.Connection, dataset: str):
-    return conn.execute(sa.select(datasets_table).where(datasets_table.c.name == dataset)).first()
+    """A dataset's row without its composed state (the figures; the state can be megabytes)."""
+    columns = [c for c in datasets_table.c if c.name != "composed"]
+    return conn.execute(sa.select(*columns).where(datasets_table.c.name == dataset)).first()
+
+
+def state_of(conn: sa.Connection, dataset: str, accountant: str) -> tuple[ComposedState, bool]:
+    """The stored composition of ``dataset``'s own events, and whether it had to be rebuilt
+    from them (none stored, or stored for another accountant before a cap change)."""
+    blob = conn.execute(sa.select(datasets_table.c.composed).where(datasets_table.c.name == dataset)).scalar()
+    state = ComposedState.from_bytes(blob) if blob is not None else None
+    if state is not None and state.accountant == accountant:
+        return state, False
+    return ComposedState(accountant).add(events_of(conn, dataset)), True
 
 def status_of(row) -> BudgetStatus:
     return BudgetStatus(
