@@ -51,7 +51,7 @@ def cross_site_totals():
         frac_bits=8,
         length=2 * len(DIAGNOSES),
         dp={"epsilon": 1.0, "delta": 1e-7, "l2_sensitivity": 26**0.5, "dataset": "patients",
-            "budget_cap": (6.0, 1e-6)},
+            "budget_cap": (12.0, 1e-5)},
         shared_storage=f"{demo_root()}/secure_sum/messages",
         site_storage=SITE_STORAGE,
     )

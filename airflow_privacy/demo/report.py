@@ -33,13 +33,23 @@ def budget_lines() -> list[str]:
     if parsed.get_backend_name() == "sqlite" and not (parsed.database and os.path.exists(parsed.database)):
         return []  # no DP release ran: opening it would create an empty ledger
     ledger = PrivacyLedger(url)
-    lines = [f"Privacy budget (ledger {_shown(url)}):"]
-    for st in ledger.datasets():
+    lines = [f"Privacy budget (ledger {_shown(url)}; spent = one person's worst case over the population tree):"]
+    statuses = {st.dataset: st for st in ledger.datasets()}
+
+    def walk(name: str, depth: int) -> None:
+        st = statuses[name]
+        label = "  " * depth + name
+        own = f"own {st.own_epsilon:.3f}, " if st.own_epsilon is not None and abs(st.own_epsilon - st.spent_epsilon) > 5e-4 else ""
         lines.append(
-            f"  {st.dataset:<16} spent epsilon {st.spent_epsilon:.3f} of {st.cap_epsilon:g} "
-            f"(delta cap {st.cap_delta:g}, {st.accountant}), {st.releases} releases, "
+            f"  {label:<18} spent epsilon {st.spent_epsilon:.3f} of {st.cap_epsilon:g} "
+            f"({own}delta cap {st.cap_delta:g}, {st.accountant}), {st.releases} releases, "
             f"remaining {st.remaining_epsilon:.3f}"
         )
+        for child in sorted(n for n, c in statuses.items() if c.parent == name):
+            walk(child, depth + 1)
+
+    for name in sorted(n for n, st in statuses.items() if st.parent not in statuses):
+        walk(name, 0)
     return lines
 
 

@@ -17,11 +17,12 @@ from airflow_privacy.core.dp import dp_aggregate
 from airflow_privacy.core.dp.engines import choose_engine
 from airflow_privacy.core.errors import PrivacyError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.operators._params import check_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_privacy.core.budget import BudgetStatus, PrivacyLedger
+    from airflow_privacy.core.budget import BudgetStatus, Charge, PrivacyLedger
 
 PRIVACY_XCOM_KEY = "privacy_budget"
 
@@ -48,6 +49,8 @@ class DPReleaseTask(Protocol):
     mechanism: str
     error_bars: Sequence[str]
     budget_cap: tuple[float, float] | None
+    budget_parent: str | None
+    budget_alert_notifiers: Sequence[Any]
     budget_conn_id: str
     log: Any
 
@@ -59,7 +62,17 @@ def release_id(context: Context) -> str:
 
 
 def privacy_summary(dataset: str, rid: str, epsilon: float, delta: float, status: BudgetStatus) -> dict[str, Any]:
-    """The ``privacy`` dict of DESIGN §4 (XCom return value and key ``privacy_budget``)."""
+    """The ``privacy`` dict of DESIGN §4 (XCom return value and key ``privacy_budget``).
+
+    ``spent_epsilon`` is the worst case of one person of the dataset's population (its own
+    spend when it has no partitions); ``ancestors`` gives the same figures for every
+    population the dataset is a partition of, nearest first."""
+    def figures(s: BudgetStatus) -> dict[str, Any]:
+        return {"dataset": s.dataset, "spent_epsilon": round(s.spent_epsilon, 10),
+                "own_epsilon": round(s.own_epsilon if s.own_epsilon is not None else s.spent_epsilon, 10),
+                "remaining_epsilon": round(s.remaining_epsilon, 10), "cap_epsilon": s.cap_epsilon,
+                "cap_delta": s.cap_delta}
+
     return {
         "dataset": dataset,
         "release_id": rid,
@@ -71,7 +84,32 @@ def privacy_summary(dataset: str, rid: str, epsilon: float, delta: float, status
         "cap_epsilon": status.cap_epsilon,
         "cap_delta": status.cap_delta,
         "accountant": status.accountant,
+        "parent": status.parent,
+        "ancestors": [figures(a) for a in status.ancestors],
     }
+
+
+def charge_identity(context: Context) -> dict[str, Any]:
+    """The task identity a ledger charge (or refusal) records."""
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
+            "map_index": getattr(ti, "map_index", -1), "logical_date": context.get("logical_date")}
+
+
+def announce_alerts(op: Any, context: Context, charge: Charge, ledger: PrivacyLedger) -> None:
+    """A charge that first passed a dataset's alert share (80 % of its cap by default, the
+    charged dataset's or an ancestor population's): a warning in the task log, and each of the
+    operator's ``budget_alert_notifiers`` (Airflow ``BaseNotifier`` objects -- e-mail, Slack,
+    ...) called once with the context plus ``privacy_alert``."""
+    for name, share in charge.alerts:
+        status = ledger.status(name)
+        alert = {"dataset": name, "share": share, "spent_epsilon": status.spent_epsilon,
+                 "cap_epsilon": status.cap_epsilon, "release_id": charge.release_id}
+        op.log.warning("Privacy budget alert: dataset %r passed %d%% of its cap (worst-case epsilon %.4g of %.4g) "
+                       "with release %s", name, round(share * 100), status.spent_epsilon, status.cap_epsilon,
+                       charge.release_id)
+        for notifier in getattr(op, "budget_alert_notifiers", None) or ():
+            notifier({**context, "privacy_alert": alert})
 
 
 def _read_sources(source: str | list[str]) -> pd.DataFrame:
@@ -83,12 +121,18 @@ def _read_sources(source: str | list[str]) -> pd.DataFrame:
 
 
 def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
+    for name in ("source", "destination"):  # rendered by now: check the final URIs again
+        check_uri(name, getattr(op, name), many=name == "source")
     rid = release_id(context)
     ledger: PrivacyLedger = PrivacyBudgetHook(op.budget_conn_id).get_ledger()
     if op.budget_cap is not None:
-        ledger.ensure_budget(op.dataset, epsilon=op.budget_cap[0], delta=op.budget_cap[1])
+        ledger.ensure_budget(op.dataset, epsilon=op.budget_cap[0], delta=op.budget_cap[1], parent=op.budget_parent)
     else:
         _require_budget(ledger, op.dataset)
+        if op.budget_parent is not None and ledger.status(op.dataset).parent != op.budget_parent:
+            raise PrivacyError(f"dataset {op.dataset!r} is not declared a partition of {op.budget_parent!r} in the "
+                               f"ledger; run `airflow-privacy budget set {op.dataset} --parent {op.budget_parent} "
+                               "--reason ...` or fix the DAG's budget_parent")
 
     previous = ledger.get_release(op.dataset, rid)
     if previous is not None and (previous.output_sha256 is not None or previous.status == "released"):
@@ -106,8 +150,8 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
         if not math.isfinite(cost.epsilon) or cost.epsilon > op.epsilon * (1 + 1e-9):
             raise PrivacyError(f"planned cost epsilon={cost.epsilon} exceeds the requested epsilon={op.epsilon}")
         done = ledger.charge(op.dataset, release_id=rid, cost=cost, output=op.destination,
-                             dag_id=context["ti"].dag_id, run_id=context["ti"].run_id,
-                             task_id=context["ti"].task_id, map_index=getattr(context["ti"], "map_index", -1))
+                             **charge_identity(context))
+        announce_alerts(op, context, done, ledger)
         if done.replayed:  # the ledger refused it had the cost differed
             op.log.info("Release %s was charged by an earlier try that published nothing; reusing that charge", rid)
         else:

@@ -20,6 +20,7 @@ from airflow_privacy.core.crypto import (
 )
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.hooks.keys import PrivacyKeyHook
+from airflow_privacy.operators._params import check_uri, fail_without_retry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -82,8 +83,8 @@ class _CryptoOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.source = source
-        self.destination = destination
+        self.source = check_uri("source", source)
+        self.destination = check_uri("destination", destination)
         self.key_conn_id = key_conn_id
         self.columns = _columns("columns", columns)
         self.deterministic_columns = _columns("deterministic_columns", deterministic_columns)
@@ -95,12 +96,12 @@ class _CryptoOperator(BaseOperator):
         self.associated_data = associated_data
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            # inside the try: a malformed ring, an empty connection or a key that cannot
-            # open the file fails the same way on every retry (messages hold no key material)
+        # a malformed ring, an empty connection, a key that cannot open the file or an
+        # unreadable source fails the same way on every retry (messages hold no key material)
+        with fail_without_retry():
+            check_uri("source", self.source)  # rendered by now
+            check_uri("destination", self.destination)
             return self._run()
-        except PrivacyError as exc:
-            raise AirflowFailException(str(exc)) from exc
 
     def _run(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -19,6 +19,7 @@ from airflow_privacy.core.deid import (
 )
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.hooks.keys import PrivacyKeyHook
+from airflow_privacy.operators._params import check_uri, fail_without_retry
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -85,18 +86,24 @@ class DeidentifyOperator(BaseOperator):
         templated = _holds_template(rules)
         check_request({} if templated else rules, k_anonymity=k_anonymity, l_diversity=l_diversity,
                       unlisted="keep" if templated else unlisted, information_loss=information_loss)
-        self.source = source
-        self.destination = destination
+        self.source = check_uri("source", source)
+        self.destination = check_uri("destination", destination)
         self.rules = dict(rules)
         self.k_anonymity = k_anonymity
         self.l_diversity = l_diversity
         self.key_conn_id = key_conn_id
-        self.report_destination = report_destination
+        self.report_destination = check_uri("report_destination", report_destination, optional=True)
         self.asset = asset
         self.unlisted = unlisted
         self.information_loss = information_loss
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with fail_without_retry():  # an unreadable batch or a bad rule fails the same way on every retry
+            return self._deidentify(context)
+
+    def _deidentify(self, context: Context) -> dict[str, Any]:
+        for name in ("source", "destination", "report_destination"):  # rendered by now
+            check_uri(name, getattr(self, name), optional=name == "report_destination")
         df = io.read_batch(self.source)
         self.log.info("De-identifying %d rows of %s with %d rules", len(df), self.source, len(self.rules))
         try:

@@ -13,8 +13,9 @@ from airflow_privacy.core.dp.accuracy import check_error_bars
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
 from airflow_privacy.core.dp.engines import ENGINES
 from airflow_privacy.core.dp.spec import check_release_spec
-from airflow_privacy.core.errors import InvalidParameterError, PrivacyError, SchemaError
+from airflow_privacy.core.errors import InvalidParameterError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.operators._params import check_name, check_uri, fail_without_retry, is_template
 from airflow_privacy.operators._release import PRIVACY_XCOM_KEY, run_dp_release
 from airflow_privacy.operators.links import PrivacyBudgetLink
 
@@ -61,6 +62,14 @@ class DPAggregateOperator(BaseOperator):
         over the released groups) or ``rank_error95`` -- and the metrics are rounded to their noise.
     :param budget_cap: ``(epsilon, delta)`` creating the dataset's cap when missing; must equal
         an existing cap (raise caps with ``airflow-privacy budget set``).
+    :param budget_parent: the population ``dataset`` is a disjoint partition of (e.g.
+        ``"patients"`` for ``"patients_site_a"``): declared with ``budget_cap`` when the dataset
+        is created, checked against the ledger afterwards. Each charge is then checked against
+        the parent's cap too, for one person's worst case (see ``airflow-privacy budget show``).
+    :param budget_alert_notifiers: Airflow notifiers (``BaseNotifier``: e-mail, Slack, ...)
+        called once when a charge first passes the alert share of the dataset's or an
+        ancestor's cap (80 % by default; ``airflow-privacy budget set --alert-share``). The
+        task log always gets a warning.
     :param budget_conn_id: ``privacy_budget`` connection id.
     """
 
@@ -88,6 +97,8 @@ class DPAggregateOperator(BaseOperator):
         engine: str | None = None,
         error_bars: Sequence[str] | str | None = (),
         budget_cap: tuple[float, float] | None = None,
+        budget_parent: str | None = None,
+        budget_alert_notifiers: Sequence[Any] = (),
         budget_conn_id: str = PrivacyBudgetHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -95,21 +106,21 @@ class DPAggregateOperator(BaseOperator):
         # Cheap checks at parse time, reading no data: a DAG with epsilon=0, a misspelt metric
         # or a mean without bounds should not even import. A templated epsilon/delta is
         # checked when rendered (render_template_fields).
-        self.epsilon = epsilon if _is_template(epsilon) else check_epsilon(epsilon)
-        self.delta = delta if _is_template(delta) else check_delta(delta)
+        self.epsilon = epsilon if is_template(epsilon) else check_epsilon(epsilon)
+        self.delta = delta if is_template(delta) else check_delta(delta)
         check_release_spec(metrics=metrics, by=by, bounds=bounds, mechanism=mechanism,
-                           delta=None if _is_template(delta) else self.delta)
+                           delta=None if is_template(delta) else self.delta)
         if budget_cap is not None:
             if not isinstance(budget_cap, (tuple, list)) or len(budget_cap) != 2:
                 raise InvalidParameterError("budget_cap", budget_cap, "expected (epsilon, delta)")
             budget_cap = (check_epsilon(budget_cap[0], "budget_cap epsilon", maximum=math.inf),
                           check_delta(budget_cap[1], "budget_cap delta"))
-        self.source = source
-        self.destination = destination
-        self.dataset = dataset
+        self.source = check_uri("source", source, many=True)
+        self.destination = check_uri("destination", destination)
+        self.dataset = check_name("dataset", dataset)
         self.metrics = dict(metrics)
         self.by = list(by)
-        self.privacy_unit = privacy_unit
+        self.privacy_unit = check_name("privacy_unit", privacy_unit, optional=True)
         self.bounds = dict(bounds or {})
         self.max_groups_per_unit = max_groups_per_unit
         self.max_rows_per_group = max_rows_per_group
@@ -120,7 +131,14 @@ class DPAggregateOperator(BaseOperator):
             raise InvalidParameterError("engine", engine, f"expected one of {ENGINES} or None (chosen by input size)")
         self.engine = engine
         self.error_bars = check_error_bars(error_bars)
+        if budget_parent is not None and (not isinstance(budget_parent, str) or not budget_parent.strip()):
+            raise InvalidParameterError("budget_parent", budget_parent, "expected the parent dataset's name")
+        if not all(callable(n) for n in budget_alert_notifiers):
+            raise InvalidParameterError("budget_alert_notifiers", budget_alert_notifiers,
+                                        "expected Airflow notifiers (BaseNotifier instances)")
         self.budget_cap = budget_cap
+        self.budget_parent = budget_parent
+        self.budget_alert_notifiers = list(budget_alert_notifiers)
         self.budget_conn_id = budget_conn_id
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
@@ -134,15 +152,10 @@ class DPAggregateOperator(BaseOperator):
             raise AirflowFailException(f"{exc} (after rendering the task's templates)") from exc
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
+        # Deterministic failures (bad input, over the cap, an unreadable batch): retrying cannot
+        # help and must not spend more budget.
+        with fail_without_retry():
             return run_dp_release(self, context)
-        except (PrivacyError, SchemaError, FileNotFoundError) as exc:
-            # Deterministic failures: retrying cannot help and must not spend more budget.
-            raise AirflowFailException(str(exc)) from exc
-
-
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def _number(value: Any) -> Any:

@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, TaskGroup
@@ -44,7 +45,7 @@ from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.core.secure_sum.config import MIN_COHORT
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
-from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators._release import announce_alerts, charge_identity, privacy_summary
 from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.operators.secure_sum import secure_sum_group
 
@@ -243,7 +244,12 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             return None
         ledger = PrivacyBudgetHook().get_ledger()
         if dp.epsilon is not None:  # the training's target is the site's cap
-            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta)
+            # One patient is in one site: the site's dataset is a disjoint partition of the
+            # DAG's population (`dataset`) when that has a cap, so each patient's worst case
+            # there composes the population's releases with their own site's training.
+            parent = self.dataset if self.dataset in {s.dataset for s in ledger.datasets()} else None
+            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta, parent=parent,
+                                 param="training['dp'] epsilon/delta")
         rid = self._release_id(context)
         events = [dict(e) for c in ledger.history(self.site_dataset) if c.release_id != rid for e in c.events]
         foreign = sorted({str(e.get("kind")) for e in events} - set(EVENT_KINDS))
@@ -262,11 +268,12 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             return
         ledger = PrivacyBudgetHook().get_ledger()
         try:
-            ledger.charge(self.site_dataset, release_id=self._release_id(context),
-                          cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
-                          dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
+            done = ledger.charge(self.site_dataset, release_id=self._release_id(context),
+                                 cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
+                                 **charge_identity(context))
         except KeyError as exc:
             raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {self.site_dataset!r}") from exc
+        announce_alerts(self, context, done, ledger)
 
 
 class FederatedRoundOperator(_FederatedMixin, BaseOperator):
@@ -384,12 +391,11 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         cost = PrivacyCost(0.0, 0.0, [event])  # zCDP: the ledger composes it at the cap's delta
         rid = self._round_id(context)
         ledger = PrivacyBudgetHook().get_ledger()
-        ti = context["ti"]
         try:
-            done = ledger.charge(self.dataset, release_id=rid, cost=cost,
-                                 dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+            done = ledger.charge(self.dataset, release_id=rid, cost=cost, **charge_identity(context))
         except KeyError as exc:
             raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
+        announce_alerts(self, context, done, ledger)
         if done.replayed and done.events != cost.events:
             raise PrivacyError(f"round {rid} was charged with different parameters; refusing to train it")
         privacy = privacy_summary(self.dataset, rid, done.epsilon, done.delta, ledger.status(self.dataset))
@@ -509,6 +515,7 @@ def federated_round_group(
     rounds_per_run: int = 1,
     eval_source: str | None = None,
     dataset: str = "patients",
+    wait_for_sites: float | timedelta | None = None,
 ) -> TaskGroup:
     """``rounds_per_run`` federated rounds (plus the ``init`` task) as one task group.
 
@@ -526,6 +533,8 @@ def federated_round_group(
     :param dataset: privacy budget scope (record-level DP: ``<dataset>_<site>`` per site,
         charged by each site's task; site-level DP: ``<dataset>``, charged by each round's
         ``charge`` task before any site trains or masks).
+    :param wait_for_sites: how long each round's secure-sum aggregator steps wait, deferred
+        (no worker slot), for site messages missing when they start (see :func:`secure_sum_group`).
     :raises InvalidParameterError: a training parameter, the cohort or ``rounds_per_run``
         is invalid (the message names it, its value and what is accepted).
     """
@@ -555,6 +564,7 @@ def federated_round_group(
                     "secure_sum", sites=sites, source=None, destination=sum_dest, bounds=(-1, 1),
                     shared_storage=shared_storage, site_storage=site_storage,
                     config_factory=_secure_config_factory(training, sites), vector_reader=_update_reader(clients),
+                    wait_for_sites=wait_for_sites,
                 )
                 for site, client in clients.items():
                     client >> ss.children[f"{group_id}.round_{r}.secure_sum.mask_{site}"]

@@ -65,7 +65,7 @@ from airflow_privacy.core.secure_sum import (
 )
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
-from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators._release import announce_alerts, charge_identity, privacy_summary
 from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.triggers.site_messages import SiteMessagesTrigger
 
@@ -437,15 +437,16 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         if noise is None:
             return
         ledger = PrivacyBudgetHook(self.dp.get("budget_conn_id", PrivacyBudgetHook.default_conn_name)).get_ledger()
-        ti = context["ti"]
         try:
             if self.dp.get("budget_cap"):
-                ledger.ensure_budget(self.dp["dataset"], epsilon=self.dp["budget_cap"][0], delta=self.dp["budget_cap"][1])
+                ledger.ensure_budget(self.dp["dataset"], epsilon=self.dp["budget_cap"][0], delta=self.dp["budget_cap"][1],
+                                     param="dp['budget_cap']")
             done = ledger.charge(self.dp["dataset"], release_id=self._release_id(context),
                                  cost=PrivacyCost(noise.epsilon, noise.delta, [noise.event()]),
-                                 output=self.destination, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+                                 output=self.destination, **charge_identity(context))
         except (PrivacyError, KeyError) as exc:
             raise AirflowFailException(str(exc)) from exc
+        announce_alerts(self, context, done, ledger)
         self.log.info("Distributed DP: each site adds discrete Gaussian noise sigma=%.4g (fixed-point units); "
                       "charged epsilon=%.4g delta=%.3g to %r%s", math.sqrt(float(noise.share_sigma2)), noise.epsilon,
                       noise.delta, self.dp["dataset"], " (retry: already charged)" if done.replayed else "")
@@ -582,6 +583,7 @@ def secure_sum_group(
     keyholder_storage: str | None = None,
     config_factory: Callable[[str], SecureSumConfig] | None = None,
     vector_reader: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None,
+    wait_for_sites: float | timedelta | None = None,
 ) -> TaskGroup:
     """One secure-sum round as a task group: write one line in a DAG.
 
@@ -600,6 +602,9 @@ def secure_sum_group(
         "delta", "l2_sensitivity", "dataset"[, "budget_conn_id"]}``. The cost is charged to the
         dataset's budget before any site masks; each site adds a discrete Gaussian share
         calibrated for ``threshold`` survivors, so only the noisy sum is ever in the clear.
+    :param wait_for_sites: passed to every aggregator step (:class:`SecureSumOperator`): how
+        long it waits, deferred in the triggerer, for site messages missing when it starts --
+        for sites whose tasks run outside this DAG; ``None``: the site tasks here are upstream.
     """
     if protocol not in PROTOCOLS:
         raise InvalidParameterError("protocol", protocol, f"expected one of {PROTOCOLS}")
@@ -627,7 +632,7 @@ def secure_sum_group(
                                                key_conn_id=key_conn_id_template.replace("{site}", keyholder), **common)
             charge = SecureSumOperator(task_id="charge", step="charge", trigger_rule="all_success", **common)
             encrypts = [site_task("encrypt", site) for site in sites]
-            add = SecureSumOperator(task_id="add", step="add", **common)
+            add = SecureSumOperator(task_id="add", step="add", wait_for_sites=wait_for_sites, **common)
             decrypt = PaillierKeyHolderOperator(task_id="decrypt", step="decrypt", queue=keyholder,
                                                 destination=destination, keyholder_storage=keyholder_storage,
                                                 key_conn_id=key_conn_id_template.replace("{site}", keyholder),
@@ -639,7 +644,7 @@ def secure_sum_group(
             site_tasks = [site_task(site_step, site) for site in sites]
             aggregate = SecureSumOperator(
                 task_id=agg_step, step=agg_step,
-                destination=destination if agg_step == "unmask" else None, **common,
+                destination=destination if agg_step == "unmask" else None, wait_for_sites=wait_for_sites, **common,
             )
             if previous is not None:
                 previous >> site_tasks

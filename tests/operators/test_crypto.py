@@ -74,11 +74,11 @@ def test_rotate_then_rewrap_reads_with_only_new_key(tmp_path, keyring, monkeypat
 def test_parameter_validation():
     with pytest.raises(InvalidParameterError, match="deterministic_columns"):
         EncryptOperator(
-            task_id="e", source="s", destination="d", columns=["a"], deterministic_columns=["a"]
+            task_id="e", source="/s", destination="/d", columns=["a"], deterministic_columns=["a"]
         )
     with pytest.raises(InvalidParameterError, match="associated_data"):
         EncryptOperator(
-            task_id="e", source="s", destination="d", columns=["a"], associated_data="x"
+            task_id="e", source="/s", destination="/d", columns=["a"], associated_data="x"
         )
     with pytest.raises(InvalidParameterError, match="paths"):
         RotateKeysOperator(task_id="r")
@@ -396,9 +396,9 @@ def test_recipient_parameters_and_wrong_connections_are_refused(tmp_path, monkey
         ({"producer": "site_a"}, "producer"),
     ]:
         with pytest.raises(InvalidParameterError, match=name):
-            EncryptOperator(task_id="e", source="s", destination="d", **kwargs)
+            EncryptOperator(task_id="e", source="/s", destination="/d", **kwargs)
     with pytest.raises(InvalidParameterError, match="senders_conn_id"):
-        DecryptOperator(task_id="d", source="s", destination="d", columns=["a"], senders_conn_id="x")
+        DecryptOperator(task_id="d", source="/s", destination="/d", columns=["a"], senders_conn_id="x")
     src = tmp_path / "p"
     src.write_bytes(b"rows")
     private = _conn(monkeypatch, "holder_private", holder)

@@ -102,7 +102,7 @@ def test_same_patient_same_token_across_days(dagbag, demo_root, run):
 
 def test_parameter_validation():
     with pytest.raises(InvalidParameterError, match="rules"):
-        DeidentifyOperator(task_id="d", source="s", destination="d", rules={})
+        DeidentifyOperator(task_id="d", source="/s", destination="/d", rules={})
 
 
 def _small_batch(tmp_path) -> str:
@@ -152,8 +152,8 @@ def test_report_is_written_before_the_batch(tmp_path, monkeypatch):
 def test_rules_are_templated_as_documented():
     op = DeidentifyOperator(
         task_id="d",
-        source="s",
-        destination="d",
+        source="/s",
+        destination="/d",
         rules={"site": {"replace": {"value": "{{ params.site }}"}}, "email": "drop"},
     )
     op.render_template_fields({"params": {"site": "site_a"}})

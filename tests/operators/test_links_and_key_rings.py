@@ -32,7 +32,7 @@ def test_no_link_target_without_dp():
 FED = dict(sites=["site_a", "site_b", "site_c"], checkpoint_dir="file:///tmp/c", shared_storage="file:///tmp/m",
            dataset="patients")
 BASE = {"features": ["age"], "label": "outcome", "ranges": {"age": (0, 100)}}
-RECORD = {**BASE, "dp": {"level": "record", "epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0}}
+RECORD = {**BASE, "dp": {"level": "record", "max_rows": 600, "epsilon": 8, "delta": 1e-5, "max_grad_norm": 1.0}}
 SITE = {**BASE, "min_sites": 3, "dp": {"level": "site", "noise_multiplier": 1.0, "clip": 0.5}}
 
 

@@ -92,8 +92,8 @@ def test_site_dropping_out_after_key_sharing_is_recovered(dagbag, demo_root, air
 
 def test_over_budget_round_stops_before_masking(dagbag, demo_root, ledger_url):
     ledger = PrivacyLedger(ledger_url)
-    ledger.set_budget("patients", epsilon=6.0, delta=1e-6)
-    ledger.charge("patients", release_id="spent", cost=PrivacyCost(5.5, 0.0, [{"kind": "pure", "epsilon": 5.5}]))
+    ledger.set_budget("patients", epsilon=12.0, delta=1e-5)
+    ledger.charge("patients", release_id="spent", cost=PrivacyCost(11.5, 0.0, [{"kind": "pure", "epsilon": 11.5}]))
     run, tis = _run(dagbag, "2026-08-03", SITES, demo_root)
     assert tis[("secure_sum.route", -1)].state == "failed"
     assert all(tis[(f"secure_sum.mask_{s}", -1)].state == "upstream_failed" for s in SITES)

@@ -382,7 +382,7 @@ def test_extra_link_opens_the_dataset_page_in_the_ui():
 
     link = PrivacyBudgetLink()
     assert link.name == "Privacy budget"
-    op = DPAggregateOperator(task_id="t", source="s", destination="d", dataset="clinic/a b", epsilon=1.0,
+    op = DPAggregateOperator(task_id="t", source="/s", destination="/d", dataset="clinic/a b", epsilon=1.0,
                              metrics={"n": "count"})
     assert link.get_link(op, ti_key=None) == "/plugin/privacy-budget/privacy/dashboard/datasets/clinic%2Fa%20b"
     assert dataset_ui_url("p", "http://host:8080/") == "http://host:8080/plugin/privacy-budget/privacy/dashboard/datasets/p"

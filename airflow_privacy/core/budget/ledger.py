@@ -30,6 +30,7 @@ on that worst path -- the sum of their δ's; composition uses what remains.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import threading
@@ -81,7 +82,17 @@ from airflow_privacy.core.errors import (
 
 __all__ = ["SCHEMA_VERSION", "BudgetStatus", "CapChange", "Charge", "PrivacyLedger", "Refusal"]
 
-_KEEP: Any = object()  # set_budget(parent=...) not given: keep the current parent
+_KEEP: Any = object()
+MAX_CAP_DELTA = 1e-3
+"""The largest δ a cap may have: δ near 1/n lets a mechanism publish whole records (Dwork &
+Roth 2014, §2.3); caps of real deployments are orders of magnitude below this."""
+
+
+def _check_cap_delta(delta: Any, name: str) -> float:
+    delta = check_delta(delta, name)
+    if delta > MAX_CAP_DELTA:
+        raise InvalidParameterError(name, delta, f"a cap's delta must be at most {MAX_CAP_DELTA:g}")
+    return delta  # set_budget(parent=...) not given: keep the current parent
 
 
 def _check_name(dataset: str, name: str = "dataset") -> str:
@@ -155,7 +166,7 @@ class PrivacyLedger:
         _check_name(dataset)
         epsilon = check_epsilon(epsilon, maximum=math.inf)  # a cap: no per-release maximum
         if delta is not None:
-            delta = check_delta(delta)
+            delta = _check_cap_delta(delta, "delta")
         if accountant is not None and accountant not in ACCOUNTANTS:
             raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
         if parent is not _KEEP and parent is not None:
@@ -214,7 +225,7 @@ class PrivacyLedger:
         """
         _check_name(dataset)
         epsilon = check_epsilon(epsilon, f"{param} epsilon", maximum=math.inf)
-        delta = check_delta(delta, f"{param} delta")
+        delta = _check_cap_delta(delta, f"{param} delta")
         if parent is not None:
             _check_name(parent, "parent")
         try:
@@ -294,6 +305,8 @@ class PrivacyLedger:
                     f"the cost's {len(events)} event(s) compose to epsilon={tight:.6g} at delta={claim_delta:.3g} "
                     "(PLD); a cost may not claim less than its mechanisms spend (or pass epsilon=delta=0 to let "
                     "the ledger compute it)")
+        if logical_date is not None and not isinstance(logical_date, dt.datetime):
+            raise InvalidParameterError("logical_date", logical_date, "expected a datetime or None")
         who = dict(release_id=release_id, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
                    logical_date=logical_date)
         refused = None

@@ -90,19 +90,22 @@ class _Pmf:
         losses = (self.lower + np.arange(self.probs.size)) * INTERVAL
         positive = losses > 0
         losses, probs = losses[positive], self.probs[positive]
-        # A[i], B[i]: sums over losses strictly above losses[i-1] (A[0]: above 0).
+        # A[i], B[i]: sums over losses strictly above losses[i-1] (A[0]: above 0). B is kept as
+        # log B: p_j e^{-l_j} underflows to 0 for losses above ~745, and e^{l_i} overflows above
+        # ~709 -- read naively, a history of ε > 709 composed to ε = 0 (a cap of 750 was spent
+        # without limit). e^{l_i}·B[i+1] = Σ_{j>i} p_j e^{l_i-l_j} <= 1 never overflows.
         a = np.append(np.cumsum(probs[::-1])[::-1], 0.0)
-        b = np.append(np.cumsum((probs * np.exp(-losses))[::-1])[::-1], 0.0)
-        if self.infinity + a[0] - b[0] <= delta:
-            return 0.0
-        # δ at each positive grid loss l_i: sums over l_j > l_i, i.e. a[i+1], b[i+1].
-        with np.errstate(over="ignore", invalid="ignore"):
-            at_grid = self.infinity + a[1:] - np.exp(losses) * b[1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_b = np.append(np.logaddexp.accumulate((np.log(probs) - losses)[::-1])[::-1], -np.inf)
+            if self.infinity + a[0] - math.exp(log_b[0]) <= delta:
+                return 0.0
+            # δ at each positive grid loss l_i: sums over l_j > l_i, i.e. a[i+1], B[i+1].
+            at_grid = self.infinity + a[1:] - np.exp(losses + log_b[1:])
         above = np.nonzero(at_grid > delta)[0]
         i = above[-1] + 1 if above.size else 0  # ε lies in (losses[i-1], losses[i]]
-        if b[i] <= 0:
+        if not np.isfinite(log_b[i]):
             return float(losses[i - 1]) if i else 0.0
-        return max(0.0, math.log((self.infinity + a[i] - delta) / b[i]))
+        return max(0.0, math.log(self.infinity + a[i] - delta) - float(log_b[i]))
 
 
 def _truncated(lower: int, probs: np.ndarray, infinity: float) -> _Pmf:
