@@ -240,10 +240,14 @@ def _budget_table(out: str, demo: Demo) -> None:
 def _budget_json(out: str, demo: Demo) -> None:
     (shown,) = _json(out)
     status = demo.ledger.status("patients")
-    assert shown["dataset"] == "patients" and shown["cap_epsilon"] == 6.0 and shown["cap_delta"] == 1e-6
+    assert shown["dataset"] == "patients" and shown["cap_epsilon"] == 12.0 and shown["cap_delta"] == 1e-5
     assert shown["spent_epsilon"] == pytest.approx(status.spent_epsilon)
-    # dp_daily_statistics (ε = 1) and cross_site_totals (ε = 1 at δ = 1e-7), composed at δ = 1e-6
-    assert shown["releases"] == 2 and 1.9 < shown["spent_epsilon"] <= 2.0 + 1e-9
+    # patients' own releases: dp_daily_statistics (ε = 1) and cross_site_totals (ε = 1 at δ = 1e-7),
+    # composed at δ = 1e-5; its spend is a patient's worst case, with their site's training
+    sites = [demo.ledger.status(f"patients_site_{s}") for s in "abc"]
+    assert all(site.parent == "patients" for site in sites)
+    assert shown["releases"] == 2 and 1.9 < status.own_epsilon <= 2.0 + 1e-9
+    assert status.own_epsilon < shown["spent_epsilon"] <= status.own_epsilon + max(s.spent_epsilon for s in sites) + 1e-6
 
 
 def _budget_history(out: str, demo: Demo) -> None:
@@ -258,9 +262,9 @@ def _budget_history(out: str, demo: Demo) -> None:
 
 
 def _budget_set(out: str, demo: Demo) -> None:
-    assert re.search(r"^cap_epsilon\s+8$", out, flags=re.M) and re.search(r"^cap_delta\s+1e-06$", out, flags=re.M)
+    assert re.search(r"^cap_epsilon\s+8$", out, flags=re.M) and re.search(r"^cap_delta\s+1e-05$", out, flags=re.M)
     status = demo.ledger.status("patients")
-    assert (status.cap_epsilon, status.cap_delta, status.releases) == (8.0, 1e-6, 2)
+    assert (status.cap_epsilon, status.cap_delta, status.releases) == (8.0, 1e-5, 2)
     assert status.remaining_epsilon == pytest.approx(8.0 - status.spent_epsilon)
 
 
@@ -377,7 +381,7 @@ def test_demo_ignored_the_shells_real_deployment(demo):
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in demo.demo_stdout
     assert list(demo.real.iterdir()) == []
     assert f"Privacy budget (ledger {demo.home}/privacy_budget.db):" in demo.demo_stdout
-    assert re.search(r"^  patients +spent epsilon 1\.000 of 6 ", demo.demo_stdout, flags=re.M)
+    assert re.search(r"^  patients +spent epsilon 1\.000 of 12 ", demo.demo_stdout, flags=re.M)
 
 
 @pytest.mark.slow

@@ -33,7 +33,8 @@ def budget_lines() -> list[str]:
     if parsed.get_backend_name() == "sqlite" and not (parsed.database and os.path.exists(parsed.database)):
         return []  # no DP release ran: opening it would create an empty ledger
     ledger = PrivacyLedger(url)
-    lines = [f"Privacy budget (ledger {_shown(url)}; spent = one person's worst case over the population tree):"]
+    lines = [f"Privacy budget (ledger {_shown(url)}):",
+             "  (spent: one person's worst case -- a population's own releases and its partitions', nested below it)"]
     statuses = {st.dataset: st for st in ledger.datasets()}
 
     def walk(name: str, depth: int) -> None:

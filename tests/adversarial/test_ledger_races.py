@@ -182,3 +182,53 @@ def test_concurrent_charges_anywhere_in_a_tree_never_overspend_any_cap(ledger_ur
     assert ledger.status("p").spent_epsilon == worst
     assert all(stored == recomposed for _, stored, recomposed in ledger.verify())
     assert sum(len(ledger.refusals(n)) for n in TREE) == workers * attempts - ok
+
+
+def _charge_forever(url: str, worker: int) -> None:
+    ledger = PrivacyLedger(url)
+    i = 0
+    while True:
+        i += 1
+        try:
+            ledger.charge("killed", release_id=f"{worker}-{i}-{uuid.uuid4().hex[:6]}",
+                          cost=PrivacyCost(0.01, 0.0, _event(0.01)))
+        except BudgetExceededError:
+            return
+
+
+@pytest.mark.slow
+def test_random_sigkills_of_charging_workers_leave_the_ledger_consistent(ledger_url):
+    """4 processes charge in a loop; 40 times one of them is SIGKILLed at a random instant (in
+    or out of a transaction) and replaced. Afterwards every stored figure equals a
+    recomposition from the recorded events, and the cap holds."""
+    import random
+    import signal
+    import time
+
+    ledger = PrivacyLedger(ledger_url)
+    ledger.set_budget("killed", epsilon=1000.0, delta=0.0)
+    ledger.engine.dispose()
+    rnd = random.Random(7)
+    procs = [FORK.Process(target=_charge_forever, args=(ledger_url, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    kills = 0
+    for k in range(40):
+        time.sleep(rnd.uniform(0.005, 0.08))
+        victim = rnd.randrange(4)
+        procs[victim].kill()
+        procs[victim].join()
+        kills += procs[victim].exitcode == -signal.SIGKILL
+        procs[victim] = FORK.Process(target=_charge_forever, args=(ledger_url, 100 + k))
+        procs[victim].start()
+    for p in procs:
+        p.kill()
+        p.join()
+    status = ledger.status("killed")
+    history = ledger.history("killed")
+    (name, stored, recomposed), = ledger.verify()
+    print(f"{ledger_url.split(':')[0]}: {kills} SIGKILLs of 4 charging workers: {len(history)} charges recorded, "
+          f"stored spend {stored:.6g} == recomposed {recomposed:.6g}")
+    assert kills == 40
+    assert status.releases == len(history) and stored == pytest.approx(recomposed, rel=1e-12, abs=1e-12)
+    assert stored == pytest.approx(0.01 * len(history), rel=1e-9) and stored <= status.cap_epsilon
