@@ -94,3 +94,20 @@ def test_example_round_with_a_dropped_site_defers_then_succeeds_under_dag_test(d
     assert run.state == "success" and tis["secure_sum.request"].state == "success"
     out = tis["secure_sum.unmask"].xcom_pull(task_ids="secure_sum.unmask")
     assert out["dropped"] == ["site_c"]
+
+
+def test_federated_rounds_pass_the_wait_to_every_secure_sum_aggregator_step(dagbag):
+    from airflow.sdk import DAG
+
+    from airflow_privacy.operators.federated import federated_round_group
+
+    training = dagbag.get_dag("federated_training").get_task("federated.init").training
+    with DAG("federated_wait", schedule=None) as dag:
+        federated_round_group("training", sites=["site_a", "site_b", "site_c"], source="file:///x/{site}.parquet",
+                              training=training, checkpoint_dir="file:///x/ckpt", shared_storage="file:///x/shared",
+                              site_storage="file:///x/{site}", rounds_per_run=2, wait_for_sites=timedelta(minutes=10))
+    steps = [t for t in dag.tasks if isinstance(t, SecureSumOperator)]
+    assert len(steps) == 2 * 4 and {t.wait_for_sites for t in steps} == {600.0}
+    # the example DAG keeps the default: its sites are upstream tasks, the scheduler waits
+    assert {t.wait_for_sites for t in dagbag.get_dag("federated_training").tasks
+            if isinstance(t, SecureSumOperator)} == {None}
