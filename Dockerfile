@@ -6,9 +6,10 @@ COPY --chown=airflow:root pyproject.toml README.md /opt/airflow-privacy/
 COPY --chown=airflow:root airflow_privacy /opt/airflow-privacy/airflow_privacy
 # [cluster]: the Celery provider with celery<5.7 (5.7 removed a module the provider imports),
 # the Postgres drivers and Redis; apache-airflow pinned so pip never moves the base image's Airflow.
+# No dp-accounting: the provider has its own accountant, so the image passes `pip check`.
 RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/airflow-privacy[federated,paillier,cluster]" \
- && pip install --no-cache-dir --no-deps "dp-accounting==0.6.0"
+ && pip check
 # The shared-data volume's mount point, owned by the airflow user: Docker gives a new named
 # volume the ownership of the image's folder (docker-compose.yml's airflow-init fixes older ones).
 RUN mkdir -p /opt/airflow/shared-data

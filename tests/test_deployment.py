@@ -98,6 +98,8 @@ def test_image_installs_the_cluster_extra_and_keeps_airflow():
     extras = set(re.search(r"/opt/airflow-privacy\[([^\]]+)\]", installs[0]).group(1).split(","))
     assert {"cluster", "federated", "paillier"} <= extras
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in installs[0]  # pip must not move the image's Airflow
+    # the provider's own accountant: no dp-accounting (its attrs<24 pin breaks Airflow's), and pip check passes
+    assert "dp-accounting" not in dockerfile and "pip check" in installs[0]
     cluster = re.search(r"^cluster = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.S | re.M).group(1)
     assert re.search(r'"celery\[redis\][^"]*<5\.7"', cluster), cluster
 
