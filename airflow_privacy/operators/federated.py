@@ -45,7 +45,7 @@ from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
 from airflow_privacy.core.secure_sum.config import MIN_COHORT
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
-from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators._release import announce_alerts, charge_identity, privacy_summary
 from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.operators.secure_sum import secure_sum_group
 
@@ -244,7 +244,12 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             return None
         ledger = PrivacyBudgetHook().get_ledger()
         if dp.epsilon is not None:  # the training's target is the site's cap
-            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta)
+            # One patient is in one site: the site's dataset is a disjoint partition of the
+            # DAG's population (`dataset`) when that has a cap, so each patient's worst case
+            # there composes the population's releases with their own site's training.
+            parent = self.dataset if self.dataset in {s.dataset for s in ledger.datasets()} else None
+            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta, parent=parent,
+                                 param="training['dp'] epsilon/delta")
         rid = self._release_id(context)
         events = [dict(e) for c in ledger.history(self.site_dataset) if c.release_id != rid for e in c.events]
         foreign = sorted({str(e.get("kind")) for e in events} - set(EVENT_KINDS))
@@ -263,11 +268,12 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
             return
         ledger = PrivacyBudgetHook().get_ledger()
         try:
-            ledger.charge(self.site_dataset, release_id=self._release_id(context),
-                          cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
-                          dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, task_id=context["ti"].task_id)
+            done = ledger.charge(self.site_dataset, release_id=self._release_id(context),
+                                 cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
+                                 **charge_identity(context))
         except KeyError as exc:
             raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {self.site_dataset!r}") from exc
+        announce_alerts(self, context, done, ledger)
 
 
 class FederatedRoundOperator(_FederatedMixin, BaseOperator):
@@ -385,12 +391,11 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         cost = PrivacyCost(0.0, 0.0, [event])  # zCDP: the ledger composes it at the cap's delta
         rid = self._round_id(context)
         ledger = PrivacyBudgetHook().get_ledger()
-        ti = context["ti"]
         try:
-            done = ledger.charge(self.dataset, release_id=rid, cost=cost,
-                                 dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+            done = ledger.charge(self.dataset, release_id=rid, cost=cost, **charge_identity(context))
         except KeyError as exc:
             raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
+        announce_alerts(self, context, done, ledger)
         if done.replayed and done.events != cost.events:
             raise PrivacyError(f"round {rid} was charged with different parameters; refusing to train it")
         privacy = privacy_summary(self.dataset, rid, done.epsilon, done.delta, ledger.status(self.dataset))

@@ -65,7 +65,7 @@ from airflow_privacy.core.secure_sum import (
 )
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
-from airflow_privacy.operators._release import privacy_summary
+from airflow_privacy.operators._release import announce_alerts, charge_identity, privacy_summary
 from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.triggers.site_messages import SiteMessagesTrigger
 
@@ -437,15 +437,16 @@ class SecureSumOperator(_RoundMixin, BaseOperator):
         if noise is None:
             return
         ledger = PrivacyBudgetHook(self.dp.get("budget_conn_id", PrivacyBudgetHook.default_conn_name)).get_ledger()
-        ti = context["ti"]
         try:
             if self.dp.get("budget_cap"):
-                ledger.ensure_budget(self.dp["dataset"], epsilon=self.dp["budget_cap"][0], delta=self.dp["budget_cap"][1])
+                ledger.ensure_budget(self.dp["dataset"], epsilon=self.dp["budget_cap"][0], delta=self.dp["budget_cap"][1],
+                                     param="dp['budget_cap']")
             done = ledger.charge(self.dp["dataset"], release_id=self._release_id(context),
                                  cost=PrivacyCost(noise.epsilon, noise.delta, [noise.event()]),
-                                 output=self.destination, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+                                 output=self.destination, **charge_identity(context))
         except (PrivacyError, KeyError) as exc:
             raise AirflowFailException(str(exc)) from exc
+        announce_alerts(self, context, done, ledger)
         self.log.info("Distributed DP: each site adds discrete Gaussian noise sigma=%.4g (fixed-point units); "
                       "charged epsilon=%.4g delta=%.3g to %r%s", math.sqrt(float(noise.share_sigma2)), noise.epsilon,
                       noise.delta, self.dp["dataset"], " (retry: already charged)" if done.replayed else "")
