@@ -6,7 +6,7 @@ COPY --chown=airflow:root pyproject.toml README.md /opt/airflow-privacy/
 COPY --chown=airflow:root airflow_privacy /opt/airflow-privacy/airflow_privacy
 # [cluster]: the Celery provider with celery<5.7 (5.7 removed a module the provider imports),
 # the Postgres drivers and Redis; apache-airflow pinned so pip never moves the base image's Airflow.
-# No dp-accounting: the provider has its own accountant, so the image passes `pip check`.
+# The provider has its own privacy accountant (no dp_accounting), so the image passes `pip check`.
 RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/airflow-privacy[federated,paillier,cluster]" \
  && pip check
