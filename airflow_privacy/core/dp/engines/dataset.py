@@ -33,6 +33,8 @@ class ParquetDataset:
     schema: pa.Schema
     rows: int
     partition_keys: tuple[str, ...] = ()
+    offsets: tuple[int, ...] = ()
+    """The position of each file's first row (the rows of the files before it)."""
 
     @property
     def columns(self) -> list[str]:
@@ -86,6 +88,7 @@ def resolve(source: Any) -> ParquetDataset:
         raise InvalidParameterError("source", source, "expected a Parquet file, glob or folder; it matches no Parquet file")
     first = None
     rows = 0
+    offsets = []
     for name in files:
         try:
             meta = pq.read_metadata(name, filesystem=fs)
@@ -93,6 +96,7 @@ def resolve(source: Any) -> ParquetDataset:
             raise SchemaError(f"source {source!r}: {name!r} is not a readable Parquet file ({exc}) -- nothing "
                               "was charged") from exc
         schema = meta.schema.to_arrow_schema().remove_metadata()
+        offsets.append(rows)
         rows += meta.num_rows
         if first is None:
             first = (name, schema)
@@ -104,7 +108,7 @@ def resolve(source: Any) -> ParquetDataset:
         raise InvalidParameterError("source", source, f"expected rows; its {len(files)} Parquet file(s) hold none")
     relative = files[0][len(base):].strip("/").split("/")[:-1]
     keys = tuple(part.split("=", 1)[0] for part in relative if "=" in part)
-    return ParquetDataset(protocol, fs, tuple(files), base, first[1], rows, keys)
+    return ParquetDataset(protocol, fs, tuple(files), base, first[1], rows, keys, tuple(offsets))
 
 
 def _fields(schema: pa.Schema) -> str:

@@ -88,7 +88,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
 def _scan(ds: ParquetDataset) -> str:
     files = ", ".join("'" + f.replace("'", "''") + "'" for f in ds.uris())
     hive = "true" if ds.partition_keys else "false"
-    return f"read_parquet([{files}], hive_partitioning={hive}, filename=true, file_row_number=true)"
+    return f"read_parquet([{files}], hive_partitioning={hive}, file_row_number=true)"
 
 
 def _register(con: duckdb.DuckDBPyConnection, key: ReleaseKey, sums: tuple[SumQuery, ...]) -> None:
@@ -132,15 +132,15 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
     gsel = ", ".join(f"{_q(c)} AS {gi}" for c, gi in zip(r.by, g, strict=True))
     value_cols = sorted(set(r.count_columns) | {q.column for q in r.sums})
     vsel = "".join(f", {_q(c)}::DOUBLE AS {_q('v_' + c)}" for c in value_cols)
-    unit = _q(r.privacy_unit) if r.privacy_unit else "o.off + s.file_row_number"
+    position = f"({list(ds.offsets)}::BIGINT[])[file_index::BIGINT + 1] + file_row_number"
+    unit = _q(r.privacy_unit) if r.privacy_unit else position
     where = " AND ".join(f"{_q(c)} IS NOT NULL" for c in r.by) if r.by and r.public_groups is None else "true"
     gcols = "".join(f"{x}, " for x in g)
     with _connect() as con:
         _register(con, key, r.sums)
-        con.execute(f"CREATE TEMP TABLE offs AS SELECT filename, (sum(count(*)) OVER (ORDER BY filename) "
-                    f"- count(*))::BIGINT AS off FROM {_scan(ds)} GROUP BY filename")
-        src = (f"SELECT {gsel}{',' if g else ''} {unit} AS u{vsel}, o.off + s.file_row_number AS pos "
-               f"FROM {_scan(ds)} s JOIN offs o USING (filename) WHERE {where}")
+        # file_index is the file's place in the (sorted) list read: its offset is a list lookup
+        src = (f"SELECT {gsel}{',' if g else ''} {unit} AS u{vsel}, {position} AS pos "
+               f"FROM {_scan(ds)} WHERE {where}")
         if r.public_groups is not None:
             pub = r.public_groups.copy()
             pub.columns = g
