@@ -146,7 +146,9 @@ def test_column_mode_encrypt_decrypt_operators_round_trip(tmp_path, keyring):
     assert tokens["patient_id"][0] == tokens["patient_id"][2]  # deterministic: joinable
     assert tokens["email"][0] != tokens["email"][2]  # randomized
     assert pd.isna(tokens["patient_id"][3]) and tokens["cost"].equals(df["cost"])
-    assert not any(str(v) in tokens.to_csv() for v in ("a@x.org", "A1"))
+    # no plaintext cell survives; "A1" is checked per cell, not as a substring of the CSV:
+    # two characters occur by chance in ~4 % of random base64 tokens (this test was flaky)
+    assert "a@x.org" not in tokens.to_csv() and not tokens.isin(["A1", "a@x.org"]).any().any()
     DecryptOperator(
         task_id="d",
         source=enc,
