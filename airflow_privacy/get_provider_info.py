@@ -75,6 +75,9 @@ def get_provider_info() -> dict[str, Any]:
                 },
             },
         ],
+        "triggers": [
+            {"integration-name": "Privacy", "python-modules": ["airflow_privacy.triggers.site_messages"]},
+        ],
         "extra-links": ["airflow_privacy.operators.links.PrivacyBudgetLink"],
         # The UI plugin is registered under the `airflow.plugins` entry point only. Airflow
         # loads provider-info plugins only with `[core] lazy_discover_providers = False`, and

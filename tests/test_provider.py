@@ -30,7 +30,8 @@ def test_provider_info_validates_against_airflow_schema():
 
 def test_declared_classes_import():
     info = get_provider_info()
-    for group in ("operators", "hooks"):
+    assert info["triggers"][0]["python-modules"] == ["airflow_privacy.triggers.site_messages"]
+    for group in ("operators", "hooks", "triggers"):
         for entry in info[group]:
             for module in entry["python-modules"]:
                 importlib.import_module(module)
