@@ -173,12 +173,18 @@ def round_to_noise(values: pd.Series, sd: np.ndarray) -> tuple[pd.Series, np.nda
 
 
 def _two_significant(x: np.ndarray, up: bool = False) -> np.ndarray:
-    """Two significant digits; ``up`` rounds away from zero (a half-width must not shrink)."""
+    """Two significant digits; ``up`` rounds away from zero (a half-width must not shrink).
+    Vectorised: one ``np.round`` per distinct decimal count (a release may have 10^6 groups)."""
     x = np.asarray(x, dtype=float)
-    safe = np.where(x > 0, x, 1.0)
-    unit = 10.0 ** (np.floor(np.log10(safe)) - 1)
+    positive = (x > 0) & np.isfinite(x)
+    decimals = np.where(positive, 1 - np.floor(np.log10(np.where(positive, x, 1.0))), 0).astype(int)
+    unit = 10.0 ** -decimals.astype(float)
     r = (np.ceil(x / unit - 1e-9) if up else np.round(x / unit)) * unit
-    return np.where(x > 0, np.array([float(f"{v:.2g}") for v in r]), x)
+    out = x.copy()
+    for d in np.unique(decimals[positive]):
+        at = positive & (decimals == d)
+        out[at] = np.round(r[at], int(d))
+    return out
 
 
 def attach(table: pd.DataFrame, errors: dict[str, MetricError], error_bars: Sequence[str],
