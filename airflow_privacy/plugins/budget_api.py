@@ -2,8 +2,13 @@
 
 Mounted by Airflow's API server under ``/privacy`` (see :mod:`.budget_dashboard`). Routes:
 
-* ``GET /api/datasets`` -- every dataset's cap, spend, remaining ε, accountant, last release;
-* ``GET /api/datasets/{name}`` -- one dataset, with its cumulative-ε series;
+* ``GET /api/datasets`` -- every dataset's cap, own and worst-case spend, remaining ε,
+  accountant, last release, place in the population tree (``parent``, ``children``, ``depth``;
+  parents before their partitions) and ``forecast`` (ISO date its cap is projected to be
+  reached, or ``"never"``; :mod:`.budget_forecast`);
+* ``GET /api/datasets/{name}`` -- one dataset, with its worst-case-ε series
+  (``cumulative_epsilon``), its cap over time (``cap_over_time``), its ``cap_changes`` and its
+  ``refusals`` (refused releases; ``hidden_refusals`` counts those left out);
 * ``GET /api/datasets/{name}/releases`` -- its releases, newest first (``limit``, ``offset``);
   ``name`` percent-encoded (``/`` as ``%2F``) reaches every name, ``x/releases`` included
   (a name's unencoded ``/`` works too, except before a final ``releases``);
@@ -17,9 +22,10 @@ Airflow's own ``get_user`` (JWT from the ``Authorization: Bearer`` header, or fr
 ``_token`` cookie the UI sets -- which is what an iframe'd page receives): 401 without a
 token, 403 with an invalid one. Releases and federated rounds of DAGs the user may not read
 (auth manager ``is_authorized_dag``) are left out everywhere they would show one release --
-the releases list, the cumulative-ε series and chart markers, ``last_release_at`` and the
-federated panel; a dataset's totals (cap, spent, remaining ε, number of releases) are the
-dataset's, not a DAG's, and are shown whole. The ledger is always the one of the
+the releases list, the refused releases, the worst-case-ε series and chart markers,
+``last_release_at`` and the federated panel; a dataset's totals (cap, spent, remaining ε,
+number of releases), its cap changes and its forecast are the dataset's, not a DAG's, and are
+shown whole. The ledger is always the one of the
 default ``privacy_budget`` connection: no request parameter selects a connection, so a user
 cannot make the API server open other connections. The OpenAPI docs routes are disabled
 because FastAPI serves them outside the app's dependencies.
@@ -40,12 +46,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_privacy.plugins import budget_page
+from airflow_privacy.plugins.budget_forecast import forecast
 from airflow_privacy.plugins.budget_urls import URL_PREFIX
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
-    from airflow_privacy.core.budget import BudgetStatus, Charge, PrivacyLedger
+    from airflow_privacy.core.budget import BudgetStatus, CapChange, Charge, PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +186,51 @@ def _visible(history: list[Charge], can_read: _DagReadAccess) -> list[Charge]:
     return [c for c in history if can_read(c.dag_id)]
 
 
-def _dataset_summary(s: BudgetStatus, visible: list[Charge]) -> dict[str, Any]:
-    """The dataset's totals, and the time of the latest release the user may see."""
-    return {**s.to_dict(), "last_release_at": visible[-1].created_at.isoformat() if visible else None}
+class _Tree:
+    """Every dataset's status, history, place in its population tree and forecast, read once."""
+
+    def __init__(self, ledger: PrivacyLedger) -> None:
+        self.statuses = {s.dataset: s for s in ledger.datasets()}
+        self.histories = {name: ledger.history(name) for name in self.statuses}
+        self.forecast = forecast(ledger, histories=self.histories)
+        self.children: dict[str | None, list[str]] = {}
+        for s in self.statuses.values():
+            self.children.setdefault(s.parent if s.parent in self.statuses else None, []).append(s.dataset)
+
+    def ordered(self) -> list[tuple[str, int]]:
+        """``(dataset, depth)``, each parent before its partitions."""
+        out: list[tuple[str, int]] = []
+
+        def walk(name: str, depth: int) -> None:
+            out.append((name, depth))
+            for child in self.children.get(name, []):
+                walk(child, depth + 1)
+
+        for root in self.children.get(None, []):
+            walk(root, 0)
+        return out
+
+    def summary(self, name: str, visible: list[Charge], depth: int = 0) -> dict[str, Any]:
+        """The dataset's totals and tree, and the time of the latest release the user may see."""
+        when = self.forecast.get(name)
+        return {**self.statuses[name].to_dict(), "children": self.children.get(name, []), "depth": depth,
+                "forecast": when.isoformat() if when is not None else "never",
+                "last_release_at": visible[-1].created_at.isoformat() if visible else None}
 
 
-def _series(s: BudgetStatus, visible: list[Charge]) -> budget_page.SpendSeries:
-    """Cumulative ε after each visible release; the legend shows the dataset's whole spend."""
+def _series(s: BudgetStatus, visible: list[Charge], changes: list[CapChange] = ()) -> budget_page.SpendSeries:
+    """Worst-case ε after each visible release, and the cap as it was; the legend shows the
+    dataset's whole spend."""
     return budget_page.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in visible),
-                                   spent_epsilon=s.spent_epsilon)
+                                   spent_epsilon=s.spent_epsilon,
+                                   caps=tuple((c.changed_at, c.new_epsilon) for c in changes))
+
+
+def _refusals(ledger: PrivacyLedger, name: str, can_read: _DagReadAccess) -> dict[str, Any]:
+    """The refused releases the user may see (newest first), the others only counted."""
+    refused = ledger.refusals(name)
+    shown = [r.to_dict() for r in refused if can_read(r.dag_id)][::-1]
+    return {"refusals": shown, "hidden_refusals": len(refused) - len(shown)}
 
 
 def _release(base: str, c: Charge) -> dict[str, Any]:
@@ -319,16 +362,23 @@ def create_app() -> FastAPI:
 
     @app.get("/api/datasets", summary="Budget of every dataset")
     def list_datasets(ledger: LedgerDep, user: UserDep) -> JSONResponse:
-        can_read = _DagReadAccess(user)
-        datasets = [_dataset_summary(s, _visible(ledger.history(s.dataset), can_read)) for s in ledger.datasets()]
+        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        datasets = [tree.summary(name, _visible(tree.histories[name], can_read), depth)
+                    for name, depth in tree.ordered()]
         return _JSON({"datasets": datasets, "total_entries": len(datasets)})
 
     def dataset_body(name: str, ledger: PrivacyLedger, user: BaseUser) -> JSONResponse:
-        s = _status(ledger, name)
-        visible = _visible(ledger.history(name), _DagReadAccess(user))
-        body = _dataset_summary(s, visible)
+        _status(ledger, name)
+        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        visible = _visible(tree.histories[name], can_read)
+        body = tree.summary(name, visible, dict(tree.ordered()).get(name, 0))
         body["cumulative_epsilon"] = [{"time": c.created_at.isoformat(), "spent_epsilon": c.spent_epsilon}
                                       for c in visible]
+        changes = ledger.cap_changes(name)
+        body["cap_changes"] = [c.to_dict() for c in changes]
+        body["cap_over_time"] = [{"time": c.changed_at.isoformat(), "cap_epsilon": c.new_epsilon,
+                                  "cap_delta": c.new_delta} for c in changes]
+        body.update(_refusals(ledger, name, can_read))
         return _JSON(body)
 
     # `:path` because dataset names may contain "/"; the releases route must come first. Routing
@@ -357,25 +407,33 @@ def create_app() -> FastAPI:
     @app.get("/dashboard", response_class=HTMLResponse, summary="Dashboard page")
     def dashboard(request: Request, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
         datasets, series = [], []
-        can_read = _DagReadAccess(user)
-        for s in ledger.datasets():
-            visible = _visible(ledger.history(s.dataset), can_read)
-            datasets.append({**_dataset_summary(s, visible), "page_url": _page_url(request, s.dataset)})
-            series.append(_series(s, visible))
+        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        for name, depth in tree.ordered():
+            visible = _visible(tree.histories[name], can_read)
+            datasets.append({**tree.summary(name, visible, depth), "page_url": _page_url(request, name)})
+            series.append(_series(tree.statuses[name], visible, ledger.cap_changes(name)))
         html = budget_page.render_overview(datasets=datasets, series=series,
                                            federated=_federated_rounds(request, user))
         return HTMLResponse(html)
 
     @app.get("/dashboard/datasets/{name:path}", response_class=HTMLResponse, summary="Dataset page")
     def dataset_page(request: Request, name: str, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
-        s = _status(ledger, name)
-        history = ledger.history(name)
-        visible = _visible(history, _DagReadAccess(user))
+        _status(ledger, name)
+        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        s, history = tree.statuses[name], tree.histories[name]
+        visible = _visible(history, can_read)
         releases = _releases(request, name, history, visible, limit=500, offset=0)
+        changes = ledger.cap_changes(name)
+        status_ = {**tree.summary(name, visible),
+                   "parent_url": _page_url(request, s.parent) if s.parent in tree.statuses else None,
+                   "partitions": [{"dataset": c, "url": _page_url(request, c),
+                                   "spent_epsilon": tree.statuses[c].spent_epsilon,
+                                   "cap_epsilon": tree.statuses[c].cap_epsilon} for c in tree.children.get(name, [])]}
         html = budget_page.render_dataset(
-            status=_dataset_summary(s, visible), series=_series(s, visible), releases=releases["releases"],
+            status=status_, series=_series(s, visible, changes), releases=releases["releases"],
             total=releases["total_entries"], hidden=releases["hidden_entries"],
-            overview_url=f"{request.scope.get('root_path', '').rstrip('/')}/dashboard")
+            overview_url=f"{request.scope.get('root_path', '').rstrip('/')}/dashboard",
+            refusals=_refusals(ledger, name, can_read), cap_changes=[c.to_dict() for c in changes])
         return HTMLResponse(html)
 
     return app

@@ -28,16 +28,19 @@ and the tables show the stored number -- instead of overflowing the axis arithme
 
 @dataclass(frozen=True)
 class SpendSeries:
-    """Cumulative ε of one dataset: ``points`` are ``(release time, spent ε after it)``, oldest first.
+    """Worst-case ε of one dataset: ``points`` are ``(release time, worst case after it)``, oldest first.
 
     ``points`` may leave releases out (those of DAGs the viewer may not read); ``spent_epsilon``
     is then the dataset's whole spend, shown in the legend (default: the last point's).
+    ``caps`` are ``(change time, cap ε from then on)``, oldest first: the cap is drawn as it was
+    over time; without them, flat at ``cap_epsilon``.
     """
 
     dataset: str
     cap_epsilon: float
     points: Sequence[tuple[dt.datetime, float]] = field(default_factory=tuple)
     spent_epsilon: float | None = None
+    caps: Sequence[tuple[dt.datetime, float]] = field(default_factory=tuple)
 
 
 def fmt_eps(value: float | None) -> str:
@@ -62,6 +65,13 @@ def fmt_time(value: dt.datetime | str | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def fmt_day(value: str | None) -> str:
+    """A forecast: the day (UTC) a cap is projected to be reached, or "never"."""
+    if value is None or value == "never":
+        return "never"
+    return fmt_time(value)[:10]
+
+
 def _nice_step(span: float, target_ticks: int = 5) -> float:
     raw = span / max(target_ticks, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
@@ -75,7 +85,7 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
     """Pixel geometry of the cumulative-ε step chart (numbers only; names go through the template)."""
     left, right, top, bottom = 56, 48, 16, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    times = [t for s in series for t, _ in s.points]
+    times = [t for s in series for t, _ in (*s.points, *s.caps)]
     if times:
         t0, t1 = min(times), max(times)
     else:
@@ -86,8 +96,8 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
     t0, t1 = t0 - pad, t1 + pad
     span_s = (t1 - t0).total_seconds()
 
-    y_max_data = max([_plotted(s.cap_epsilon) for s in series] + [_plotted(e) for s in series for _, e in s.points]
-                     + [0.0])
+    y_max_data = max([_plotted(s.cap_epsilon) for s in series]
+                     + [_plotted(e) for s in series for _, e in (*s.points, *s.caps)] + [0.0])
     y_step = _nice_step(y_max_data * 1.05 if y_max_data > 0 else 1.0)
     y_max = y_step * math.ceil((y_max_data * 1.05 if y_max_data > 0 else 1.0) / y_step)
 
@@ -122,12 +132,20 @@ def chart_geometry(series: Sequence[SpendSeries], *, width: int = 760, height: i
             previous = e
         if s.points:
             pts.append((x(t1), y(previous)))
+        cap_pts: list[tuple[float, float]] = []
+        for t, c in s.caps:  # a step line: each cap holds until the next change
+            if cap_pts:
+                cap_pts.append((x(t), cap_pts[-1][1]))
+            cap_pts.append((x(t), y(c)))
+        if cap_pts:
+            cap_pts.append((x(t1), cap_pts[-1][1]))
         lines.append({
             "dataset": s.dataset,
             "color": color,
             "points": " ".join(f"{px},{py}" for px, py in pts),
             "markers": markers if len(markers) <= _MAX_MARKERS else [],
             "cap_y": y(s.cap_epsilon),
+            "cap_points": " ".join(f"{px},{py}" for px, py in cap_pts),
             "cap": fmt_eps(s.cap_epsilon),
             "spent": fmt_eps(previous if s.spent_epsilon is None else s.spent_epsilon),
         })
@@ -158,10 +176,14 @@ _TEMPLATES = {
   {%- endfor %}
   <line class="axis" x1="{{ geo.left }}" x2="{{ geo.right }}" y1="{{ geo.bottom }}" y2="{{ geo.bottom }}"/>
   <line class="axis" x1="{{ geo.left }}" x2="{{ geo.left }}" y1="{{ geo.top }}" y2="{{ geo.bottom }}"/>
-  <text class="tick" x="14" y="{{ geo.top + 4 }}" transform="rotate(-90 14 {{ geo.top + 4 }})" text-anchor="end">cumulative ε</text>
+  <text class="tick" x="14" y="{{ geo.top + 4 }}" transform="rotate(-90 14 {{ geo.top + 4 }})" text-anchor="end">worst-case ε</text>
   {%- for line in geo.lines %}
   <g class="series" data-dataset="{{ line.dataset }}" data-spent="{{ line.spent }}">
+    {%- if line.cap_points %}
+    <polyline class="cap" fill="none" points="{{ line.cap_points }}" stroke="{{ line.color }}"><title>{{ line.dataset }}: cap ε over time, now {{ line.cap }}</title></polyline>
+    {%- else %}
     <line class="cap" x1="{{ geo.left }}" x2="{{ geo.right }}" y1="{{ line.cap_y }}" y2="{{ line.cap_y }}" stroke="{{ line.color }}"><title>{{ line.dataset }}: cap ε = {{ line.cap }}</title></line>
+    {%- endif %}
     {%- if line.points %}
     <polyline fill="none" stroke="{{ line.color }}" stroke-width="2" points="{{ line.points }}"/>
     {%- endif %}
@@ -175,7 +197,7 @@ _TEMPLATES = {
   {%- for line in geo.lines %}
   <span class="legend-item"><span class="swatch" style="background: {{ line.color }}"></span>{{ line.dataset }}: ε {{ line.spent }} of {{ line.cap }}</span>
   {%- endfor %}
-  <span class="legend-item muted">dashed: cap</span>
+  <span class="legend-item muted">dashed: cap as it was over time</span>
 </figcaption>
 </figure>
 {%- endmacro %}
@@ -247,30 +269,33 @@ _TEMPLATES = {
     "overview.html": """{% extends "base.html" %}{% import "macros.html" as m %}
 {% block body %}
 <h1>Privacy budget</h1>
-<div class="muted">Differential-privacy spend per dataset, from the budget ledger. ε is composed with each dataset's accountant at its cap's δ.</div>
+<div class="muted">Differential-privacy spend per dataset, from the budget ledger. Worst-case ε is what one person of the population can lose: the dataset's own releases composed with those of the one partition the person is in (indented below its parent), with each dataset's accountant at its cap's δ.</div>
 <h2>Datasets</h2>
 {% if datasets %}
 <table id="datasets">
-  <thead><tr><th>Dataset</th><th class="num">Cap ε</th><th class="num">Cap δ</th><th class="num">Spent ε</th>
-    <th class="num">Remaining ε</th><th>Used</th><th>Accountant</th><th class="num">Releases</th><th>Last release</th></tr></thead>
+  <thead><tr><th>Dataset</th><th class="num">Cap ε</th><th class="num">Cap δ</th><th class="num">Own ε</th>
+    <th class="num">Worst-case ε</th><th class="num">Remaining ε</th><th>Used</th><th>Cap reached</th><th>Accountant</th>
+    <th class="num">Releases</th><th>Last release</th></tr></thead>
   <tbody>
   {%- for s in datasets %}
-    <tr data-dataset="{{ s.dataset }}">
-      <td><a href="{{ s.page_url }}">{{ s.dataset }}</a></td>
+    <tr data-dataset="{{ s.dataset }}" data-parent="{{ s.parent or '' }}" data-depth="{{ s.depth }}">
+      <td style="padding-left: {{ 10 + 20 * s.depth }}px"><a href="{{ s.page_url }}">{{ s.dataset }}</a></td>
       <td class="num">{{ s.cap_epsilon | eps }}</td>
       <td class="num">{{ s.cap_delta | delta }}</td>
+      <td class="num own">{{ s.own_epsilon | eps }}</td>
       <td class="num spent">{{ s.spent_epsilon | eps }}</td>
       <td class="num remaining">{{ s.remaining_epsilon | eps }}</td>
       <td>{{ m.usage(s) }}</td>
+      <td class="forecast nowrap">{{ s.forecast | day }}</td>
       <td>{{ s.accountant }}</td>
-      <td class="num">{{ s.releases }}</td>
+      <td class="num releases">{{ s.releases }}</td>
       <td>{{ s.last_release_at | when }}</td>
     </tr>
   {%- endfor %}
   </tbody>
 </table>
-<h2>Cumulative ε over time</h2>
-{{ m.chart(chart, "Cumulative epsilon per dataset over time") }}
+<h2>Worst-case ε over time</h2>
+{{ m.chart(chart, "Worst-case epsilon per dataset over time, and its cap") }}
 {% else %}
 <div class="empty" id="no-datasets">No dataset has a privacy budget yet. DP tasks create one with
   <code>budget_cap=(epsilon, delta)</code>, or run <code>airflow-privacy budget set DATASET --epsilon E --delta D</code>.</div>
@@ -299,15 +324,21 @@ _TEMPLATES = {
 <div class="crumbs"><a href="{{ overview_url }}">Privacy budget</a> / <span>{{ s.dataset }}</span></div>
 <h1>{{ s.dataset }}</h1>
 <div class="cards" id="status">
-  <div class="card"><div class="k">Spent ε</div><div class="v spent">{{ s.spent_epsilon | eps }}</div></div>
+  <div class="card"><div class="k">Worst-case ε</div><div class="v spent">{{ s.spent_epsilon | eps }}</div></div>
+  <div class="card"><div class="k">Own ε</div><div class="v own">{{ s.own_epsilon | eps }}</div></div>
   <div class="card"><div class="k">Remaining ε</div><div class="v remaining">{{ s.remaining_epsilon | eps }}</div></div>
   <div class="card"><div class="k">Cap (ε, δ)</div><div class="v">{{ s.cap_epsilon | eps }}, {{ s.cap_delta | delta }}</div></div>
   <div class="card"><div class="k">Spent δ</div><div class="v">{{ s.spent_delta | delta }}</div></div>
   <div class="card"><div class="k">Accountant</div><div class="v">{{ s.accountant }}</div></div>
   <div class="card"><div class="k">Used</div><div class="v">{{ m.usage(s) }}</div></div>
+  <div class="card"><div class="k">Cap reached</div><div class="v forecast">{{ s.forecast | day }}</div></div>
 </div>
-<h2>Cumulative ε over time</h2>
-{{ m.chart(chart, "Cumulative epsilon of " ~ s.dataset ~ " over time") }}
+<div id="tree">
+{%- if s.parent_url %}<div>Partition of <a class="parent" href="{{ s.parent_url }}">{{ s.parent }}</a> (its siblings are disjoint)</div>{% endif %}
+{%- if s.partitions %}<div>Partitions: {% for c in s.partitions %}<a class="partition" href="{{ c.url }}">{{ c.dataset }}</a> ({{ c.spent_epsilon | eps }} of {{ c.cap_epsilon | eps }}){% if not loop.last %}, {% endif %}{% endfor %}</div>{% endif %}
+</div>
+<h2>Worst-case ε over time</h2>
+{{ m.chart(chart, "Worst-case epsilon of " ~ s.dataset ~ " over time, and its cap") }}
 <h2>Releases <span class="muted">({{ total }}{% if total > releases | length %}, latest {{ releases | length }} shown{% endif %})</span></h2>
 {% if releases %}
 <table id="releases">
@@ -337,6 +368,33 @@ _TEMPLATES = {
 <div class="empty" id="no-releases">No release has been charged to this dataset yet.</div>
 {% endif %}
 {% if hidden %}<p class="muted">{{ hidden }} release(s) of DAGs you cannot read are not listed.</p>{% endif %}
+<h2>Refused releases <span class="muted">({{ refusals.refusals | length }})</span></h2>
+{% if refusals.refusals %}
+<table id="refusals">
+  <thead><tr><th>Time</th><th>DAG</th><th>Run</th><th>Task</th><th>Logical date</th><th class="num">Asked ε</th>
+    <th class="num">Asked δ</th><th>Why</th></tr></thead>
+  <tbody>
+  {%- for r in refusals.refusals %}
+    <tr data-release="{{ r.release_id }}"><td class="nowrap">{{ r.created_at | when }}</td><td>{{ r.dag_id or "–" }}</td>
+      <td>{{ r.run_id or "–" }}</td><td>{{ r.task_id or "–" }}</td><td class="nowrap">{{ r.logical_date | when }}</td>
+      <td class="num">{{ r.epsilon | eps }}</td><td class="num">{{ r.delta | delta }}</td><td>{{ r.reason }}</td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
+{% else %}<div class="empty" id="no-refusals">No release of this dataset has been refused{% if refusals.hidden_refusals %} that you may see{% endif %}.</div>{% endif %}
+{% if refusals.hidden_refusals %}<p class="muted">{{ refusals.hidden_refusals }} refused release(s) of DAGs you cannot read are not listed.</p>{% endif %}
+<h2>Cap changes</h2>
+<table id="cap-changes">
+  <thead><tr><th>Time</th><th>By</th><th class="num">Cap ε</th><th class="num">Cap δ</th><th>Parent</th><th>Reason</th></tr></thead>
+  <tbody>
+  {%- for c in cap_changes %}
+    <tr><td class="nowrap">{{ c.changed_at | when }}</td><td>{{ c.changed_by or "–" }}</td>
+      <td class="num">{{ c.old_epsilon | eps }} → {{ c.new_epsilon | eps }}</td>
+      <td class="num">{{ c.old_delta | delta }} → {{ c.new_delta | delta }}</td>
+      <td>{{ c.old_parent or "–" }} → {{ c.new_parent or "–" }}</td><td>{{ c.reason }}</td></tr>
+  {%- endfor %}
+  </tbody>
+</table>
 {% endblock %}
 """,
     "error.html": """{% extends "base.html" %}
@@ -355,7 +413,7 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=False,
 )
-_env.filters.update(eps=fmt_eps, delta=fmt_delta, when=fmt_time)
+_env.filters.update(eps=fmt_eps, delta=fmt_delta, when=fmt_time, day=fmt_day)
 
 
 def render_overview(*, datasets: Sequence[dict[str, Any]], series: Sequence[SpendSeries],
@@ -366,11 +424,14 @@ def render_overview(*, datasets: Sequence[dict[str, Any]], series: Sequence[Spen
 
 
 def render_dataset(*, status: dict[str, Any], series: SpendSeries, releases: Sequence[dict[str, Any]],
-                   total: int, hidden: int, overview_url: str) -> str:
-    """One dataset: its budget, its chart and its releases (newest first) linking to Airflow."""
+                   total: int, hidden: int, overview_url: str, refusals: dict[str, Any],
+                   cap_changes: Sequence[dict[str, Any]]) -> str:
+    """One dataset: its budget and place in the tree, its chart, its releases (newest first)
+    linking to Airflow, its refused releases and its cap changes."""
     return _env.get_template("dataset.html").render(
         title=f"Privacy budget: {status['dataset']}", s=status, chart=chart_geometry([series]),
-        releases=releases, total=total, hidden=hidden, overview_url=overview_url)
+        releases=releases, total=total, hidden=hidden, overview_url=overview_url, refusals=refusals,
+        cap_changes=cap_changes)
 
 
 def render_error(*, title: str, message: str, login_url: str | None = None, back_url: str | None = None) -> str:

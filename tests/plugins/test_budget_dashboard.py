@@ -16,44 +16,14 @@ from fastapi.testclient import TestClient
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
 from airflow_privacy.plugins import budget_page
-from airflow_privacy.plugins.budget_api import create_app
 from airflow_privacy.plugins.budget_dashboard import PrivacyBudgetPlugin, dashboard_app
-from airflow_privacy.plugins.budget_urls import URL_PREFIX, dataset_ui_url
+from airflow_privacy.plugins.budget_urls import dataset_ui_url
 
 EVIL = '<script>alert("x")</script> & "quotes" \'single\''
 
 
 def _cost(eps: float) -> PrivacyCost:
     return PrivacyCost(eps, 0.0, [{"kind": "pure", "epsilon": eps}])
-
-
-@pytest.fixture(scope="module")
-def auth_manager(airflow_db):
-    """Airflow's configured auth manager (SimpleAuthManager by default), as the API server has it."""
-    from airflow.api_fastapi.app import init_auth_manager
-
-    return init_auth_manager()
-
-
-@pytest.fixture(scope="module")
-def token(auth_manager) -> str:
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    return auth_manager.generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
-
-
-@pytest.fixture(scope="module")
-def viewer_token(auth_manager) -> str:
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    return auth_manager.generate_jwt(SimpleAuthManagerUser(username="nobody", role=None))
-
-
-@pytest.fixture
-def ledger(tmp_path, monkeypatch) -> PrivacyLedger:
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", json.dumps({"conn_type": "privacy_budget", "host": url}))
-    return PrivacyLedger(url)
 
 
 @pytest.fixture
@@ -66,21 +36,6 @@ def filled(ledger) -> PrivacyLedger:
     ledger.set_budget("visits", epsilon=2.0, delta=0.0, accountant="basic")
     ledger.charge("visits", release_id="notebook-1", cost=_cost(0.5))
     return ledger
-
-
-@pytest.fixture
-def client(token) -> TestClient:
-    """The app mounted under /privacy as Airflow's API server mounts it, logged in by cookie."""
-    root = FastAPI()
-    root.mount(URL_PREFIX, create_app())
-    return TestClient(root, cookies={"_token": token})
-
-
-@pytest.fixture
-def anonymous() -> TestClient:
-    root = FastAPI()
-    root.mount(URL_PREFIX, create_app())
-    return TestClient(root)
 
 
 ROUTES = ["/privacy/", "/privacy/dashboard", "/privacy/dashboard/datasets/patients", "/privacy/api/datasets",
@@ -206,7 +161,7 @@ def test_chart_shows_a_restricted_viewer_only_the_releases_it_may_read(client, m
     # the legend and the table still carry the dataset's whole spend
     assert re.search(r'<g class="series" data-dataset="patients" data-spent="2">', overview)
     assert "patients: ε 2 of 3" in overview and "mixed: ε 0.75 of 2" in overview
-    row = re.search(r'<tr data-dataset="patients">(.*?)</tr>', overview, re.S).group(1)
+    row = re.search(r'<tr data-dataset="patients"[^>]*>(.*?)</tr>', overview, re.S).group(1)
     assert re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[-1] == "–"  # no visible last release
 
     page = client.get("/privacy/dashboard/datasets/patients", **as_viewer).text
@@ -285,14 +240,16 @@ class _Collector(HTMLParser):
 
 def test_dashboard_page_table_and_chart(client, filled):
     html = client.get("/privacy/dashboard").text
-    row = re.search(r'<tr data-dataset="patients">(.*?)</tr>', html, re.S).group(1)
+    row = re.search(r'<tr data-dataset="patients"[^>]*>(.*?)</tr>', html, re.S).group(1)
     cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-    assert cells[:5] == ["patients", "3", "1e-06", "2", "1"] and cells[6:8] == ["basic", "2"]
-    assert cells[8].endswith("UTC")
+    # dataset, cap ε, cap δ, own ε, worst-case ε, remaining ε, used, cap reached (no schedule known: never)
+    assert cells[:6] == ["patients", "3", "1e-06", "2", "2", "1"] and cells[7:10] == ["never", "basic", "2"]
+    assert cells[10].endswith("UTC")
     assert 'href="/privacy/dashboard/datasets/patients"' in html
-    # one step line per dataset ending at its spend, a dashed cap line, a legend with ε spent of cap
-    assert re.search(r'<g class="series" data-dataset="patients" data-spent="2">\s*<line class="cap"', html)
-    assert len(re.findall(r"<polyline ", html)) == 2 and len(re.findall(r"<circle ", html)) == 3
+    # one step line per dataset ending at its spend, a dashed cap line (as it was: a step line too), a
+    # legend with ε spent of cap
+    assert re.search(r'<g class="series" data-dataset="patients" data-spent="2">\s*<polyline class="cap"', html)
+    assert len(re.findall(r"<polyline ", html)) == 4 and len(re.findall(r"<circle ", html)) == 3
     assert "patients: ε 2 of 3" in html and "visits: ε 0.5 of 2" in html
     assert "<script src" not in html and "http" not in html.split("<body>")[1].replace('http://www.w3.org/2000/svg', '')
 
