@@ -105,7 +105,7 @@ class ComposedState:
         """``compose_epsilon(history, delta, accountant)`` of the folded history (not for
         :attr:`fallback` states, whose composition needs the events)."""
         if self.fallback:
-            raise ValueError("a history with zCDP-type events is composed from its events")
+            raise ValueError("a history with zCDP-type events (or DP-SGD under basic) is composed from its events")
         if self.runs == 0:
             return 0.0
         if self.sgd:
