@@ -72,36 +72,14 @@ def _ledger(args):
     return PrivacyBudgetHook(args.conn_id).get_ledger()
 
 
-def _budget_tree(ledger, dataset: str | None) -> list[dict]:
-    """Every dataset (or ``dataset`` and its partitions), parents before their partitions, with
-    its depth in the tree and the forecast date its cap is reached (``None``: never)."""
-    from airflow_privacy.plugins.budget_forecast import forecast
-
-    statuses = {s.dataset: s for s in ledger.datasets()}
-    if dataset is not None:
-        ledger.status(dataset)  # KeyError: no such dataset
-    dates = forecast(ledger)
-    children: dict[str | None, list[str]] = {}
-    for s in statuses.values():
-        children.setdefault(s.parent if s.parent in statuses else None, []).append(s.dataset)
-    rows: list[dict] = []
-
-    def walk(name: str, depth: int) -> None:
-        s = statuses[name]
-        when = dates.get(name)
-        rows.append({**s.to_dict(), "depth": depth, "children": children.get(name, []),
-                     "forecast": when.isoformat() if when is not None else "never"})
-        for child in children.get(name, []):
-            walk(child, depth + 1)
-
-    for root in [dataset] if dataset is not None else children.get(None, []):
-        walk(root, 0)
-    return rows
-
-
 def _budget_show(args) -> int:
+    from airflow_privacy.plugins.budget_tree import BudgetTree
+
     ledger = _ledger(args)
-    rows = _budget_tree(ledger, args.dataset)
+    if args.dataset is not None:
+        ledger.status(args.dataset)  # KeyError: no such dataset
+    tree = BudgetTree(ledger)
+    rows = [tree.summary(name, depth) for name, depth in tree.ordered(args.dataset)]
     if not rows:
         _print("no datasets have a privacy budget yet", args.json)
     elif args.json:

@@ -46,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_privacy.plugins import budget_page
-from airflow_privacy.plugins.budget_forecast import forecast
+from airflow_privacy.plugins.budget_tree import BudgetTree
 from airflow_privacy.plugins.budget_urls import URL_PREFIX
 
 if TYPE_CHECKING:
@@ -184,38 +184,6 @@ def _page_url(request: Request, name: str) -> str:
 def _visible(history: list[Charge], can_read: _DagReadAccess) -> list[Charge]:
     """The releases of ``history`` (oldest first) whose DAG the user may read."""
     return [c for c in history if can_read(c.dag_id)]
-
-
-class _Tree:
-    """Every dataset's status, history, place in its population tree and forecast, read once."""
-
-    def __init__(self, ledger: PrivacyLedger) -> None:
-        self.statuses = {s.dataset: s for s in ledger.datasets()}
-        self.histories = {name: ledger.history(name) for name in self.statuses}
-        self.forecast = forecast(ledger, histories=self.histories)
-        self.children: dict[str | None, list[str]] = {}
-        for s in self.statuses.values():
-            self.children.setdefault(s.parent if s.parent in self.statuses else None, []).append(s.dataset)
-
-    def ordered(self) -> list[tuple[str, int]]:
-        """``(dataset, depth)``, each parent before its partitions."""
-        out: list[tuple[str, int]] = []
-
-        def walk(name: str, depth: int) -> None:
-            out.append((name, depth))
-            for child in self.children.get(name, []):
-                walk(child, depth + 1)
-
-        for root in self.children.get(None, []):
-            walk(root, 0)
-        return out
-
-    def summary(self, name: str, visible: list[Charge], depth: int = 0) -> dict[str, Any]:
-        """The dataset's totals and tree, and the time of the latest release the user may see."""
-        when = self.forecast.get(name)
-        return {**self.statuses[name].to_dict(), "children": self.children.get(name, []), "depth": depth,
-                "forecast": when.isoformat() if when is not None else "never",
-                "last_release_at": visible[-1].created_at.isoformat() if visible else None}
 
 
 def _series(s: BudgetStatus, visible: list[Charge], changes: list[CapChange] = ()) -> budget_page.SpendSeries:
@@ -362,16 +330,16 @@ def create_app() -> FastAPI:
 
     @app.get("/api/datasets", summary="Budget of every dataset")
     def list_datasets(ledger: LedgerDep, user: UserDep) -> JSONResponse:
-        can_read, tree = _DagReadAccess(user), _Tree(ledger)
-        datasets = [tree.summary(name, _visible(tree.histories[name], can_read), depth)
+        can_read, tree = _DagReadAccess(user), BudgetTree(ledger)
+        datasets = [tree.summary(name, depth, _visible(tree.histories[name], can_read))
                     for name, depth in tree.ordered()]
         return _JSON({"datasets": datasets, "total_entries": len(datasets)})
 
     def dataset_body(name: str, ledger: PrivacyLedger, user: BaseUser) -> JSONResponse:
         _status(ledger, name)
-        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        can_read, tree = _DagReadAccess(user), BudgetTree(ledger)
         visible = _visible(tree.histories[name], can_read)
-        body = tree.summary(name, visible, dict(tree.ordered()).get(name, 0))
+        body = tree.summary(name, dict(tree.ordered()).get(name, 0), visible)
         body["cumulative_epsilon"] = [{"time": c.created_at.isoformat(), "spent_epsilon": c.spent_epsilon}
                                       for c in visible]
         changes = ledger.cap_changes(name)
@@ -407,10 +375,10 @@ def create_app() -> FastAPI:
     @app.get("/dashboard", response_class=HTMLResponse, summary="Dashboard page")
     def dashboard(request: Request, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
         datasets, series = [], []
-        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        can_read, tree = _DagReadAccess(user), BudgetTree(ledger)
         for name, depth in tree.ordered():
             visible = _visible(tree.histories[name], can_read)
-            datasets.append({**tree.summary(name, visible, depth), "page_url": _page_url(request, name)})
+            datasets.append({**tree.summary(name, depth, visible), "page_url": _page_url(request, name)})
             series.append(_series(tree.statuses[name], visible, ledger.cap_changes(name)))
         html = budget_page.render_overview(datasets=datasets, series=series,
                                            federated=_federated_rounds(request, user))
@@ -419,12 +387,12 @@ def create_app() -> FastAPI:
     @app.get("/dashboard/datasets/{name:path}", response_class=HTMLResponse, summary="Dataset page")
     def dataset_page(request: Request, name: str, ledger: LedgerDep, user: UserDep) -> HTMLResponse:
         _status(ledger, name)
-        can_read, tree = _DagReadAccess(user), _Tree(ledger)
+        can_read, tree = _DagReadAccess(user), BudgetTree(ledger)
         s, history = tree.statuses[name], tree.histories[name]
         visible = _visible(history, can_read)
         releases = _releases(request, name, history, visible, limit=500, offset=0)
         changes = ledger.cap_changes(name)
-        status_ = {**tree.summary(name, visible),
+        status_ = {**tree.summary(name, visible=visible),
                    "parent_url": _page_url(request, s.parent) if s.parent in tree.statuses else None,
                    "partitions": [{"dataset": c, "url": _page_url(request, c),
                                    "spent_epsilon": tree.statuses[c].spent_epsilon,
