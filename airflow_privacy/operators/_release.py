@@ -51,6 +51,7 @@ class DPReleaseTask(Protocol):
     budget_cap: tuple[float, float] | None
     budget_parent: str | None
     budget_alert_notifiers: Sequence[Any]
+    budget_alert_share: float | None
     budget_conn_id: str
     log: Any
 
@@ -126,7 +127,8 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
     rid = release_id(context)
     ledger: PrivacyLedger = PrivacyBudgetHook(op.budget_conn_id).get_ledger()
     if op.budget_cap is not None:
-        ledger.ensure_budget(op.dataset, epsilon=op.budget_cap[0], delta=op.budget_cap[1], parent=op.budget_parent)
+        ledger.ensure_budget(op.dataset, epsilon=op.budget_cap[0], delta=op.budget_cap[1], parent=op.budget_parent,
+                             alert_share=op.budget_alert_share)
     else:
         _require_budget(ledger, op.dataset)
         if op.budget_parent is not None and ledger.status(op.dataset).parent != op.budget_parent:

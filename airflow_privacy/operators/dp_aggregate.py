@@ -70,6 +70,7 @@ class DPAggregateOperator(BaseOperator):
         called once when a charge first passes the alert share of the dataset's or an
         ancestor's cap (80 % by default; ``airflow-privacy budget set --alert-share``). The
         task log always gets a warning.
+    :param budget_alert_share: the alert share of a dataset ``budget_cap`` creates (default 0.8).
     :param budget_conn_id: ``privacy_budget`` connection id.
     """
 
@@ -99,6 +100,7 @@ class DPAggregateOperator(BaseOperator):
         budget_cap: tuple[float, float] | None = None,
         budget_parent: str | None = None,
         budget_alert_notifiers: Sequence[Any] = (),
+        budget_alert_share: float | None = None,
         budget_conn_id: str = PrivacyBudgetHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -139,6 +141,11 @@ class DPAggregateOperator(BaseOperator):
         self.budget_cap = budget_cap
         self.budget_parent = budget_parent
         self.budget_alert_notifiers = list(budget_alert_notifiers)
+        if budget_alert_share is not None and (isinstance(budget_alert_share, bool)
+                                               or not isinstance(budget_alert_share, (int, float))
+                                               or not 0 < budget_alert_share <= 1):
+            raise InvalidParameterError("budget_alert_share", budget_alert_share, "expected a share of the cap in (0, 1]")
+        self.budget_alert_share = budget_alert_share
         self.budget_conn_id = budget_conn_id
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:

@@ -91,3 +91,10 @@ def test_a_declared_parent_must_match_the_ledger(tmp_path, ledger):
     with pytest.raises(InvalidParameterError, match="budget_parent"):
         DPAggregateOperator(task_id="t", source="/s", destination="/d", dataset="d", epsilon=1, metrics={"n": "count"},
                             budget_parent="")
+
+
+def test_budget_alert_share_is_given_to_the_dataset_it_creates(tmp_path, ledger):
+    _op(tmp_path, "s", budget_alert_share=0.5).execute(_ctx("s"))
+    assert ledger.status("patients_site_a").alert_share == 0.5
+    with pytest.raises(InvalidParameterError, match="budget_alert_share"):
+        _op(tmp_path, "t", budget_alert_share=1.5)

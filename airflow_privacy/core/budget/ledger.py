@@ -88,6 +88,11 @@ MAX_CAP_DELTA = 1e-3
 Roth 2014, §2.3); caps of real deployments are orders of magnitude below this."""
 
 
+def _check_alert_share(share: Any) -> None:
+    if share is not None and (not is_real_number(share) or not 0 < share <= 1):
+        raise InvalidParameterError("alert_share", share, "expected a share of the cap in (0, 1]")
+
+
 def _check_cap_delta(delta: Any, name: str) -> float:
     delta = check_delta(delta, name)
     if delta > MAX_CAP_DELTA:
@@ -171,8 +176,7 @@ class PrivacyLedger:
             raise InvalidParameterError("accountant", accountant, f"expected one of {ACCOUNTANTS}")
         if parent is not _KEEP and parent is not None:
             _check_name(parent, "parent")
-        if alert_share is not None and (not is_real_number(alert_share) or not 0 < alert_share <= 1):
-            raise InvalidParameterError("alert_share", alert_share, "expected a share of the cap in (0, 1]")
+        _check_alert_share(alert_share)
         with self.engine.begin() as conn:
             forest = self._lock(conn, dataset, parent if parent is not _KEEP else None)
             row = forest.nodes.get(dataset)
@@ -211,7 +215,8 @@ class PrivacyLedger:
         return self.status(dataset)
 
     def ensure_budget(self, dataset: str, *, epsilon: float, delta: float = 0.0, parent: str | None = None,
-                      param: str = "budget_cap", changed_by: str | None = None) -> BudgetStatus:
+                      param: str = "budget_cap", changed_by: str | None = None,
+                      alert_share: float | None = None) -> BudgetStatus:
         """Create the cap if missing; if it exists it must equal ``(epsilon, delta)`` and ``parent``.
 
         This is what a DAG may do; changing an existing cap is a deliberate runbook action
@@ -220,12 +225,15 @@ class PrivacyLedger:
         the winner's cap and refuses -- it never takes an update path that would overwrite it.
 
         :param param: the DAG parameter holding the cap, named in the mismatch message.
+        :param alert_share: the alert share given to a dataset this call creates (an existing
+            dataset keeps its own; change it with :meth:`set_budget`).
         :raises InvalidParameterError: the dataset exists with another cap or parent (the
             message says which DAG parameter to update, and to what), or the parent is missing.
         """
         _check_name(dataset)
         epsilon = check_epsilon(epsilon, f"{param} epsilon", maximum=math.inf)
         delta = _check_cap_delta(delta, f"{param} delta")
+        _check_alert_share(alert_share)
         if parent is not None:
             _check_name(parent, "parent")
         try:
@@ -239,7 +247,7 @@ class PrivacyLedger:
                     conn.execute(datasets_table.insert().values(
                         name=dataset, cap_epsilon=epsilon, cap_delta=delta, accountant=accountant, parent=parent,
                         spent_epsilon=0.0, spent_delta=0.0, own_epsilon=0.0, releases=0, created_at=now,
-                        updated_at=now))
+                        updated_at=now, alert_share=alert_share))
                     conn.execute(cap_changes_table.insert().values(
                         dataset=dataset, changed_at=now, changed_by=changed_by, new_epsilon=epsilon,
                         new_delta=delta, new_parent=parent, reason=f"created by {param}"))
