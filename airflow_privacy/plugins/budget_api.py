@@ -45,7 +45,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_privacy.plugins import budget_page
+from airflow_privacy.plugins import budget_chart, budget_page
 from airflow_privacy.plugins.budget_tree import BudgetTree
 from airflow_privacy.plugins.budget_urls import URL_PREFIX
 
@@ -186,10 +186,10 @@ def _visible(history: list[Charge], can_read: _DagReadAccess) -> list[Charge]:
     return [c for c in history if can_read(c.dag_id)]
 
 
-def _series(s: BudgetStatus, visible: list[Charge], changes: list[CapChange] = ()) -> budget_page.SpendSeries:
+def _series(s: BudgetStatus, visible: list[Charge], changes: list[CapChange] = ()) -> budget_chart.SpendSeries:
     """Worst-case ε after each visible release, and the cap as it was; the legend shows the
     dataset's whole spend."""
-    return budget_page.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in visible),
+    return budget_chart.SpendSeries(s.dataset, s.cap_epsilon, tuple((c.created_at, c.spent_epsilon) for c in visible),
                                    spent_epsilon=s.spent_epsilon,
                                    caps=tuple((c.changed_at, c.new_epsilon) for c in changes))
 

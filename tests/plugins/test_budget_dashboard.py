@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
-from airflow_privacy.plugins import budget_page
+from airflow_privacy.plugins import budget_chart
 from airflow_privacy.plugins.budget_dashboard import PrivacyBudgetPlugin, dashboard_app
 from airflow_privacy.plugins.budget_urls import dataset_ui_url
 
@@ -293,9 +293,9 @@ def test_dataset_names_with_slashes(client, ledger):
 
 def test_chart_geometry_is_monotone_steps_within_the_plot():
     t0 = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
-    series = [budget_page.SpendSeries("a", 3.0, [(t0, 1.0), (t0 + dt.timedelta(days=1), 2.0)]),
-              budget_page.SpendSeries("b", 1.0, [])]
-    geo = budget_page.chart_geometry(series)
+    series = [budget_chart.SpendSeries("a", 3.0, [(t0, 1.0), (t0 + dt.timedelta(days=1), 2.0)]),
+              budget_chart.SpendSeries("b", 1.0, [])]
+    geo = budget_chart.chart_geometry(series)
     pts = [tuple(map(float, p.split(","))) for p in geo["lines"][0]["points"].split()]
     assert [p[1] for p in pts] == sorted((p[1] for p in pts), reverse=True)  # SVG y grows downwards
     assert all(geo["left"] <= x <= geo["right"] and geo["top"] <= y <= geo["bottom"] for x, y in pts)

@@ -11,7 +11,7 @@ import pytest
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
 from airflow_privacy.core.errors import BudgetExceededError
-from airflow_privacy.plugins import budget_page
+from airflow_privacy.plugins import budget_chart
 
 
 def pure_cost(eps: float) -> PrivacyCost:
@@ -96,14 +96,14 @@ def test_dataset_page_shows_tree_refusals_cap_changes_and_forecast(client, tree)
 
 def test_chart_draws_the_cap_as_it_was():
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    series = budget_page.SpendSeries("a", 1.0, [(t0 + dt.timedelta(days=1), 0.5)],
+    series = budget_chart.SpendSeries("a", 1.0, [(t0 + dt.timedelta(days=1), 0.5)],
                                      caps=[(t0, 2.0), (t0 + dt.timedelta(days=2), 1.0)])
-    geo = budget_page.chart_geometry([series])
+    geo = budget_chart.chart_geometry([series])
     pts = [tuple(map(float, p.split(","))) for p in geo["lines"][0]["cap_points"].split()]
     ys = [y for _, y in pts]
     # flat at 2 until the change, a step down to 1, flat to the end; y grows downwards
     assert len(pts) == 4 and ys[0] == ys[1] < ys[2] == ys[3]
     assert pts[1][0] == pts[2][0] > pts[0][0] and pts[3][0] > pts[2][0]
     assert ys[0] == pytest.approx(geo["lines"][0]["cap_y"] - (ys[2] - ys[0]))  # 2 is twice as high as 1
-    flat = budget_page.chart_geometry([budget_page.SpendSeries("a", 1.0, [(t0, 0.5)])])
+    flat = budget_chart.chart_geometry([budget_chart.SpendSeries("a", 1.0, [(t0, 0.5)])])
     assert flat["lines"][0]["cap_points"] == ""  # no recorded changes: the flat line at the current cap
