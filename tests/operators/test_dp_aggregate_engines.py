@@ -90,6 +90,6 @@ def test_schema_differing_between_partitions_fails_without_charge_or_retry(airfl
 
 
 def test_unknown_engine_fails_at_parse_time():
-    with pytest.raises(InvalidParameterError, match="engine.*'spark'.*expected one of"):
+    with pytest.raises(InvalidParameterError, match="engine.*'polars'.*expected one of"):
         DPAggregateOperator(task_id="t", source="/tmp/s.parquet", destination="/tmp/d.parquet", dataset="p", epsilon=1,
-                            metrics={"n": "count"}, engine="spark")
+                            metrics={"n": "count"}, engine="polars")

@@ -155,8 +155,8 @@ def test_engine_choice_and_unknown_engine(tmp_path):
     assert choose_engine(pd.DataFrame({"a": [1]}), None) == "pandas"
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "a.parquet")
     assert choose_engine(str(tmp_path), None) == "pandas"  # a few bytes: under PANDAS_MAX_BYTES
-    with pytest.raises(InvalidParameterError, match="engine.*'spark'.*expected one of"):
-        choose_engine(str(tmp_path), "spark")
+    with pytest.raises(InvalidParameterError, match="engine.*'polars'.*expected one of"):
+        choose_engine(str(tmp_path), "polars")
     with pytest.raises(InvalidParameterError, match="engine.*DataFrame runs on engine='pandas'"):
         choose_engine(pd.DataFrame({"a": [1]}), "duckdb")
 
@@ -198,3 +198,47 @@ def test_dp_aggregate_unreadable_dataset_is_never_charged(tmp_path):
         dp_aggregate(str(tmp_path), engine="duckdb", epsilon=1, metrics={"m": ("median", "x")},
                      bounds={"x": (0, 1)}, on_cost=charged.append)
     assert charged == []
+
+
+@pytest.fixture(scope="module")
+def local_spark():
+    pytest.importorskip("pyspark")
+    import os
+
+    os.environ.setdefault("AIRFLOW_PRIVACY_SPARK_MASTER", "local[2]")
+    spark = load_engine("spark").session()
+    yield spark
+    spark.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("by", "unit", "l0", "linf"), [(("g",), "u", 2, 3), (("g", "h"), None, 1, 1)])
+def test_spark_equals_pandas_and_duckdb(local_spark, tmp_path, by, unit, l0, linf):
+    df = _data(5000)
+    source = _write(df, tmp_path)
+    req = AggregateRequest(by=by, privacy_unit=unit, public_groups=None, l0=l0, linf=linf,
+                           private_selection=True, count_columns=("x",), sums=SUMS, key=ReleaseKey.fresh())
+    spark = load_engine("spark").aggregate(source, req, None)
+    _assert_same(pandas_engine.aggregate(df, req, None), spark, by)
+    _assert_same(duckdb_engine.aggregate(source, req, None), spark, by)
+
+
+@pytest.mark.slow
+def test_dp_aggregate_on_spark(local_spark, tmp_path):
+    from airflow_privacy.core.dp import dp_aggregate
+
+    df = _data(5000)
+    res = dp_aggregate(_write(df, tmp_path), engine="spark", epsilon=50, delta=1e-6, by=["g"], privacy_unit="u",
+                       metrics={"n": "count"}, max_groups_per_unit=8, max_rows_per_group=100, random_source=1)
+    exact = df.groupby("g").size()
+    out = res.table.set_index("g")["n"].sort_index()
+    assert list(out.index) == list(exact.index) and (abs(out - exact) < 200).all()
+
+
+def test_missing_privacy_unit_or_refused_nan_named_before_any_charge(tmp_path):
+    pd.DataFrame({"u": [1.0, None], "x": [1.0, np.nan]}).to_parquet(tmp_path / "a.parquet")
+    args = {"needed": {"u", "x"}, "value_cols": {"x"}, "kinds": {"x": ["sum"]}}
+    with pytest.raises(SchemaError, match="privacy_unit column 'u' has missing values"):
+        duckdb_engine.inspect(str(tmp_path), privacy_unit="u", missing_values="skip", **args)
+    with pytest.raises(SchemaError, match=r"missing_values='refuse'.*\{'x': 1\}"):
+        duckdb_engine.inspect(str(tmp_path), privacy_unit=None, missing_values="refuse", **args)

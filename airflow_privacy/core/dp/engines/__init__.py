@@ -29,10 +29,11 @@ import pandas as pd
 from airflow_privacy.core.dp.engines.keyed import ReleaseKey
 from airflow_privacy.core.errors import InvalidParameterError
 
-ENGINES = ("pandas", "duckdb")
+ENGINES = ("pandas", "duckdb", "spark")
 """Engines that run a release; ``engine=None`` picks one by :func:`choose_engine`."""
 PANDAS_MAX_BYTES = 256 << 20
-_EXTRAS = {"duckdb": ("duckdb", "pip install duckdb (a dependency of airflow-privacy)")}
+_EXTRAS = {"duckdb": ("duckdb", "pip install duckdb (a dependency of airflow-privacy)"),
+           "spark": ("pyspark", "pip install 'airflow-privacy[spark]' (and a Java 17 runtime)")}
 
 
 @dataclass(frozen=True)
@@ -133,3 +134,31 @@ def load_engine(name: str) -> ModuleType:
         except ImportError as exc:
             raise InvalidParameterError("engine", name, f"{package} is not installed: {how}") from exc
     return importlib.import_module(f"airflow_privacy.core.dp.engines.{name}_engine")
+
+
+def collect_table(table: pd.DataFrame, r: AggregateRequest, g: list[str]) -> BoundedAggregates:
+    """:class:`BoundedAggregates` from an engine's per-group result (group columns ``g``,
+    then ``rows``, ``units``, ``n_<column>``, ``s_<i>`` for the i-th sum query): public groups
+    in their order with zeros where no row fell, else the groups sorted by key."""
+    if r.public_groups is not None:
+        pub = r.public_groups.reset_index(drop=True)
+        keys = pub.copy()
+        keys.columns = g
+        table = keys.merge(table, on=g, how="left", sort=False)
+        groups = pub
+    elif g:
+        table = table.sort_values(g, kind="stable").reset_index(drop=True)
+        groups = table[g].copy()
+        groups.columns = list(r.by)
+    else:
+        groups = pd.DataFrame(index=[0])
+
+    def ints(col: str) -> np.ndarray:
+        if len(table) == 0:
+            return np.zeros(len(groups), dtype=np.int64)
+        return table[col].fillna(0).to_numpy().astype(np.int64)
+
+    return BoundedAggregates(groups=groups, rows=ints("rows"), units=ints("units"),
+                             values={c: ints("n_" + c) for c in r.count_columns},
+                             sums={q: ints(f"s_{i}") for i, q in enumerate(r.sums)})
+

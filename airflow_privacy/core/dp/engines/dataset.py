@@ -40,6 +40,16 @@ class ParquetDataset:
     def columns(self) -> list[str]:
         return list(self.schema.names) + [k for k in self.partition_keys if k not in self.schema.names]
 
+    def check_columns(self, needed: set[str], value_cols: set[str], kinds: dict[str, list[str]]) -> None:
+        """The columns a release names exist; its value columns are numeric."""
+        missing = sorted(c for c in needed if c not in self.columns)
+        if missing:
+            raise SchemaError(f"input lacks column(s) {missing}; it has {self.columns}")
+        for col in value_cols:
+            t = self.schema.field(col).type if col in self.schema.names else pa.string()
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+                raise SchemaError(f"column {col!r} must be numeric for {kinds[col]}, got {t}")
+
     def uris(self) -> list[str]:
         if self.protocol in ("file", "local"):
             return list(self.files)
@@ -109,6 +119,17 @@ def resolve(source: Any) -> ParquetDataset:
     relative = files[0][len(base):].strip("/").split("/")[:-1]
     keys = tuple(part.split("=", 1)[0] for part in relative if "=" in part)
     return ParquetDataset(protocol, fs, tuple(files), base, first[1], rows, keys, tuple(offsets))
+
+
+def refuse_missing(bad: dict[str, int], privacy_unit: str | None) -> None:
+    """Raise for the missing-value counts an engine found (``"privacy_unit"``: the unit column;
+    else value columns under ``missing_values="refuse"``); nothing has been charged yet."""
+    if bad.pop("privacy_unit", 0):
+        raise SchemaError(f"privacy_unit column {privacy_unit!r} has missing values; every row must belong to "
+                          "a known unit -- fill or drop those rows before the release")
+    if bad:
+        raise SchemaError(f"missing_values='refuse' but value column(s) hold NaN/NULL (count per column: {bad}); "
+                          "nothing was charged -- fill or drop them, or use missing_values='skip'")
 
 
 def _fields(schema: pa.Schema) -> str:

@@ -25,12 +25,15 @@ import tempfile
 from typing import Any
 
 import duckdb
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from airflow_privacy.core.dp.engines import AggregateRequest, BoundedAggregates, SumQuery
-from airflow_privacy.core.dp.engines.dataset import ParquetDataset, resolve
+from airflow_privacy.core.dp.engines import (
+    AggregateRequest,
+    BoundedAggregates,
+    SumQuery,
+    collect_table,
+)
+from airflow_privacy.core.dp.engines.dataset import ParquetDataset, refuse_missing, resolve
 from airflow_privacy.core.dp.engines.keyed import GROUPS, ROWS, ReleaseKey, keyed_round, keyed_words
 from airflow_privacy.core.dp.noise import RandomSource
 from airflow_privacy.core.errors import SchemaError
@@ -54,13 +57,7 @@ def inspect(source: Any, *, needed: set[str], value_cols: set[str], privacy_unit
     read); return the value columns known NaN-free (``missing_values="refuse"``: Parquet
     integer columns may still hold NULL, so their type alone does not say)."""
     ds = resolve(source)
-    missing = sorted(c for c in needed if c not in ds.columns)
-    if missing:
-        raise SchemaError(f"input lacks column(s) {missing}; it has {ds.columns}")
-    for col in value_cols:
-        t = ds.schema.field(col).type if col in ds.schema.names else pa.string()
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
-            raise SchemaError(f"column {col!r} must be numeric for {kinds[col]}, got {t}")
+    ds.check_columns(needed, value_cols, kinds)
     checks = []
     if privacy_unit is not None:
         checks.append((f"count(*) FILTER (WHERE {_q(privacy_unit)} IS NULL)", "privacy_unit"))
@@ -70,12 +67,7 @@ def inspect(source: Any, *, needed: set[str], value_cols: set[str], privacy_unit
         with _connect() as con:
             counts = con.execute(f"SELECT {', '.join(c for c, _ in checks)} FROM {_scan(ds)}").fetchone()
         bad = {name: int(n) for (_, name), n in zip(checks, counts, strict=True) if n}
-        if bad.pop("privacy_unit", 0):
-            raise SchemaError(f"privacy_unit column {privacy_unit!r} has missing values; every row must belong to "
-                              "a known unit -- fill or drop those rows before the release")
-        if bad:
-            raise SchemaError(f"missing_values='refuse' but value column(s) hold NaN/NULL (count per column: {bad}); "
-                              "nothing was charged -- fill or drop them, or use missing_values='skip'")
+        refuse_missing(bad, privacy_unit)
     return set(value_cols) if missing_values == "refuse" else set()
 
 
@@ -173,29 +165,4 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             table = con.execute(sql).df()
         except duckdb.Error as exc:
             raise SchemaError(f"engine='duckdb' could not aggregate source {source!r}: {exc} -- nothing was charged") from exc
-    return _collect(table, r, g)
-
-
-def _collect(table: pd.DataFrame, r: AggregateRequest, g: list[str]) -> BoundedAggregates:
-    if r.public_groups is not None:
-        pub = r.public_groups.reset_index(drop=True)
-        keys = pub.copy()
-        keys.columns = g
-        table = keys.merge(table, on=g, how="left", sort=False)
-        groups = pub
-    elif g:
-        table = table.sort_values(g, kind="stable").reset_index(drop=True)
-        groups = table[g].copy()
-        groups.columns = list(r.by)
-    else:
-        groups = pd.DataFrame(index=[0])
-
-    def ints(col: str) -> np.ndarray:
-        if len(table) == 0:
-            return np.zeros(len(groups), dtype=np.int64)
-        return table[col].fillna(0).to_numpy().astype(np.int64)
-
-    return BoundedAggregates(groups=groups, rows=ints("rows"), units=ints("units"),
-                             values={c: ints("n_" + c) for c in r.count_columns},
-                             sums={q: ints(f"s_{i}") for i, q in enumerate(r.sums)})
-
+    return collect_table(table, r, g)
