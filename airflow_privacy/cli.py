@@ -149,7 +149,7 @@ def _history_line(r: dict) -> dict:
             what += f" parent {r['old_parent'] or '-'}->{r['new_parent'] or '-'}"
         return {"at": r["at"], "kind": r["kind"], "logical_date": None, "release_id": None, "epsilon": None,
                 "spent_epsilon": None, "detail": f"{what} by {r['changed_by'] or 'unknown'}: {r['reason']}"}
-    detail = r.get("output") if r["kind"] == "charge" else r["reason"]
+    detail = f"{r['status']} {r['output'] or '-'}" if r["kind"] == "charge" else r["reason"]
     return {"at": r["at"], "kind": r["kind"], "logical_date": r["logical_date"], "release_id": r["release_id"],
             "epsilon": r["epsilon"], "spent_epsilon": r.get("spent_epsilon"), "detail": detail}
 

@@ -14,6 +14,7 @@ import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
+from airflow_privacy.core.errors import BudgetExceededError
 
 EXE = str(Path(sys.executable).parent / "airflow-privacy")
 
@@ -128,7 +129,7 @@ def test_set_parent_refuses_a_cycle_and_a_missing_parent_and_detaches(url):
 def test_history_lists_charges_cap_changes_and_refusals_in_order(url, tree):
     ledger, today = tree
     assert _cli("budget", "set", "site_a", "--epsilon", "0.7", "--reason", "tighter", "--url", url).returncode == 0
-    with pytest.raises(Exception, match="site_a"):
+    with pytest.raises(BudgetExceededError, match="site_a"):
         ledger.charge("site_a", release_id="fed/r3/site_a", cost=_pure(0.2), dag_id="fed", run_id="r3",
                       task_id="site_a", logical_date=today)
     rows = json.loads(_cli("budget", "history", "site_a", "--url", url, "--json").stdout)

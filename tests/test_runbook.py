@@ -228,17 +228,19 @@ def _rest_trigger(out: str, demo: Demo) -> None:
 def _budget_table(out: str, demo: Demo) -> None:
     lines = out.strip().splitlines()
     header = lines[0].split()
-    assert header[:4] == ["dataset", "cap_epsilon", "cap_delta", "spent_epsilon"]
+    assert header[:5] == ["dataset", "own_eps", "worst_eps", "cap_eps", "cap_delta"]
     shown = {cols[0]: dict(zip(header, cols, strict=True)) for cols in (line.split() for line in lines[1:])}
     ledger = {s.dataset: s for s in demo.ledger.datasets()}
     assert set(shown) == set(ledger) == {"patients", "patients_site_a", "patients_site_b", "patients_site_c"}
+    assert [line.startswith("  patients_site_") for line in lines[1:]] == [False, True, True, True]  # the tree
     for name, status in ledger.items():
-        assert float(shown[name]["spent_epsilon"]) == pytest.approx(status.spent_epsilon, rel=5e-4)  # 4 digits
+        assert float(shown[name]["worst_eps"]) == pytest.approx(status.spent_epsilon, rel=5e-4)  # 4 digits
         assert int(shown[name]["releases"]) == status.releases
 
 
 def _budget_json(out: str, demo: Demo) -> None:
-    (shown,) = _json(out)
+    shown, *partitions = _json(out)  # patients, then its partitions
+    assert [p["dataset"] for p in partitions] == ["patients_site_a", "patients_site_b", "patients_site_c"]
     status = demo.ledger.status("patients")
     assert shown["dataset"] == "patients" and shown["cap_epsilon"] == 12.0 and shown["cap_delta"] == 1e-5
     assert shown["spent_epsilon"] == pytest.approx(status.spent_epsilon)
@@ -255,9 +257,9 @@ def _budget_history(out: str, demo: Demo) -> None:
     assert dp_release.release_id.startswith("dp_daily_statistics/")
     assert dp_release.release_id.endswith("/visit_statistics/-1")
     assert secure_sum.release_id.startswith("cross_site_totals/")
-    rows = out.strip().splitlines()[1:]
-    assert [r.split()[2] for r in rows] == [dp_release.release_id, secure_sum.release_id]
-    assert out.split()[:3] == ["created_at", "logical_date", "release_id"]
+    rows = [r for r in out.strip().splitlines()[1:] if r.split()[1] == "charge"]
+    assert [r.split()[3] for r in rows] == [dp_release.release_id, secure_sum.release_id]
+    assert out.split()[:4] == ["at", "kind", "logical_date", "release_id"]
     assert f"date={DAY}.parquet" in rows[0] and "released" in rows[0]
 
 
