@@ -65,3 +65,18 @@ def test_an_active_dag_spends_at_its_timetables_dates_a_paused_one_never(tmp_pat
     assert when is not None and now <= when <= now + dt.timedelta(hours=12)
     _pause(scheduled_dag, True)
     assert forecast(ledger, now=now) == {"clinic": None}
+
+
+def test_a_long_timetable_is_extrapolated_from_its_first_runs(tmp_path, scheduled_dag, monkeypatch):
+    from airflow_privacy.plugins import budget_forecast
+
+    ledger = PrivacyLedger(f"sqlite:///{tmp_path}/l.db")
+    ledger.set_budget("clinic", epsilon=2.0, accountant="basic")
+    cost = PrivacyCost(0.25, 0.0, [{"kind": "pure", "epsilon": 0.25}])
+    ledger.charge("clinic", release_id="r0", cost=cost, dag_id=scheduled_dag, run_id="r0", task_id="t")
+    now = dt.datetime(2026, 3, 1, 1, 0, tzinfo=dt.timezone.utc)
+    _pause(scheduled_dag, False)
+    read = forecast(ledger, now=now)["clinic"]  # 1.75 left: the 7th run, read from the timetable
+    monkeypatch.setattr(budget_forecast, "TIMETABLE_RUNS", 2)
+    assert forecast(ledger, now=now)["clinic"] == read  # runs 3..7 repeat the spacing of runs 1-2
+    assert now + dt.timedelta(hours=36) <= read <= now + dt.timedelta(hours=42)

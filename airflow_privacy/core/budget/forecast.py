@@ -137,9 +137,10 @@ def exhaustion_dates(parents: Mapping[str, str | None], remaining: Mapping[str, 
     own = dict.fromkeys(parents, 0.0)
     grown = dict.fromkeys(parents, 0.0)  # projected increase of each node's worst case
     end = now + horizon
+    pending = sum(v is None for v in out.values())
     runs = heapq.merge(*(zip(s.next_runs, itertools.repeat(i)) for i, s in enumerate(spenders)))
     for count, (when, i) in enumerate(runs):
-        if when > end or count >= _MAX_RUNS or all(v is not None for v in out.values()):
+        if when > end or count >= _MAX_RUNS or pending == 0:
             break
         if when < now:
             continue
@@ -149,6 +150,7 @@ def exhaustion_dates(parents: Mapping[str, str | None], remaining: Mapping[str, 
             grown[name] = own[name] + max((grown[c] for c in children[name]), default=0.0)
             if out[name] is None and grown[name] >= remaining[name] - _SUM_SLACK:
                 out[name] = when
+                pending -= 1
     return out
 
 
