@@ -39,9 +39,16 @@ datasets_table = sa.Table(
     sa.Column("parent", sa.String(200)),  # schema v4: this population is a partition of `parent`
     sa.Column("own_epsilon", sa.Float),  # schema v4: the composition of this dataset's own events
     sa.Column("alert_share", sa.Float),  # schema v4: notify when spent passes this share of the cap
-    # schema v5: the composition of this dataset's own events (composed.ComposedState.to_bytes),
-    # updated with each charge so that no charge recomposes the history; NULL: build from events
-    sa.Column("composed", sa.LargeBinary),
+)
+# schema v5: the composition of each dataset's charges up to id `through`
+# (composed.ComposedState.to_bytes; spend.state_of), so that no charge recomposes the history;
+# no row: build from the events. A table of its own: the state can be megabytes, and SQLite
+# rewrites a whole row on update.
+composed_table = sa.Table(
+    "privacy_composed", metadata,
+    sa.Column("dataset", sa.String(200), sa.ForeignKey("privacy_datasets.name"), primary_key=True),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("through", sa.Integer, nullable=False),
 )
 charges_table = sa.Table(
     "privacy_charges", metadata,
@@ -153,13 +160,15 @@ def _v5(conn: sa.Connection) -> None:
     """v5: each dataset's composed state, recomposed once from its events (:mod:`.composed`)."""
     from airflow_privacy.core.budget.composed import ComposedState
 
-    _add_columns(conn, "privacy_datasets", {"composed": "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"})
+    composed_table.create(conn, checkfirst=True)
     rows = conn.execute(sa.select(datasets_table.c.name, datasets_table.c.accountant)).all()
     for name, accountant in rows:
-        texts = conn.execute(sa.select(charges_table.c.events).where(charges_table.c.dataset == name)
-                             .order_by(charges_table.c.id)).scalars()
-        state = ComposedState(accountant).add([ev for text in texts for ev in json.loads(text)])
-        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(composed=state.to_bytes()))
+        rows = conn.execute(sa.select(charges_table.c.id, charges_table.c.events)
+                            .where(charges_table.c.dataset == name).order_by(charges_table.c.id)).all()
+        if rows:
+            state = ComposedState(accountant).add([ev for r in rows for ev in json.loads(r.events)])
+            conn.execute(composed_table.delete().where(composed_table.c.dataset == name))
+            conn.execute(composed_table.insert().values(dataset=name, state=state.to_bytes(), through=rows[-1].id))
 
 
 # v1 creates the tables from the current definitions; later steps bring tables created by an

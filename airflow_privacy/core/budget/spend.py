@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from airflow_privacy.core.budget.composed import ComposedState
 from airflow_privacy.core.budget.populations import Forest, Node, within
 from airflow_privacy.core.budget.records import DEFAULT_ALERT_SHARE, BudgetStatus
-from airflow_privacy.core.budget.schema import alerts_table, charges_table, datasets_table, utcnow
+from airflow_privacy.core.budget.schema import alerts_table, charges_table, composed_table, datasets_table, utcnow
 from airflow_privacy.core.dp.accounting import compose_epsilon
 from airflow_privacy.core.errors import BudgetExceededError
 
 TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
+CHECKPOINT = 32  # releases folded into a dataset's stored state at once (see state_of)
 
 
 def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: tuple | None = None,
@@ -31,9 +32,8 @@ def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: t
     store it; returns ``(dataset, message)`` for the first checked node over its cap (then
     nothing is stored), or raises :class:`BudgetExceededError` from a cap change."""
     names = list(dict.fromkeys(names))
-    states = {n: state_of(conn, n, forest.nodes[n].accountant) for n in {m for name in names for m in forest.subtree(name)}}
-    changed = {n for n, (_, rebuilt) in states.items() if rebuilt}
-    states = {n: state for n, (state, _) in states.items()}
+    states = {n: state_of(conn, n, forest.nodes[n].accountant, extra[1] if extra is not None and extra[0] == n else [])
+              for n in {m for name in names for m in forest.subtree(name)}}
     loaded: dict[str, list[dict[str, Any]]] = {}
 
     def events(name: str) -> list[dict[str, Any]]:  # only for paths holding zCDP-type events
@@ -41,9 +41,6 @@ def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: t
             loaded[name] = events_of(conn, name) + (extra[1] if extra is not None and extra[0] == name else [])
         return loaded[name]
 
-    if extra is not None:
-        states[extra[0]] = states[extra[0]].add(extra[1])
-        changed.add(extra[0])
     worst = {name: forest.worst_case_of_states(name, states, events) for name in names}
     for name in (names if check == "all" else check):
         node, (eps, outright) = forest.nodes[name], worst[name]
@@ -69,13 +66,8 @@ def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: t
         own = (worst[name][0] if not forest.children[name]
                else compose_epsilon(events(name), delta, accountant) if states[name].fallback
                else states[name].epsilon(delta))
-        values = dict(spent_epsilon=worst[name][0], spent_delta=worst[name][1], own_epsilon=own, updated_at=utcnow())
-        if name in changed:
-            values["composed"] = states[name].to_bytes()
-        conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(**values))
-    for name in changed.difference(names):  # rebuilt below the refreshed nodes
         conn.execute(datasets_table.update().where(datasets_table.c.name == name).values(
-            composed=states[name].to_bytes()))
+            spent_epsilon=worst[name][0], spent_delta=worst[name][1], own_epsilon=own, updated_at=utcnow()))
     return None
 
 def exceeded(node: Node, name: str) -> str:
@@ -106,19 +98,44 @@ def read_forest(conn: sa.Connection) -> Forest:
     return Forest(Node(r.name, r.parent, r.cap_epsilon, r.cap_delta, r.accountant) for r in rows)
 
 def dataset_row(conn: sa.Connection, dataset: str):
-    """A dataset's row without its composed state (the figures; the state can be megabytes)."""
-    columns = [c for c in datasets_table.c if c.name != "composed"]
-    return conn.execute(sa.select(*columns).where(datasets_table.c.name == dataset)).first()
+    return conn.execute(sa.select(datasets_table).where(datasets_table.c.name == dataset)).first()
 
 
-def state_of(conn: sa.Connection, dataset: str, accountant: str) -> tuple[ComposedState, bool]:
-    """The stored composition of ``dataset``'s own events, and whether it had to be rebuilt
-    from them (none stored, or stored for another accountant before a cap change)."""
-    blob = conn.execute(sa.select(datasets_table.c.composed).where(datasets_table.c.name == dataset)).scalar()
-    state = ComposedState.from_bytes(blob) if blob is not None else None
-    if state is not None and state.accountant == accountant:
-        return state, False
-    return ComposedState(accountant).add(events_of(conn, dataset)), True
+def state_of(conn: sa.Connection, dataset: str, accountant: str, extra: list[dict[str, Any]]) -> ComposedState:
+    """The composition of ``dataset``'s own events followed by ``extra``.
+
+    The ledger stores a checkpoint: the composition of the dataset's charges up to the
+    charge id ``through``. The releases charged since (fewer than :data:`CHECKPOINT`) and
+    ``extra`` are composed among themselves (small PLDs) and then with the checkpoint in one
+    convolution. When :data:`CHECKPOINT` releases are pending, they are folded into the
+    checkpoint and it is stored, in the charge's transaction -- so a charge writes the
+    (megabytes of) state once in :data:`CHECKPOINT` charges. Without a checkpoint, or with one
+    of another accountant (a cap change), the state is rebuilt from every event. Charges of a
+    tree are serialised under its lock until commit, so no charge below ``through`` can
+    appear later.
+    """
+    row = conn.execute(sa.select(composed_table.c.state, composed_table.c.through)
+                       .where(composed_table.c.dataset == dataset)).first()
+    stored = ComposedState.from_bytes(row.state) if row is not None else None
+    through = row.through if stored is not None and stored.accountant == accountant else 0
+    if not through:
+        stored = ComposedState(accountant)
+    pending = conn.execute(sa.select(charges_table.c.id, charges_table.c.events).where(
+        (charges_table.c.dataset == dataset) & (charges_table.c.id > through)).order_by(charges_table.c.id)).all()
+    events = [ev for r in pending for ev in json.loads(r.events)]
+    if len(pending) >= CHECKPOINT or (pending and row is not None and not through):
+        stored = stored.add(events)
+        store_state(conn, dataset, stored, pending[-1].id)
+        events = []
+    return stored.compose(ComposedState(accountant).add(events + list(extra)))
+
+
+def store_state(conn: sa.Connection, dataset: str, state: ComposedState, through: int) -> None:
+    """Store ``state`` as the composition of ``dataset``'s charges up to id ``through``."""
+    values = dict(state=state.to_bytes(), through=through)
+    if conn.execute(composed_table.update().where(composed_table.c.dataset == dataset).values(**values)).rowcount == 0:
+        conn.execute(composed_table.insert().values(dataset=dataset, **values))
+
 
 def status_of(row) -> BudgetStatus:
     return BudgetStatus(
