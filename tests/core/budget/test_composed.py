@@ -112,3 +112,24 @@ def test_ledger_spend_from_stored_states_verifies_against_recomposition(tmp_path
     led.set_budget("site_a", epsilon=50.0, delta=1e-8, reason="tighter delta", changed_by="dpo")
     (row,) = [v for v in led.verify() if v[0] == "site_a"]
     assert row[1] == pytest.approx(row[2], abs=1e-9)
+
+
+def test_budget_verify_cli_compares_stored_with_recomposed_and_fails_on_a_mismatch(tmp_path, capsys):
+    import json
+
+    from airflow_privacy.cli import main
+    from airflow_privacy.core.budget.schema import datasets_table
+
+    url = f"sqlite:///{tmp_path}/v.db"
+    led = PrivacyLedger(url)
+    led.set_budget("patients", epsilon=50.0, delta=1e-6, changed_by="dpo")
+    for i, release in enumerate(_history(4, 5, "laplace+gaussian")):
+        led.charge("patients", release_id=f"r{i}", cost=PrivacyCost(0, 0, release))
+    assert main(["budget", "verify", "--url", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["ok"] and row["stored_epsilon"] == pytest.approx(row["recomposed_epsilon"], abs=1e-9)
+    with led.engine.begin() as conn:  # a tampered figure is reported
+        conn.execute(datasets_table.update().values(spent_epsilon=row["stored_epsilon"] + 0.01))
+    assert main(["budget", "verify", "--url", url, "--json"]) == 1
+    (row,) = json.loads(capsys.readouterr().out)
+    assert not row["ok"]
