@@ -104,6 +104,8 @@ def _budget_set(args) -> int:
         raise InvalidParameterError(
             "--delta", args.delta, f"expected at most {MAX_CAP_DELTA:g}: δ must stay well below "
             "1/(number of people in the dataset); typical caps are 1e-5 to 1e-9")
+    if args.alert_share is not None and not 0 < args.alert_share <= 1:  # NaN too
+        raise InvalidParameterError("--alert-share", args.alert_share, "expected a share of the cap in (0, 1]")
     ledger = _ledger(args)
     extra = {}
     if args.no_parent:

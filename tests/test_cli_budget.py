@@ -93,6 +93,9 @@ def test_set_needs_a_reason_to_change_and_records_who(url):
     assert _cli("budget", "set", "patients", "--epsilon", "5", "--delta", "1e-6", "--url", url).returncode == 0
     _one_line_error(_cli("budget", "set", "patients", "--epsilon", "6", "--url", url), "--reason", "patients")
     _one_line_error(_cli("budget", "set", "patients", "--epsilon", "6", "--reason", "  ", "--url", url), "--reason")
+    for share in ("0", "1.5", "nan"):
+        _one_line_error(_cli("budget", "set", "patients", "--epsilon", "6", "--reason", "r", "--alert-share", share,
+                             "--url", url), "--alert-share", "(0, 1]")
     assert PrivacyLedger(url).status("patients").cap_epsilon == 5.0  # nothing changed
     out = _cli("budget", "set", "patients", "--epsilon", "6", "--reason", "DPO approved Q3", "--alert-share", "0.5",
                "--url", url, "--json")
