@@ -75,7 +75,7 @@ def main() -> None:
     url = args.url or f"sqlite:///{tempfile.mkdtemp()}/ledger_latency.db"
     print(f"ledger {url.split(':')[0]}; p50 of {args.timed} charges after n releases "
           "(Laplace + Gaussian, parameters varying)")
-    state_path(url, 0, 3, releases)  # warm-up: imports, the ledger's first open, PLD caches
+    state_path(url, 1, 3, releases)  # warm-up: imports, the ledger's first open, PLD caches
     print(f"{'n':>7} {'stored state p50':>18} {'recompose (pre-v5)':>20}")
     for n in sizes:
         p50 = state_path(url, n, args.timed, releases)
