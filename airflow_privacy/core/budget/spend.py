@@ -28,7 +28,7 @@ CHECKPOINT = 32  # releases folded into a dataset's stored state at once (see st
 
 def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: tuple | None = None,
              needs: tuple[float, float] | None = None) -> tuple[str, str] | None:
-    """Recompose the worst case of ``names`` (with ``extra = (dataset, events)`` added) and
+    """Compose the worst case of ``names`` from the stored states (with ``extra = (dataset, events)`` added) and
     store it; returns ``(dataset, message)`` for the first checked node over its cap (then
     nothing is stored), or raises :class:`BudgetExceededError` from a cap change."""
     names = list(dict.fromkeys(names))
