@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _make_n(*args: str, env: dict | None = None) -> str:
-    out = subprocess.run(["make", "-n", "airflow", *args], cwd=REPO, capture_output=True, text=True, check=True,
+    # --no-print-directory: under `make test` (MAKELEVEL >= 1) make would end with "Leaving directory"
+    out = subprocess.run(["make", "--no-print-directory", "-n", "airflow", *args], cwd=REPO, capture_output=True, text=True, check=True,
                          env=env or os.environ.copy())
     return out.stdout.strip().splitlines()[-1]
 
