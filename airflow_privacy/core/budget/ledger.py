@@ -106,6 +106,16 @@ def _check_name(dataset: str, name: str = "dataset") -> str:
     return dataset
 
 
+def _with_ancestors(rows: dict[str, Any], dataset: str) -> BudgetStatus:
+    """``dataset``'s status with those of the populations it is a partition of, nearest first."""
+    chain, seen = [dataset], {dataset}
+    while rows[chain[-1]].parent in rows and rows[chain[-1]].parent not in seen:
+        chain.append(rows[chain[-1]].parent)
+        seen.add(chain[-1])
+    statuses = [status_of(rows[name]) for name in chain]
+    return BudgetStatus(**{**statuses[0].__dict__, "ancestors": tuple(statuses[1:])})
+
+
 class PrivacyLedger:
     """Persistent, atomic, idempotent privacy budget per dataset and population tree.
 
@@ -408,21 +418,19 @@ class PrivacyLedger:
     # -- reading ----------------------------------------------------------------------------
     def status(self, dataset: str) -> BudgetStatus:
         """Cap, spend and remaining ε of ``dataset``, with its ancestors' (``KeyError`` if none)."""
-        with self.engine.connect() as conn:
-            rows = {r.name: r for r in conn.execute(sa.select(datasets_table)).all()}
+        rows = self._dataset_rows()
         if dataset not in rows:
             raise KeyError(f"dataset {dataset!r} has no privacy budget")
-        chain, seen = [dataset], {dataset}
-        while rows[chain[-1]].parent in rows and rows[chain[-1]].parent not in seen:
-            chain.append(rows[chain[-1]].parent)
-            seen.add(chain[-1])
-        statuses = [status_of(rows[name]) for name in chain]
-        return BudgetStatus(**{**statuses[0].__dict__, "ancestors": tuple(statuses[1:])})
+        return _with_ancestors(rows, dataset)
 
     def datasets(self) -> list[BudgetStatus]:
+        """Every dataset's status, by name -- from one read of the datasets table."""
+        rows = self._dataset_rows()
+        return [_with_ancestors(rows, name) for name in sorted(rows)]
+
+    def _dataset_rows(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            names = conn.execute(sa.select(datasets_table.c.name).order_by(datasets_table.c.name)).scalars().all()
-        return [self.status(n) for n in names]
+            return {r.name: r for r in conn.execute(sa.select(datasets_table)).all()}
 
     def history(self, dataset: str) -> list[Charge]:
         """The charges of ``dataset``, oldest first."""
