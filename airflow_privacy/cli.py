@@ -22,10 +22,6 @@ DESCRIPTION = (
     "Runbook commands for the people who operate airflow-privacy pipelines: privacy budgets "
     "(budget) and key rings (keys). Tables by default, JSON with --json."
 )
-MAX_CAP_DELTA = 1e-3
-"""Largest δ a cap may have. (0, δ)-DP allows publishing each person's record outright with
-probability δ, so δ must stay well below 1/n for n people (Dwork & Roth 2014, §2.3): a cap
-above 1e-3 is no guarantee for any dataset of 1,000 people or more."""
 
 
 def _cell(value) -> str:
@@ -72,13 +68,35 @@ def _ledger(args):
     return PrivacyBudgetHook(args.conn_id).get_ledger()
 
 
+AIRFLOW_SETUP = ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+
+
+def _airflow_is_set_up(args) -> bool:
+    """Whether ``budget show`` looks the DAGs' schedules up in Airflow's metadata DB.
+
+    Without ``--url`` the ledger comes from an Airflow connection: Airflow is in use anyway.
+    With ``--url``, only on a machine with Airflow set up (one of :data:`AIRFLOW_SETUP` in the
+    environment, or ``~/airflow/airflow.cfg``): importing Airflow costs seconds and, where it
+    was never set up, writes a default ``~/airflow``. Otherwise the forecast assumes each DAG
+    keeps the cadence of its logical dates, and says so on stderr.
+    """
+    if not args.url or any(os.environ.get(name) for name in AIRFLOW_SETUP):
+        return True
+    if os.path.isfile(os.path.join(os.path.expanduser("~"), "airflow", "airflow.cfg")):
+        return True
+    print(f"note: no Airflow set up here (none of {', '.join(AIRFLOW_SETUP)} set, no ~/airflow/airflow.cfg): "
+          "DAG schedules unknown, cap_reached assumes each DAG keeps the cadence of its logical dates",
+          file=sys.stderr)
+    return False
+
+
 def _budget_show(args) -> int:
     from airflow_privacy.plugins.budget_tree import BudgetTree
 
     ledger = _ledger(args)
     if args.dataset is not None:
         ledger.status(args.dataset)  # KeyError: no such dataset
-    tree = BudgetTree(ledger)
+    tree = BudgetTree(ledger, schedules=_airflow_is_set_up(args))
     rows = [tree.summary(name, depth) for name, depth in tree.ordered(args.dataset)]
     if not rows:
         _print("no datasets have a privacy budget yet", args.json)
@@ -95,6 +113,7 @@ def _budget_show(args) -> int:
 def _budget_set(args) -> int:
     import getpass
 
+    from airflow_privacy.core.budget.ledger import MAX_CAP_DELTA
     from airflow_privacy.core.dp.calibration import check_delta
     from airflow_privacy.core.errors import InvalidParameterError
 
@@ -185,8 +204,8 @@ def _add_budget(sub) -> None:
                          "when and why)")
     st.add_argument("dataset")
     st.add_argument("--epsilon", type=float, required=True, help="the ε cap (> 0)")
-    st.add_argument("--delta", type=float, help=f"the δ cap, 0 to {MAX_CAP_DELTA:g} (default: keep the "
-                    "current one; 0 for a new dataset)")
+    st.add_argument("--delta", type=float, help="the δ cap, from 0 to the ledger's limit (MAX_CAP_DELTA: δ must "
+                    "stay well below 1/n for n people) (default: keep the current one; 0 for a new dataset)")
     st.add_argument("--accountant", choices=["pld", "rdp", "basic"],
                     help="how releases compose (default: keep the current one; the parent's or pld for a new "
                     "dataset)")

@@ -8,7 +8,9 @@ assumptions). Here, for every ``dag_id`` found on a dataset's charges:
   (``SerializedDAG.iter_dagrun_infos_between``, the scheduler's own arithmetic);
 * a DAG the metadata DB does not know (no DB configured, a ledger shared with another
   deployment, a charge from a notebook) is assumed to keep the cadence of its logical dates
-  in the ledger (:func:`~airflow_privacy.core.budget.forecast.cadence`);
+  in the ledger (:func:`~airflow_privacy.core.budget.forecast.cadence`); so is every DAG when
+  the caller says schedules are unknown (``schedules=False``: Airflow is not even imported --
+  ``budget show --url`` on a machine without Airflow set up);
 * its ε per run is the largest increase of the dataset's own ε over its last runs
   (:func:`~airflow_privacy.core.budget.forecast.epsilon_per_run`).
 
@@ -37,10 +39,13 @@ log = logging.getLogger(__name__)
 
 
 def forecast(ledger: PrivacyLedger, *, now: dt.datetime | None = None,
-             histories: dict[str, list[Charge]] | None = None) -> dict[str, dt.datetime | None]:
+             histories: dict[str, list[Charge]] | None = None,
+             schedules: bool = True) -> dict[str, dt.datetime | None]:
     """Projected date each dataset's cap is reached (``None``: never), keyed by dataset.
 
     :param histories: the datasets' charges if the caller has read them already.
+    :param schedules: look the DAGs' timetables up in Airflow's metadata DB; ``False``: do not
+        import Airflow, every DAG keeps the cadence of its logical dates.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     statuses = ledger.datasets()
@@ -53,7 +58,7 @@ def forecast(ledger: PrivacyLedger, *, now: dt.datetime | None = None,
         history = histories[s.dataset]
         for dag_id in dict.fromkeys(c.dag_id for c in history if c.dag_id is not None):
             if dag_id not in dags:
-                dags[dag_id] = _scheduled_dag(dag_id)
+                dags[dag_id] = _scheduled_dag(dag_id) if schedules else _UNKNOWN
             dag = dags[dag_id]
             if dag is _UNKNOWN:
                 runs = cadence((c.logical_date for h in histories.values() for c in h

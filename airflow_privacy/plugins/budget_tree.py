@@ -12,12 +12,16 @@ if TYPE_CHECKING:
 
 
 class BudgetTree:
-    """Every dataset's status, history, place in its population tree and forecast, read once."""
+    """Every dataset's status, history, place in its population tree and forecast, read once.
 
-    def __init__(self, ledger: PrivacyLedger) -> None:
+    :param schedules: forecast from the DAGs' timetables in Airflow's metadata DB (else from
+        the cadence of their logical dates, without importing Airflow).
+    """
+
+    def __init__(self, ledger: PrivacyLedger, *, schedules: bool = True) -> None:
         self.statuses = {s.dataset: s for s in ledger.datasets()}
         self.histories = {name: ledger.history(name) for name in self.statuses}
-        self.forecast = forecast(ledger, histories=self.histories)
+        self.forecast = forecast(ledger, histories=self.histories, schedules=schedules)
         self.children: dict[str | None, list[str]] = {}
         for s in self.statuses.values():
             self.children.setdefault(s.parent if s.parent in self.statuses else None, []).append(s.dataset)
