@@ -145,6 +145,7 @@ def test_tables_round_numbers_json_keeps_them(tmp_path):
         ["keys", "rotate"],
         ["keys", "inspect"],
         ["keys", "decrypt"],
+        ["keys", "rewrap"],
     ],
 )
 def test_help_shows_no_markup(args):
