@@ -7,17 +7,33 @@ Each raw batch is also archived encrypted (``archive/site=<site>/date=<ds>.parqu
 AES-256-GCM envelope under the ``privacy_keys_default`` key ring, bound to its site and date
 as associated data). Only paths, row counts and summary statistics travel through XCom --
 never rows, never keys.
+
+Each site also sends its batch to the central data holder, and the roles are split by key:
+``send_to_holder_<site>`` runs on the site's own queue and encrypts to the holder's *public*
+ring (connection ``privacy_recipient_holder``; HPKE, the site's id bound to the header as
+producer) -- the site can write the file (``to-holder/site=<site>/date=<ds>.parquet.enc``)
+but neither it nor any other site can read it back. ``holder_receives`` runs on the
+holder's queue (``queue="holder"``), the only worker whose ``privacy_keys_holder`` connection
+holds the private ring, and opens each file into the holder's own storage. In the embedded
+demo one process holds both connections; in the distributed deployment each site's worker
+holds only the public ring.
 """
 
 from __future__ import annotations
+
+import os
 
 import pendulum
 from airflow.sdk import Asset, dag, task
 
 from airflow_privacy.demo import SITES, demo_root
-from airflow_privacy.operators.crypto import EncryptOperator
+from airflow_privacy.operators.crypto import DecryptOperator, EncryptOperator
 
 RAW_BATCHES = Asset(f"{demo_root()}/raw/")
+HOLDER_PUBLIC_RING = "privacy_recipient_holder"  # on every site's worker: encrypts, never decrypts
+HOLDER_PRIVATE_RING = "privacy_keys_holder"  # on the holder's worker only
+# The holder's own storage (parsed again on the worker that runs the task: its AIRFLOW_HOME).
+HOLDER_STORAGE = f"file://{os.environ.get('AIRFLOW_HOME', '/tmp')}/site-private/holder"
 
 
 @dag(
@@ -65,6 +81,32 @@ def demo_patient_batches():
         ]
     )
     checked >> archive
+
+    sent = [
+        EncryptOperator(
+            task_id=f"send_to_holder_{site}",
+            queue=site,
+            source=f"{demo_root()}/raw/site={site}/date={{{{ ds }}}}.parquet",
+            destination=f"{demo_root()}/to-holder/site={site}/date={{{{ ds }}}}.parquet.enc",
+            associated_data=f"site={site}/date={{{{ ds }}}}",
+            recipient=HOLDER_PUBLIC_RING,
+            producer=site,
+        )
+        for site in SITES
+    ]
+    received = DecryptOperator.partial(
+        task_id="holder_receives", queue="holder", key_conn_id=HOLDER_PRIVATE_RING
+    ).expand_kwargs(
+        [
+            {
+                "source": f"{demo_root()}/to-holder/site={site}/date={{{{ ds }}}}.parquet.enc",
+                "destination": f"{HOLDER_STORAGE}/received/site={site}/date={{{{ ds }}}}.parquet",
+                "associated_data": f"site={site}/date={{{{ ds }}}}",
+            }
+            for site in SITES
+        ]
+    )
+    checked >> sent >> received
 
 
 demo_patient_batches()

@@ -40,6 +40,13 @@ for _site, _ring in SITE_KEYRINGS.items():
     os.environ[f"AIRFLOW_CONN_PRIVACY_KEYS_{_site.upper()}"] = json.dumps(
         {"conn_type": "privacy_keys", "password": _ring.to_json()}
     )
+# The data holder's key pair (issue 19): its private ring, and the public ring sites hold.
+from airflow_privacy.core.crypto import PrivateKeyRing  # noqa: E402
+
+HOLDER_RING = PrivateKeyRing.generate(key_id="holder-tests")
+for _conn_id, _text in (("PRIVACY_KEYS_HOLDER", HOLDER_RING.to_json()),
+                        ("PRIVACY_RECIPIENT_HOLDER", HOLDER_RING.public_ring().to_json())):
+    os.environ[f"AIRFLOW_CONN_{_conn_id}"] = json.dumps({"conn_type": "privacy_keys", "password": _text})
 
 import pytest  # noqa: E402
 
@@ -75,6 +82,13 @@ def keyring() -> KeyRing:
 @pytest.fixture(scope="session")
 def site_keyrings() -> dict[str, KeyRing]:
     return SITE_KEYRINGS
+
+
+@pytest.fixture(scope="session")
+def holder_ring() -> PrivateKeyRing:
+    """The data holder's private ring (connection ``privacy_keys_holder``; its public ring is
+    ``privacy_recipient_holder``)."""
+    return HOLDER_RING
 
 
 @pytest.fixture

@@ -33,22 +33,30 @@ DEMO_DAGS: list[str] = [
 
 def demo_connections(home: str) -> dict[str, str]:
     """Connection env vars of the demo: key rings kept in ``$AIRFLOW_HOME/demo-keyring-*.json``
-    (created once, mode 0600) -- the default ring and one per site. Real deployments keep
-    them in a secrets backend, each site's only on that site's worker."""
+    (created once, mode 0600) -- the default ring, one per site, the Paillier key holder's,
+    and the data holder's key pair: its private ring (``privacy_keys_holder``) and the public
+    ring the sites encrypt to (``privacy_recipient_holder``, derived from it). Real
+    deployments keep them in a secrets backend, each site's only on that site's worker and
+    the holder's private ring only on the holder's."""
     import json
 
-    from airflow_privacy.core.crypto import KeyRing
+    from airflow_privacy.core.crypto import KeyRing, PrivateKeyRing
 
+    rings = {name: KeyRing.generate for name in ("default", "site_a", "site_b", "site_c", "keyholder")}
+    rings["holder"] = lambda: PrivateKeyRing.generate(key_id="demo-holder")
     conns = {}
-    for name in ("default", "site_a", "site_b", "site_c", "keyholder"):
+    for name, generate in rings.items():
         path = os.path.join(home, f"demo-keyring-{name}.json")
         if not os.path.exists(path):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
-                fh.write(KeyRing.generate().to_json())
+                fh.write(generate().to_json())
         with open(path) as fh:
             ring = fh.read()
         conns[f"AIRFLOW_CONN_PRIVACY_KEYS_{name.upper()}"] = json.dumps({"conn_type": "privacy_keys", "password": ring})
+    public = PrivateKeyRing.from_json(json.loads(conns["AIRFLOW_CONN_PRIVACY_KEYS_HOLDER"])["password"]).public_ring()
+    conns["AIRFLOW_CONN_PRIVACY_RECIPIENT_HOLDER"] = json.dumps(
+        {"conn_type": "privacy_keys", "password": public.to_json()})
     return conns
 
 
