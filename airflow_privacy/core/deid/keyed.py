@@ -195,7 +195,7 @@ def shift_dates(series: pd.Series, shift: np.ndarray, name: str) -> pd.Series:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             raise SchemaError(f"column {name!r} mixes dates with other values") from None
         moved = _shift_arrow(arrow, shift, drop)
-        return pd.Series(moved.to_pandas(date_as_object=True), index=series.index, name=series.name)
+        return pd.Series(moved.to_pandas(date_as_object=True).to_numpy(), index=series.index, name=series.name)
     if kind in ("datetime", "datetime64"):
         try:
             as_datetime = pd.to_datetime(series)

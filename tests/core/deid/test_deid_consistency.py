@@ -134,3 +134,19 @@ def test_equal_comparing_values_of_different_types_get_their_own_tokens(ring):
     reordered = release(values[::-1])
     assert reordered["v"].tolist()[::-1][:8] == out["v"].tolist()[:8]
     assert reordered["h"].tolist()[::-1][:8] == out["h"].tolist()[:8]
+
+
+def test_date_shift_of_a_patient_is_one_shift_when_rows_are_suppressed(ring):
+    """Suppression leaves gaps in the row labels; every kept visit of a patient must still
+    move by that patient's one keyed shift (object columns of dates used to be re-aligned
+    by label, moving visits by other patients' shifts or to null)."""
+    df = pd.concat([generate_batch("site_a", d) for d in ("2026-03-01", "2026-03-02")], ignore_index=True)
+    out, report = deidentify(df, {"visit_date": {"shift_dates": {"max_days": 30, "by": "patient_id"}}},
+                             keyring=ring, k_anonymity={"quasi_identifiers": ["age"], "k": 5,
+                                                        "max_suppression": 0.3})
+    assert report["suppressed"] > 0 and out["visit_date"].notna().all()
+    shift = (pd.to_datetime(out["visit_date"]) - pd.to_datetime(df["visit_date"].loc[out.index])).dt.days
+    per_patient = shift.groupby(df["patient_id"].loc[out.index]).nunique()
+    print(f"{report['suppressed']} rows suppressed, {len(per_patient)} patients, "
+          f"{int((per_patient > 1).sum())} with more than one shift")
+    assert (per_patient == 1).all()
