@@ -146,9 +146,14 @@ def _budget_set(args) -> int:
 
 
 def _budget_history(args) -> int:
-    """Charges, cap changes and refused releases of one dataset, in one chronological list."""
+    """Charges, cap changes and refused releases of one dataset, in one chronological list
+    (also of a deleted dataset: its history ends with the deletion)."""
     ledger = _ledger(args)
-    ledger.status(args.dataset)
+    try:
+        ledger.status(args.dataset)
+    except KeyError:
+        if not ledger.cap_changes(args.dataset):
+            raise
     rows = [{"kind": "charge", "at": c.created_at, **c.to_dict()} for c in ledger.history(args.dataset)]
     rows += [{"kind": "cap_change", "at": c.changed_at, **c.to_dict()} for c in ledger.cap_changes(args.dataset)]
     rows += [{"kind": "refused", "at": r.created_at, **r.to_dict()} for r in ledger.refusals(args.dataset)]
@@ -175,11 +180,42 @@ def _budget_verify(args) -> int:
     return 0 if all(r["ok"] for r in rows) else 1
 
 
+def _budget_delete(args) -> int:
+    """Delete a dataset that never spent, never refused a release and has no partitions
+    (:mod:`airflow_privacy.core.budget.delete`), after confirmation."""
+    import getpass
+
+    from airflow_privacy.core.budget.delete import check_deletable, delete_dataset
+    from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
+
+    if args.reason is None or not args.reason.strip():
+        raise InvalidParameterError("--reason", args.reason, f"deleting dataset {args.dataset!r} needs --reason "
+                                    "TEXT (recorded with who and when in `budget history`)")
+    ledger = _ledger(args)
+    check_deletable(ledger, args.dataset)  # refuse before asking
+    if not args.yes:
+        s = ledger.status(args.dataset)
+        print(f"Delete the privacy budget of dataset {args.dataset!r} (cap epsilon={s.cap_epsilon:g}, "
+              f"delta={s.cap_delta:g}, no releases)? Type its name to confirm: ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not sys.stdin.isatty():  # nothing echoed the answer: end the prompt's line
+            print(file=sys.stderr)
+        if answer.strip() != args.dataset:
+            raise PrivacyError(f"not confirmed: dataset {args.dataset!r} was not deleted (pass --yes to skip "
+                               "the question)")
+    deleted = delete_dataset(ledger, args.dataset, reason=args.reason, deleted_by=args.by or getpass.getuser())
+    _print(deleted.to_dict() if args.json else f"deleted dataset {args.dataset!r} (recorded in `budget history "
+           f"{args.dataset}`)", args.json)
+    return 0
+
+
 def _history_line(r: dict) -> dict:
     """One table row: what happened, to which run, for how much ε."""
     if r["kind"] == "cap_change":
         was = "-" if r["old_epsilon"] is None else f"{r['old_epsilon']:g}/{r['old_delta']:g}"
         what = f"cap {was}->{r['new_epsilon']:g}/{r['new_delta']:g}"
+        if r["new_epsilon"] == 0:  # a deletion (no cap is 0): the reason says "deleted: ..."
+            what = f"cap {was}->-"
         if r["old_parent"] != r["new_parent"]:
             what += f" parent {r['old_parent'] or '-'}->{r['new_parent'] or '-'}"
         return {"at": r["at"], "kind": r["kind"], "logical_date": None, "release_id": None, "epsilon": None,
@@ -225,6 +261,13 @@ def _add_budget(sub) -> None:
     ver = bsub.add_parser("verify", parents=[common], help="recompose every dataset's spend from its events and "
                           "compare with the stored figures (exit 1 on a mismatch)")
     ver.set_defaults(func=_budget_verify)
+    rm = bsub.add_parser("delete", parents=[common], help="delete a dataset that never spent, never refused a "
+                         "release and has no partitions (a typo, a mistaken `set`); recorded in its history")
+    rm.add_argument("dataset")
+    rm.add_argument("--reason", help="why (required; recorded with who and when)")
+    rm.add_argument("--by", metavar="WHO", help="who deletes it (default: the OS user)")
+    rm.add_argument("--yes", action="store_true", help="do not ask for confirmation (by typing the name)")
+    rm.set_defaults(func=_budget_delete)
 
 
 def _read_ring(path: str | None):

@@ -19,8 +19,8 @@ from airflow_privacy.core.errors import BudgetExceededError
 EXE = str(Path(sys.executable).parent / "airflow-privacy")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], capture_output=True, text=True)
+def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, input=stdin)
 
 
 def _one_line_error(out: subprocess.CompletedProcess, *words: str) -> None:
@@ -146,3 +146,62 @@ def test_history_lists_charges_cap_changes_and_refusals_in_order(url, tree):
     assert [line.split()[1] for line in table[1:]] == [r["kind"] for r in rows]
     assert "cap 3/0->0.7/0" in table[5] and "tighter" in table[5]
     assert table[2].split()[2] == f"{(today - dt.timedelta(days=3)).date()}T00:00:00Z"
+
+
+# -- budget delete (issue 18 §5): only a dataset that never spent, never refused a release and
+# has no partitions goes; every refusal is one line naming the dataset and why, nothing deleted.
+@pytest.fixture
+def deletable(url) -> PrivacyLedger:
+    """patients (with partition site_a), spent (one charge), refused (one refusal), typo (nothing)."""
+    lg = PrivacyLedger(url)
+    lg.set_budget("patients", epsilon=5.0, delta=1e-6)
+    lg.set_budget("site_a", epsilon=3.0, delta=1e-6, parent="patients")
+    lg.set_budget("spent", epsilon=1.0)
+    lg.charge("spent", release_id="daily/r1/t/-1", cost=_pure(0.5), dag_id="daily")
+    lg.set_budget("refused", epsilon=0.1)
+    with pytest.raises(BudgetExceededError):
+        lg.charge("refused", release_id="weekly/r1/t/-1", cost=_pure(0.5), dag_id="weekly")
+    lg.set_budget("typo", epsilon=2.0, delta=1e-7)
+    return lg
+
+
+def _names(lg: PrivacyLedger) -> list[str]:
+    return [s.dataset for s in lg.datasets()]
+
+
+def test_delete_refuses_what_holds_history_or_partitions(url, deletable):
+    before = _names(deletable)
+    for name, *why in (("spent", "1 charged"), ("refused", "1 refused release", "'weekly'"),
+                       ("patients", "partition", "'site_a'"), ("nope", "no privacy budget")):
+        _one_line_error(_cli("budget", "delete", name, "--reason", "r", "--yes", "--url", url), f"'{name}'", *why)
+    _one_line_error(_cli("budget", "delete", "typo", "--yes", "--url", url), "--reason", "'typo'")
+    _one_line_error(_cli("budget", "delete", "typo", "--reason", "  ", "--yes", "--url", url), "--reason")
+    assert _names(deletable) == before
+    assert [len(deletable.cap_changes(n)) for n in ("spent", "refused", "patients", "typo")] == [1, 1, 1, 1]
+
+
+def test_delete_asks_for_the_name_unless_yes_and_leaves_a_trace(url, deletable):
+    for answer in ("", "y\n", "typ\n"):  # EOF, a reflex, a near miss: nothing goes
+        out = _cli("budget", "delete", "typo", "--reason", "typo of visits", "--url", url, stdin=answer)
+        prompt, error = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and "Type its name to confirm" in prompt and "epsilon=2" in prompt, out.stderr
+        assert error.startswith("error: not confirmed") and "'typo'" in error, out.stderr
+    assert "typo" in _names(deletable)
+    out = _cli("budget", "delete", "typo", "--reason", "typo of visits", "--by", "ops@example.org", "--url", url,
+               stdin="typo\n")
+    assert out.returncode == 0, out.stderr
+    assert "typo" not in _names(deletable) and "site_a" in _names(deletable)
+    last = deletable.cap_changes("typo")[-1]
+    assert (last.old_epsilon, last.old_delta, last.new_epsilon, last.new_delta) == (2.0, 1e-7, 0.0, 0.0)
+    assert last.reason == "deleted: typo of visits" and last.changed_by == "ops@example.org"
+    hist = _cli("budget", "history", "typo", "--url", url).stdout.splitlines()
+    assert "cap 2/1e-07->-" in hist[-1] and "deleted: typo of visits" in hist[-1], hist
+    # A partition without history goes with --yes; then its parent has none left and goes too.
+    out = _cli("budget", "delete", "site_a", "--reason", "merged", "--yes", "--url", url, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["old_parent"] == "patients"
+    assert _cli("budget", "delete", "patients", "--reason", "merged", "--yes", "--url", url).returncode == 0
+    assert _names(deletable) == ["refused", "spent"]
+    # The name can be created again; its history keeps the earlier life.
+    deletable.set_budget("typo", epsilon=1.0)
+    assert [c.reason for c in deletable.cap_changes("typo")] == ["created", "deleted: typo of visits", "created"]
