@@ -38,11 +38,12 @@ def test_services_present(compose):
 
 
 def test_one_worker_per_party_queue_with_only_its_own_keys(compose):
-    """A worker per site and one for the Paillier key holder, each with only its own ring."""
+    """A worker per site, one for the Paillier key holder and one for the data holder, each
+    with only its own ring."""
     workers = {n: s for n, s in compose["services"].items() if "celery worker" in str(s.get("command", ""))}
     queues = {s["command"].split("--queues", 1)[1].strip(): n for n, s in workers.items()}
-    assert set(queues) == {"default", *SITES, "keyholder"}
-    for site in (*SITES, "keyholder"):
+    assert set(queues) == {"default", *SITES, "keyholder", "holder"}
+    for site in (*SITES, "keyholder", "holder"):
         env = workers[queues[site]]["environment"]
         keys = [k for k in env if k.startswith("AIRFLOW_CONN_PRIVACY_KEYS_")]
         assert keys == [f"AIRFLOW_CONN_PRIVACY_KEYS_{site.upper()}"]

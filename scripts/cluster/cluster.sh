@@ -4,7 +4,9 @@
 # Debian's packages, Airflow 3 with the CeleryExecutor -- api-server, scheduler,
 # dag-processor, triggerer, a default Celery worker and one worker per data-site queue. Each
 # site's key ring is in the environment of that site's worker only, so a site task that lands
-# anywhere else fails instead of borrowing another site's key. Everything listens on
+# anywhere else fails instead of borrowing another site's key; the data holder's private ring
+# is on the holder's worker only, its public ring on the sites' (they encrypt to the holder
+# and cannot decrypt). Everything listens on
 # 127.0.0.1 only and lives under one state directory; every process it starts is recorded by
 # PID (each service is its own session) and stopped by that PID. See docs/cluster.md.
 #
@@ -33,9 +35,10 @@ PY="$VENV/bin/python"
 
 SITES=(site_a site_b site_c)
 KEYHOLDER=keyholder  # the Paillier key holder: a party of its own, with its own queue and key ring
+HOLDER=holder  # the data holder (issue 19): sites encrypt to its public key, only it decrypts
 # The Airflow services, in start order; names are docker-compose.yml's.
 SERVICES=(airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
-          airflow-worker worker-site-a worker-site-b worker-site-c worker-keyholder)
+          airflow-worker worker-site-a worker-site-b worker-site-c worker-keyholder worker-holder)
 WORKER_CONCURRENCY_DEFAULT=4  # the concurrency test runs several DP releases at once
 WORKER_CONCURRENCY_SITE=2
 # Every wait below is bounded (seconds).
@@ -46,6 +49,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # --- topology (compared with docker-compose.yml by tests/integration/test_topology.py) ------
 service_site() { local s="${1#worker-}"; echo "${s//-/_}"; }   # worker-site-a -> site_a, worker-keyholder -> keyholder
+HOLDER_PUBLIC_CONN=privacy_recipient_holder  # the data holder's public ring: what a site holds
 
 service_command() {
   case "$1" in
@@ -60,25 +64,28 @@ service_command() {
   esac
 }
 
-# Which key ring connection a service gets: the default ring for the default worker (the
-# archive step of demo_patient_batches), each site's ring for that site's worker, the key
-# holder's ring (it seals the Paillier private key) for the key holder's worker, none else.
+# Which key ring connections (ids) a service gets: the default ring for the default worker
+# (the archive step of demo_patient_batches), each site's ring and the data holder's public
+# ring for that site's worker, the key holder's ring (it seals the Paillier private key) for
+# the key holder's worker, the data holder's private ring for the holder's worker, none else.
 service_keys() {
   case "$1" in
-    airflow-worker) echo "default" ;;
-    worker-*) service_site "$1" ;;
+    airflow-worker) echo "privacy_keys_default" ;;
+    worker-site-*) echo "privacy_keys_$(service_site "$1") $HOLDER_PUBLIC_CONN" ;;
+    worker-*) echo "privacy_keys_$(service_site "$1")" ;;
     *) echo "" ;;
   esac
 }
 
-conn_var() { echo "AIRFLOW_CONN_PRIVACY_KEYS_$(echo "$1" | tr '[:lower:]' '[:upper:]')"; }
+conn_var() { echo "AIRFLOW_CONN_$(echo "$1" | tr '[:lower:]' '[:upper:]')"; }
 
 cmd_topology() {
   printf 'postgres\t-\t-\nredis\t-\t-\n'
-  local svc keys
+  local svc conn vars
   for svc in airflow-init "${SERVICES[@]}"; do
-    keys="$(service_keys "$svc")"
-    printf '%s\t%s\t%s\n' "$svc" "$(service_command "$svc")" "$([ -n "$keys" ] && conn_var "$keys" || echo -)"
+    vars=""
+    for conn in $(service_keys "$svc"); do vars="${vars:+$vars,}$(conn_var "$conn")"; done
+    printf '%s\t%s\t%s\n' "$svc" "$(service_command "$svc")" "${vars:--}"
   done
 }
 
@@ -258,17 +265,19 @@ start_redis() {
   wait_for "redis" "$WAIT_DB" "$(cat "$STATE/pids/redis.pid")" redis_ping || die "redis did not start; see $STATE/logs/redis.log"
 }
 
-make_keys() {
+make_keys() {  # STATE/keys/<connection id>.conn: symmetric rings, and the data holder's key pair
   mkdir -p "$STATE/keys"
   chmod 700 "$STATE/keys"
-  "$PY" - "$STATE/keys" default "${SITES[@]}" "$KEYHOLDER" <<'EOF'
+  "$PY" - "$STATE/keys" "$HOLDER" "$HOLDER_PUBLIC_CONN" default "${SITES[@]}" "$KEYHOLDER" <<'EOF'
 import json, os, sys
-from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto import KeyRing, PrivateKeyRing
 
-folder, names = sys.argv[1], sys.argv[2:]
-for name in names:
-    ring = KeyRing.generate().to_json()
-    fd = os.open(os.path.join(folder, f"{name}.conn"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+folder, holder, holder_public, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+rings = {f"privacy_keys_{name}": KeyRing.generate().to_json() for name in names}
+pair = PrivateKeyRing.generate(key_id=f"{holder}-1")
+rings[f"privacy_keys_{holder}"], rings[holder_public] = pair.to_json(), pair.public_ring().to_json()
+for conn_id, ring in rings.items():
+    fd = os.open(os.path.join(folder, f"{conn_id}.conn"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(json.dumps({"conn_type": "privacy_keys", "password": ring}))
 EOF
@@ -337,9 +346,8 @@ service_env() {  # SERVICE [NODE]: NODE names the process (default SERVICE)
   )
   local kv
   while IFS= read -r -d '' kv; do env+=("$kv"); done < <(common_settings)
-  local keys
-  keys="$(service_keys "$svc")"
-  if [ -n "$keys" ]; then env+=("$(conn_var "$keys")=$(cat "$STATE/keys/$keys.conn")"); fi
+  local conn
+  for conn in $(service_keys "$svc"); do env+=("$(conn_var "$conn")=$(cat "$STATE/keys/$conn.conn")"); done
   printf '%s\0' "${env[@]}"
 }
 

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "scripts" / "cluster" / "cluster.sh"
 SITES = ("site_a", "site_b", "site_c")
 KEYHOLDER = "keyholder"  # the Paillier key holder's queue, worker and key ring
+HOLDER = "holder"  # the data holder's queue and worker: the only one with its private ring
+HOLDER_PUBLIC_CONN = "privacy_recipient_holder"  # the holder's public ring, on every site's worker
 TERMINAL_RUN_STATES = ("success", "failed")
 TERMINAL_TI_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 

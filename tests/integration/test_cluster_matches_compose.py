@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from cluster_client import CLUSTER_SH, KEYHOLDER, REPO, SITES
+from cluster_client import CLUSTER_SH, HOLDER, HOLDER_PUBLIC_CONN, KEYHOLDER, REPO, SITES
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _command(service: dict) -> str:
 PREFIX = "AIRFLOW_CONN_PRIVACY_KEYS_"
 
 
-PARTIES = (*SITES, KEYHOLDER)  # each holds a key ring no other process may see
+PARTIES = (*SITES, KEYHOLDER, HOLDER)  # each holds a key ring no other process may see
 
 
 def _party_keys(names) -> list[str]:
@@ -66,6 +66,16 @@ def test_party_keys_only_on_their_own_worker(compose, script):
         own = [PREFIX + name.removeprefix("worker-").replace("-", "_").upper()] if name.startswith("worker-") else []
         assert _party_keys(keys) == own, name
         assert _party_keys(compose[name].get("environment", {})) == own, name
+
+
+def test_only_site_workers_hold_the_data_holders_public_ring(compose, script):
+    """Issue 19: each site encrypts to the data holder with its public ring; the private ring
+    (``privacy_keys_holder``) is on the holder's worker alone (test above)."""
+    public = f"AIRFLOW_CONN_{HOLDER_PUBLIC_CONN.upper()}"
+    with_public = {name for name, (_, keys) in script.items() if public in keys}
+    assert with_public == {f"worker-{site.replace('_', '-')}" for site in SITES}
+    assert {name for name, service in compose.items() if public in service.get("environment", {})} == with_public
+    assert script["worker-holder"][1] == [f"{PREFIX}{HOLDER.upper()}"]
 
 
 @pytest.fixture(scope="module")
