@@ -36,14 +36,6 @@ def test_sites_send_to_the_holder_with_only_its_public_ring(dagbag, demo_root, a
     """Issue 19 roles: each site encrypts on its own queue to the holder's public ring; the
     holder's task on the holder's queue opens the files; a site's public ring opens none of
     them, its own or another site's; no private key byte reaches a log or XCom."""
-    import base64
-    import json
-
-    import pytest
-
-    from airflow_privacy.core.crypto import decrypt_file, inspect_header, load_key_material
-    from airflow_privacy.core.errors import IntegrityError
-
     dag = dagbag.get_dag("demo_patient_batches")
     sites = ("site_a", "site_b", "site_c")
     for site in sites:
