@@ -11,6 +11,9 @@ scrubbing of free text.
   suppressed, k and l achieved, generalization levels, information loss -- NCP and
   discernibility, :mod:`.loss` -- against a warn-or-fail policy). :func:`check_request`
   runs its parameter checks without data, as a DAG file is parsed (:mod:`.spec`).
+* ``engine=``: a Parquet dataset runs in memory (``"pandas"``) or streamed out of core with
+  the classes counted by DuckDB (``"duckdb"``, :mod:`.streaming`), chosen by size when not
+  given; both release the same rows and report.
 * :func:`needs_keyring` -- whether a rules mapping uses ``hash``, ``tokenize`` or
   ``shift_dates`` (so an operator fetches keys only when needed).
 * :func:`scrub_pii` -- validated regex recognizers for e-mail, phone, SSN, card, IP and
@@ -30,10 +33,12 @@ from airflow_privacy.core.deid.loss import InformationLossError, InformationLoss
 from airflow_privacy.core.deid.pii import ENTITIES, scrub_pii
 from airflow_privacy.core.deid.rules import KEYED_RULES, RULES, needs_keyring
 from airflow_privacy.core.deid.spec import DEFAULT_LOSS_POLICY, check_request
+from airflow_privacy.core.deid.streaming import ENGINES, choose_engine
 
 __all__ = [
     "DATE_LEVELS",
     "DEFAULT_LOSS_POLICY",
+    "ENGINES",
     "ENTITIES",
     "HASH_VERSION",
     "InformationLossError",
@@ -42,6 +47,7 @@ __all__ = [
     "REPORT_VERSION",
     "RULES",
     "check_request",
+    "choose_engine",
     "deidentify",
     "needs_keyring",
     "scrub_pii",

@@ -58,7 +58,7 @@ a few integer factorizations over that table, independent of the number of rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ import pandas as pd
 from airflow_privacy.core.deid.generalize import Hierarchy
 from airflow_privacy.core.errors import PrivacyError
 
-__all__ = ["Enforcement", "enforce"]
+__all__ = ["Classes", "Enforcement", "climb", "enforce", "judge", "outcome"]
 
 _INT_LIMIT = 2**62
 
@@ -87,19 +87,43 @@ class Enforcement:
 
 
 @dataclass
-class _State:
-    classes: np.ndarray  # class id of every compressed row
+class Classes:
+    """The equivalence classes of one state of the search, one entry per class.
+
+    ``classes`` maps each compressed row to its class (in-memory search only); ``keys``
+    holds each class's code at its level per quasi-identifier (out-of-core search only)."""
+
     bad: np.ndarray  # per class: violates k or l
     bad_k: np.ndarray
     bad_l: np.ndarray
     rows: np.ndarray  # rows per class
     entities: np.ndarray  # distinct entities per class
     diversity: np.ndarray | None  # distinct sensitive values per class
-    violating_rows: int
+    classes: np.ndarray | None = None
+    keys: np.ndarray | None = None
+
+    @property
+    def violating_rows(self) -> int:
+        return int(self.rows[self.bad].sum())
 
     @property
     def violating_classes(self) -> int:
         return int(self.bad.sum())
+
+
+def judge(
+    rows: np.ndarray,
+    entities: np.ndarray,
+    diversity: np.ndarray | None,
+    k: int | None,
+    l_div: int | None,
+    **where: np.ndarray,
+) -> Classes:
+    """:class:`Classes` from per-class counts: which violate ``k`` or ``l``."""
+    n = len(rows)
+    bad_k = entities < k if k is not None else np.zeros(n, dtype=bool)
+    bad_l = diversity < l_div if l_div is not None and diversity is not None else np.zeros(n, dtype=bool)
+    return Classes(bad_k | bad_l, bad_k, bad_l, rows, entities, diversity, **where)
 
 
 def _dense(*columns: np.ndarray) -> np.ndarray:
@@ -159,7 +183,7 @@ class _Search:
             self._maps[(j, level)] = mapping
         return mapping[self.qi[j]]
 
-    def evaluate(self, levels: Sequence[int]) -> _State:
+    def evaluate(self, levels: Sequence[int]) -> Classes:
         classes = _dense(*(self._level_codes(j, lv) for j, lv in enumerate(levels)))
         n = int(classes.max()) + 1 if len(classes) else 0
         rows = np.bincount(classes, weights=self.weights, minlength=n).astype(np.int64)
@@ -167,16 +191,11 @@ class _Search:
             entities = _distinct_per_class(classes, self.entity, n)
         else:
             entities = rows
-        bad_k = entities < self.k if self.k is not None else np.zeros(n, dtype=bool)
         diversity = None
-        bad_l = np.zeros(n, dtype=bool)
         if self.sensitive is not None:
             present = self.sensitive >= 0
             diversity = _distinct_per_class(classes[present], self.sensitive[present], n)
-            if self.l_div is not None:
-                bad_l = diversity < self.l_div
-        bad = bad_k | bad_l
-        return _State(classes, bad, bad_k, bad_l, rows, entities, diversity, int(rows[bad].sum()))
+        return judge(rows, entities, diversity, self.k, self.l_div, classes=classes)
 
 
 def enforce(
@@ -206,23 +225,52 @@ def enforce(
     :raises PrivacyError: the constraints cannot hold within the suppression limit.
     """
     rows_in = len(hierarchies[0].source.codes) if hierarchies else 0
+    search = _Search(hierarchies, entity, sensitive, k, l_div)
+    levels, state, steps = climb(
+        search.evaluate, hierarchies, names, rows_in=rows_in, k=k, l_div=l_div,
+        max_suppression=max_suppression, entity_name=entity_name,
+        sensitive_name=sensitive_name, max_levels=max_levels,
+    )
+    keep = None
+    if state.violating_rows:
+        assert state.classes is not None
+        keep = ~state.bad[state.classes[search.row_combo]]
+    return outcome(levels, state, steps, keep)
+
+
+def climb(
+    evaluate: Callable[[Sequence[int]], Classes],
+    hierarchies: Sequence[Hierarchy],
+    names: Sequence[str],
+    *,
+    rows_in: int,
+    k: int | None,
+    l_div: int | None,
+    max_suppression: float,
+    entity_name: str | None,
+    sensitive_name: str | None,
+    max_levels: Sequence[int | None] | None,
+) -> tuple[list[int], Classes, list[dict[str, Any]]]:
+    """The search of the module docstring over any ``evaluate`` (levels -> classes): the
+    levels found, their classes and the trace of steps. The in-memory search and the
+    out-of-core one (:mod:`.streaming`, classes counted by DuckDB) share it, so they climb
+    the same way and fail with the same message."""
     ceilings = [
         h.top if m is None else min(h.top, m)
         for h, m in zip(hierarchies, max_levels or [None] * len(hierarchies), strict=True)
     ]
-    search = _Search(hierarchies, entity, sensitive, k, l_div)
     allowed = math.floor(max_suppression * rows_in)
     levels = [0] * len(hierarchies)
-    state = search.evaluate(levels)
+    state = evaluate(levels)
     steps: list[dict[str, Any]] = []
     while state.violating_rows > allowed:
-        best: tuple[tuple[int, int, int, int], int, _State] | None = None
+        best: tuple[tuple[int, int, int, int], int, Classes] | None = None
         for j, h in enumerate(hierarchies):
             if levels[j] >= ceilings[j]:
                 continue
             trial = list(levels)
             trial[j] += 1
-            candidate = search.evaluate(trial)
+            candidate = evaluate(trial)
             score = (
                 candidate.violating_rows,
                 candidate.violating_classes,
@@ -246,21 +294,24 @@ def enforce(
                 "violating_rows": state.violating_rows,
             }
         )
-    keep = None
-    suppressed = state.violating_rows
-    if suppressed:
-        keep = ~state.bad[state.classes[search.row_combo]]
+    return levels, state, steps
+
+
+def outcome(
+    levels: list[int], state: Classes, steps: list[dict[str, Any]], keep: np.ndarray | None
+) -> Enforcement:
+    """The :class:`Enforcement` of the classes found: what is achieved on the kept ones."""
     good = ~state.bad
     k_achieved = int(state.entities[good].min()) if good.any() else None
     l_achieved = None
     if state.diversity is not None and good.any():
         l_achieved = int(state.diversity[good].min())
     class_rows = state.rows[good & (state.rows > 0)]
-    return Enforcement(levels, keep, suppressed, k_achieved, l_achieved, steps, class_rows)
+    return Enforcement(levels, keep, state.violating_rows, k_achieved, l_achieved, steps, class_rows)
 
 
 def _failure(
-    state: _State,
+    state: Classes,
     rows: int,
     allowed: int,
     k: int | None,

@@ -33,29 +33,31 @@ the release; above the ``information_loss`` policy's threshold a warning, or (``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from airflow_privacy.core import io
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
 from airflow_privacy.core.deid import loss as loss_measure
-from airflow_privacy.core.deid.anonymity import Enforcement, enforce
+from airflow_privacy.core.deid import streaming
+from airflow_privacy.core.deid.anonymity import enforce
 from airflow_privacy.core.deid.dedupe import distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
-from airflow_privacy.core.deid.rules import Batch, Keep, Rule, parse_rule
-from airflow_privacy.core.deid.spec import Anonymity, check_columns, check_request
-from airflow_privacy.core.errors import InvalidParameterError, SchemaError
+from airflow_privacy.core.deid.plan import REPORT_VERSION, anonymity_report, plan, report_head
+from airflow_privacy.core.deid.rules import Batch, Keep, Rule
+from airflow_privacy.core.deid.spec import check_request
+from airflow_privacy.core.errors import InvalidParameterError
 
 __all__ = ["REPORT_VERSION", "deidentify"]
 
-REPORT_VERSION = 1
-
 
 def deidentify(
-    df: pd.DataFrame,
+    df: pd.DataFrame | str | list[str],
     rules: Mapping[Hashable, Any],
     *,
     keyring: KeyRing | None = None,
@@ -63,7 +65,10 @@ def deidentify(
     l_diversity: Mapping[str, Any] | None = None,
     unlisted: str = "keep",
     information_loss: Mapping[str, Any] | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+    engine: str | None = None,
+    destination: str | None = None,
+    report_destination: str | None = None,
+) -> tuple[pd.DataFrame | str, dict[str, Any]]:
     """De-identify a batch with per-column rules and optional k-anonymity / l-diversity.
 
     Example::
@@ -80,7 +85,10 @@ def deidentify(
             l_diversity={"sensitive": "diagnosis", "l": 2},
         )
 
-    :param df: the batch; it is not modified. Output rows keep their index labels.
+    :param df: the batch; it is not modified. Output rows keep their index labels. Or a
+        Parquet dataset (a file, glob, hive-partitioned folder or fsspec URI, or a list of
+        them; files in sorted order, with the same schema), de-identified into
+        ``destination`` on the ``engine`` chosen.
     :param rules: column name -> rule (see :mod:`airflow_privacy.core.deid.rules`).
     :param keyring: key ring whose primary key derives the keys of ``hash``, ``tokenize``
         and ``shift_dates``; required when one of them is used.
@@ -100,48 +108,47 @@ def deidentify(
         ``{"max_ncp": fraction or None (default 0.5), "max_discernibility": fraction or None
         (default None), "on_exceed": "warn" (default, :class:`~.loss.InformationLossWarning`)
         or "fail" (:class:`~.loss.InformationLossError`, nothing returned)}``.
-    :return: the de-identified frame and the JSON-able audit report.
+    :param engine: for a dataset: ``"pandas"`` (in memory) or ``"duckdb"`` (streamed in record
+        batches, classes counted by DuckDB: memory does not grow with the table; same rows,
+        values and report as ``"pandas"``); None picks by size (:mod:`.streaming`). A
+        DataFrame always runs on ``"pandas"``.
+    :param destination: for a dataset: URI of the de-identified Parquet file (required),
+        written atomically -- nothing appears there unless the whole release succeeds.
+    :param report_destination: for a dataset: URI of the JSON audit report, written
+        atomically just before ``destination`` (optional).
+    :return: the de-identified frame (for a dataset: ``destination``) and the JSON-able
+        audit report.
     :raises InvalidParameterError: a bad rule, parameter or constraint.
     :raises SchemaError: a column is missing, duplicated or of the wrong type for its rule.
     :raises PrivacyError: k-anonymity / l-diversity cannot hold within ``max_suppression``
         (and ``max_generalization``), or the information loss fails the policy.
     """
     if not isinstance(df, pd.DataFrame):
-        raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame")
-    if not df.columns.is_unique:
-        duplicated = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
-        raise SchemaError(f"the batch has duplicated column names {duplicated}")
-    texts = pd.Index([str(c) for c in df.columns])
-    if not texts.is_unique:
-        # Keys, the report and decryption hints are per column *text* (what survives CSV or
-        # Parquet): 0 and "0" would share keyed tokens and one report entry.
-        clash = sorted({repr(c) for c in df.columns if (texts == str(c)).sum() > 1})
-        raise SchemaError(f"the batch has column names that are equal as text: {clash}")
-    request = check_request(rules, k_anonymity=k_anonymity, l_diversity=l_diversity,
-                            unlisted=unlisted, information_loss=information_loss)
-    check_columns(request, df)
-    parsed = dict(request.rules)
-    missing = [c for c in df.columns if c not in parsed]
-    if missing and unlisted == "error":
-        raise SchemaError(f"columns {missing} have no rule (unlisted='error')")
-    for column in missing:
-        parsed[column] = parse_rule(column, unlisted)
-    keyed = [str(c) for c, r in parsed.items() if r.keyed]
-    if keyed and not isinstance(keyring, KeyRing):
-        raise InvalidParameterError(
-            "keyring",
-            type(keyring).__name__ if keyring is not None else None,
-            f"expected a KeyRing: the rules of columns {keyed} use keys",
-        )
-    anonymity = request.anonymity
-
+        if not (isinstance(df, str) or (isinstance(df, (list, tuple)) and df and all(isinstance(u, str) for u in df))):
+            raise InvalidParameterError("df", type(df).__name__, "expected a pandas DataFrame or a Parquet dataset "
+                                        "(path, glob, folder or URI, or a list of them)")
+        if destination is None:
+            raise InvalidParameterError("destination", None, "required when the input is a Parquet dataset "
+                                        "(path, glob, folder or URI), not a DataFrame")
+        return deidentify_dataset(df, destination, rules, keyring=keyring, k_anonymity=k_anonymity,
+                                  l_diversity=l_diversity, unlisted=unlisted, information_loss=information_loss,
+                                  engine=engine, report_destination=report_destination)
+    if engine not in (None, "pandas"):
+        raise InvalidParameterError("engine", engine, "a pandas DataFrame runs on engine='pandas'; pass a Parquet "
+                                    "dataset (path, glob, folder or URI) for engine='duckdb'")
+    if destination is not None or report_destination is not None:
+        raise InvalidParameterError("destination", destination, "only for a Parquet dataset input; a DataFrame "
+                                    "is returned")
+    checked = plan(df, rules, keyring=keyring, k_anonymity=k_anonymity, l_diversity=l_diversity,
+                   unlisted=unlisted, information_loss=information_loss)
+    request, parsed, anonymity = checked.request, dict(checked.rules), checked.anonymity
     batch = Batch(df, keyring)
     columns_report = {str(c): rule.report() for c, rule in parsed.items()}
     released: dict[Hashable, pd.Series] = {}
     extra: dict[Hashable, dict[str, Any]] = {}
-    anonymity_report: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     rows = None
-    k_achieved = l_achieved = None
+    result = None
     if anonymity is not None:
         # Phase 1, on all rows: what enforcement needs -- the released values of
         # quasi-identifiers whose rule does not generalize, and of the sensitive column.
@@ -177,7 +184,6 @@ def deidentify(
         )
         if result.keep is not None:
             rows = np.flatnonzero(result.keep)
-        k_achieved, l_achieved = result.k_achieved, result.l_achieved
         levels: dict[str, dict[str, Any]] = {}
         for column, name, h, level in zip(
             anonymity.quasi_identifiers, names, hierarchies, result.levels, strict=True
@@ -193,11 +199,13 @@ def deidentify(
             if rows is not None and {"found", "nulled_without_entity"} & set(extra[column]):
                 # counts were taken before suppression: recount on the released rows
                 extra[column] = parsed[column].apply(batch.select(rows)).report
-        anonymity_report = _anonymity_report(anonymity, names, levels, result)
+        sections = anonymity_report(anonymity, names, levels, result)
         # before phase 2: a release the policy refuses costs no more work and returns nothing
-        loss = loss_measure.information_loss(hierarchies, names, result.levels, result.keep, result.class_rows)
+        loss = loss_measure.information_loss(
+            hierarchies, names, result.levels, [loss_measure.kept_counts(h, result.keep) for h in hierarchies],
+            len(df), result.class_rows)
         loss_measure.apply_policy(loss, request.loss_policy, levels)
-        anonymity_report["information_loss"] = loss
+        sections["information_loss"] = loss
 
     # Phase 2, on the released rows only: every other column.
     kept = batch.select(rows)
@@ -223,52 +231,8 @@ def deidentify(
     if hints:
         attrs[ATTRS_KEY] = {**attrs.get(ATTRS_KEY, {}), **hints}
     out.attrs = attrs
-    report: dict[str, Any] = {
-        "version": REPORT_VERSION,
-        "rows_in": len(df),
-        "rows_out": len(out),
-        "suppressed": len(df) - len(out),
-        "k_achieved": k_achieved,
-        "l_achieved": l_achieved,
-        "columns": columns_report,
-    }
-    report.update(anonymity_report)
+    report = {**report_head(len(df), len(out), result), "columns": columns_report, **sections}
     return out, report
-
-
-def _anonymity_report(
-    anonymity: Anonymity,
-    names: list[str],
-    levels: dict[str, dict[str, Any]],
-    result: Enforcement,
-) -> dict[str, Any]:
-    report: dict[str, Any] = {}
-    if anonymity.k is not None:
-        report["k_anonymity"] = {
-            "quasi_identifiers": names,
-            "k": anonymity.k,
-            "entity": None if anonymity.entity is None else str(anonymity.entity),
-            "max_suppression": anonymity.max_suppression,
-            "k_achieved": result.k_achieved,
-            "levels": levels,
-            "steps": result.steps,
-        }
-    if anonymity.l_div is not None:
-        report["l_diversity"] = {
-            "sensitive": str(anonymity.sensitive),
-            "l": anonymity.l_div,
-            "l_achieved": result.l_achieved,
-            "quasi_identifiers": names,
-        }
-        if anonymity.k is None:
-            report["l_diversity"].update(
-                {
-                    "max_suppression": anonymity.max_suppression,
-                    "levels": levels,
-                    "steps": result.steps,
-                }
-            )
-    return report
 
 
 def _hierarchy(
@@ -293,3 +257,39 @@ def _sensitive_codes(
     if isinstance(rules[column], Keep):
         return batch.distinct(column).codes
     return distinct(outputs[column]).codes
+
+
+def deidentify_dataset(
+    source: str | list[str],
+    destination: str,
+    rules: Mapping[Hashable, Any],
+    *,
+    engine: str | None,
+    report_destination: str | None,
+    batch_rows: int | None = None,
+    **options: Any,
+) -> tuple[str, dict[str, Any]]:
+    """:func:`deidentify` of a Parquet dataset into ``destination`` on the engine chosen
+    (:mod:`.streaming`); ``options`` are :func:`deidentify`'s keyring, k_anonymity,
+    l_diversity, unlisted and information_loss. Everything is checked -- the request, the
+    engine, the files and their schemas, the columns named -- before a row is read; nothing
+    is written unless the whole release succeeds (the report just before the batch, each
+    atomically)."""
+    check_request(rules, **{k: v for k, v in options.items() if k != "keyring"})
+    chosen = streaming.choose_engine(source, engine)
+    ds, arrow = streaming.open_dataset(source)
+    checked = plan(arrow.schema.empty_table().to_pandas(), rules, **options)
+    if chosen == "duckdb":
+        report = streaming.stream(ds, arrow, checked, keyring=options.get("keyring"), destination=destination,
+                                  report_destination=report_destination, write_report=_write_report,
+                                  batch_rows=batch_rows or streaming.BATCH_ROWS)
+        return destination, report
+    out, report = deidentify(arrow.to_table().to_pandas(), rules, **options)
+    _write_report(report, report_destination)
+    io.write_batch(out, destination)
+    return destination, report
+
+
+def _write_report(report: dict[str, Any], destination: str | None) -> None:
+    if destination is not None:
+        io.write_bytes(json.dumps(report, indent=2, default=str).encode(), destination)

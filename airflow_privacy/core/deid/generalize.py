@@ -131,13 +131,22 @@ class Hierarchy:
     def output(self, level: int, rows: np.ndarray | None = None) -> pd.Series:
         """The released column at ``level``, for the rows at positions ``rows`` (all when
         None)."""
-        codes, labels = self._get(level)
-        if labels is None:
-            if self._base is None:
-                raise AssertionError("identity level without a base column")
-            return self._base if rows is None else self._base.take(rows)
         index = self.index if rows is None else self.index[rows]
-        values = self.source.select(rows).take(labels.take(pa.array(codes)))
+        released = self.release(level, self.source.select(rows).codes, index)
+        if released is not None:
+            return released
+        if self._base is None:
+            raise AssertionError("identity level without a base column")
+        return self._base if rows is None else self._base.take(rows)
+
+    def release(self, level: int, codes: np.ndarray, index: pd.Index) -> pd.Series | None:
+        """The labels at ``level`` of rows given by their codes among the source's distinct
+        values (-1: null) -- for rows that are not the source's own (a later batch of the
+        same column) -- or None when ``level`` releases the values unchanged."""
+        classes, labels = self._get(level)
+        if labels is None:
+            return None
+        values = Distinct(codes, self.source.uniques).take(labels.take(pa.array(classes)))
         return to_series(values, index, self.name)
 
     def _get(self, level: int) -> tuple[np.ndarray, pa.Array | None]:

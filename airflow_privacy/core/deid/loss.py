@@ -28,6 +28,7 @@ standard figures go into the audit report:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +41,7 @@ from airflow_privacy.core.deid.generalize import Hierarchy, as_days, is_date_lik
 from airflow_privacy.core.deid.spec import LossPolicy
 from airflow_privacy.core.errors import PrivacyError, SchemaError
 
-__all__ = ["InformationLossError", "InformationLossWarning", "apply_policy", "information_loss"]
+__all__ = ["InformationLossError", "InformationLossWarning", "apply_policy", "information_loss", "kept_counts"]
 
 
 class InformationLossWarning(UserWarning):
@@ -83,32 +84,43 @@ def _class_penalty(h: Hierarchy, level: int) -> np.ndarray:
     return np.where(size > 1, size / len(codes), 0.0)
 
 
+def kept_counts(h: Hierarchy, keep: np.ndarray | None) -> np.ndarray:
+    """Rows holding each distinct source value of ``h`` among the rows kept (``keep``: a
+    row mask, None: all rows)."""
+    codes = h.source.codes if keep is None else h.source.codes[keep]
+    return np.bincount(codes[codes >= 0], minlength=h.source.size)
+
+
 def information_loss(
     hierarchies: Sequence[Hierarchy],
     names: Sequence[str],
     levels: Sequence[int],
-    keep: np.ndarray | None,
+    counts: Sequence[np.ndarray],
+    rows_in: int,
     class_rows: np.ndarray,
 ) -> dict[str, Any]:
     """NCP (per quasi-identifier and overall) and discernibility of a release (module
     docstring).
 
-    :param hierarchies: the quasi-identifiers' ladders, their sources over all input rows.
+    :param hierarchies: the quasi-identifiers' ladders over their distinct values.
     :param levels: the level released for each.
-    :param keep: mask of the rows released (None: all).
+    :param counts: per quasi-identifier, the released rows holding each of its distinct
+        values (:func:`kept_counts`).
+    :param rows_in: rows before suppression.
     :param class_rows: rows in each released equivalence class.
+
+    Sums are exactly rounded (:func:`math.fsum`), so the figures do not depend on the order
+    of the distinct values: the in-memory and the out-of-core engine report the same.
     """
-    rows_in = len(hierarchies[0].source.codes) if hierarchies else 0
-    suppressed = 0 if keep is None else int((~keep).sum())
+    class_rows = np.asarray(class_rows, dtype=np.int64)
+    suppressed = rows_in - int(class_rows.sum())
     by_column = {}
-    for h, name, level in zip(hierarchies, names, levels, strict=True):
-        row_codes = h.source.codes if keep is None else h.source.codes[keep]
-        penalty = np.append(_class_penalty(h, level), 0.0)  # a null (code -1) loses nothing
-        total = float(penalty[row_codes].sum()) + suppressed
+    for h, name, level, count in zip(hierarchies, names, levels, counts, strict=True):
+        total = math.fsum(_class_penalty(h, level) * count) + suppressed
         by_column[name] = round(total / rows_in, 6) if rows_in else 0.0
-    dm = int(np.square(np.asarray(class_rows, dtype=np.int64)).sum()) + suppressed * rows_in
+    dm = int(np.square(class_rows).sum()) + suppressed * rows_in
     return {
-        "ncp": round(float(np.mean(list(by_column.values()))), 6) if by_column else 0.0,
+        "ncp": round(math.fsum(by_column.values()) / len(by_column), 6) if by_column else 0.0,
         "ncp_by_column": by_column,
         "discernibility": dm,
         "discernibility_normalized": round(dm / rows_in**2, 6) if rows_in else 0.0,

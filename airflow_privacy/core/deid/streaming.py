@@ -1,0 +1,421 @@
+"""De-identification out of core: a Parquet dataset streamed through record batches, the
+equivalence classes of k-anonymity / l-diversity counted by DuckDB.
+
+Engines (``engine=`` of :func:`~airflow_privacy.core.deid.deidentify` and
+``DeidentifyOperator``):
+
+* ``"pandas"`` -- the whole batch in memory (:mod:`.deidentify`).
+* ``"duckdb"`` -- this module; memory bounded by the record batch size and DuckDB's
+  ``memory_limit`` (:data:`MEMORY_LIMIT`; DuckDB spills to disk beyond it), not by the
+  table.
+
+When ``engine`` is not given (:func:`choose_engine`): a DataFrame or a CSV file runs on
+``"pandas"``; a Parquet dataset runs on ``"pandas"`` when its files total at most
+:data:`PANDAS_MAX_BYTES` (64 MiB of Parquet: about a million rows of the demo's patient
+batches, 1-2 GB as frames while rules run), else on ``"duckdb"``.
+
+How (same output as ``"pandas"``, row for row, value for value, and the same audit report):
+
+1. Every column whose release depends on the whole column gets its ladder
+   (:mod:`.generalize`) over the column's *distinct* values, read with ``SELECT DISTINCT``:
+   generalizing rules (a bucket's labels depend on whether every value is an integer, its
+   ladder on the range) and the quasi-identifiers. A quasi-identifier whose rule does not
+   generalize (``keep``, ``mask``, ``hash``...) is released through that rule first, applied
+   to the distinct values -- which is why such a rule must be one value at a time
+   (not ``shift_dates``, nor ``scrub_pii`` with ``known``: those read other columns).
+2. With k-anonymity or l-diversity, DuckDB compresses the dataset to one row per distinct
+   (quasi-identifier codes, entity, sensitive code) with its row count, and answers each
+   state of the search of :mod:`.anonymity` with one ``GROUP BY`` over the classes at
+   those levels: rows, ``count(DISTINCT entity)`` (null entities count as one),
+   ``count(DISTINCT sensitive)`` over non-null values. :func:`.anonymity.climb` drives it
+   exactly as it drives the in-memory search, so both pick the same levels and fail with
+   the same message. The information loss (:mod:`.loss`) is computed, and its policy
+   applied, before anything is written.
+3. A second pass streams the record batches in the dataset's order (files sorted, as
+   :mod:`airflow_privacy.core.dp.engines.dataset` orders them), drops the rows of violating
+   classes, and applies every rule per batch: row-wise and keyed rules are stateless per
+   value or entity (an HMAC token, an AES-SIV token, a date shift keyed by the entity), so a
+   batch gives what the whole table gives. Report counts (``found``, ``known_replaced``,
+   ``nulled_without_entity``) are summed over the batches.
+
+The output is one Parquet file written through :func:`airflow_privacy.core.io.open_atomic`:
+killed or failing at any point, the task leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto.columns import ATTRS_KEY
+from airflow_privacy.core.deid import loss as loss_measure
+from airflow_privacy.core.deid.anonymity import Classes, climb, judge, outcome
+from airflow_privacy.core.deid.dedupe import Distinct, distinct
+from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
+from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
+from airflow_privacy.core.deid.rules import Batch, Keep, Rule
+from airflow_privacy.core.deid.rules_keyed import ShiftDates
+from airflow_privacy.core.deid.rules_text import ScrubPII
+from airflow_privacy.core.dp.engines.dataset import ParquetDataset, dataset_bytes, resolve
+from airflow_privacy.core.errors import InvalidParameterError, SchemaError
+
+__all__ = ["ENGINES", "MEMORY_LIMIT", "PANDAS_MAX_BYTES", "choose_engine", "open_dataset", "stream"]
+
+ENGINES = ("pandas", "duckdb")
+"""Engines of ``deidentify``; ``engine=None`` picks one by :func:`choose_engine`."""
+PANDAS_MAX_BYTES = 64 << 20
+BATCH_ROWS = 1 << 19
+MEMORY_LIMIT = os.environ.get("AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY", "1GB")
+"""DuckDB's ``memory_limit`` for the class counts (override with
+``AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY``)."""
+_SUMMED = ("known_replaced", "nulled_without_entity")
+
+
+def choose_engine(source: Any, engine: str | None) -> str:
+    """``engine`` when given (checked), else the rule of the module docstring."""
+    if engine is not None:
+        if engine not in ENGINES:
+            raise InvalidParameterError("engine", engine, f"expected one of {list(ENGINES)} or None (chosen by "
+                                        "input size)")
+        if engine == "duckdb":
+            _duckdb()
+        return engine
+    uris = [source] if isinstance(source, str) else list(source)
+    if any(str(u).lower().endswith(".csv") for u in uris):
+        return "pandas"
+    return "pandas" if dataset_bytes(source) <= PANDAS_MAX_BYTES else "duckdb"
+
+
+def _duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise InvalidParameterError("engine", "duckdb", "duckdb is not installed: pip install duckdb (a "
+                                    "dependency of airflow-privacy; reinstall it)") from exc
+    return duckdb
+
+
+def open_dataset(source: Any) -> tuple[ParquetDataset, pads.Dataset]:
+    """The dataset ``source`` names, resolved (footers only) and opened for streaming.
+
+    :raises InvalidParameterError: naming ``source``: no Parquet file, or no rows.
+    :raises SchemaError: the files' schemas differ.
+    """
+    try:
+        ds = resolve(source)
+    except SchemaError as exc:  # its message speaks of DP charges; here nothing is written
+        raise SchemaError(str(exc).replace("nothing was charged", "nothing was written")) from None
+    arrow = pads.dataset(list(ds.files), filesystem=ds.filesystem, format="parquet", partitioning="hive",
+                         partition_base_dir=ds.base)
+    return ds, arrow
+
+
+@dataclass
+class _Ladder:
+    """A column released through a ladder over its distinct values (all batches).
+
+    ``raw`` factorizes the column's distinct values; ``to_code`` maps a raw code to the
+    ladder's source code (the identity unless ``early``, a non-generalizing rule applied
+    before the ladder, merges values); ``level`` is the level released."""
+
+    raw: Distinct
+    to_code: np.ndarray
+    hierarchy: Hierarchy
+    early: Rule | None
+    level: int = 0
+
+    def codes(self, batch: Batch, column: Hashable) -> np.ndarray:
+        """The ladder's source code of every row of ``batch`` (-1: null)."""
+        local = batch.full_distinct(column)
+        found = self.raw.uniques.get_indexer(local.uniques)
+        if (found < 0).any():
+            raise SchemaError(f"column {column!r} holds values the first pass did not see: the dataset changed "
+                              "while it was read -- nothing was written")
+        raw = np.append(found, -1)[local.codes]
+        return np.append(self.to_code, -1)[raw]
+
+    def release(self, batch: Batch, column: Hashable, rows: np.ndarray | None) -> tuple[pd.Series, dict[str, Any]]:
+        """The column released at :attr:`level` for ``batch``'s rows at ``rows``, and the
+        report of the ``early`` rule when there is one."""
+        kept = batch.select(rows)
+        applied = self.early.apply(kept) if self.early is not None else None
+        codes = self.codes(batch, column)
+        labels = self.hierarchy.release(self.level, codes if rows is None else codes[rows], kept.index)
+        if labels is not None:
+            return labels, {} if applied is None else applied.report
+        if applied is not None:
+            assert applied.series is not None
+            return applied.series, applied.report
+        return kept.series(column), {}
+
+
+def stream(
+    ds: ParquetDataset,
+    arrow: pads.Dataset,
+    checked: Plan,
+    *,
+    keyring: KeyRing | None,
+    destination: str,
+    report_destination: str | None,
+    write_report: Any,
+    batch_rows: int = BATCH_ROWS,
+) -> dict[str, Any]:
+    """De-identify ``ds`` into ``destination`` (one Parquet file, atomically) and return the
+    report; ``write_report(report, report_destination)`` runs just before the output is
+    published. Parameters were checked by :func:`.plan.plan`."""
+    from airflow_privacy.core import io
+
+    duckdb = _duckdb()
+    parsed, anonymity = checked.rules, checked.anonymity
+    columns_report = {str(c): rule.report() for c, rule in parsed.items()}
+    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "threads": 2, "preserve_insertion_order": False,
+                                 "temp_directory": os.path.join(tempfile.gettempdir(), "airflow_privacy_deid_duckdb")})
+    with con:
+        if ds.protocol not in ("file", "local"):
+            con.register_filesystem(ds.filesystem)
+        scan = _scan(ds)
+        qis = list(anonymity.quasi_identifiers) if anonymity is not None else []
+        ladders = {c: _ladder(con, scan, arrow.schema, c, r, keyring, c in qis)
+                   for c, r in parsed.items() if r.generalizing or c in qis}
+        bad, sections, result = None, {}, None
+        if anonymity is not None:
+            result, bad, sections = _enforce(con, scan, arrow.schema, checked, ladders, keyring, ds.rows)
+            for name, entry in sections["_levels"].items():
+                columns_report[name]["generalization"] = entry
+    hints: dict[str, Any] = {}
+    rows_out = 0
+    with io.open_atomic(destination) as fh:
+        writer = None
+        for part in _batches(arrow, batch_rows):
+            batch = Batch(part.to_pandas(), keyring)
+            rows = None
+            if bad is not None:
+                keys = [ladders[q].hierarchy.codes(ladders[q].level) for q in qis]
+                keys = [np.append(k, -1)[ladders[q].codes(batch, q)] for k, q in zip(keys, qis, strict=True)]
+                drop = pd.MultiIndex.from_arrays(keys).isin(bad) if len(bad) else np.zeros(len(batch), bool)
+                rows = np.flatnonzero(~drop) if drop.any() else None
+                if rows is not None and len(rows) == 0:
+                    continue
+            out = _release(batch, rows, parsed, ladders, columns_report, hints)
+            table = pa.Table.from_pandas(out, preserve_index=False,
+                                         schema=None if writer is None else writer.schema)
+            if writer is None:
+                writer = pq.ParquetWriter(fh, table.schema, compression="zstd")
+            writer.write_table(table)
+            rows_out += table.num_rows
+        assert writer is not None, "at least one row is released (max_suppression < 1)"
+        writer.close()
+        report = {**report_head(ds.rows, rows_out, result), "columns": columns_report,
+                  **{k: v for k, v in sections.items() if k != "_levels"}}
+        write_report(report, report_destination)
+    return report
+
+
+def _scan(ds: ParquetDataset) -> str:
+    files = ", ".join("'" + f.replace("'", "''") + "'" for f in ds.uris())
+    return f"read_parquet([{files}], hive_partitioning={'true' if ds.partition_keys else 'false'})"
+
+
+def _q(name: Hashable) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def _batches(arrow: pads.Dataset, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    # Ordered (files in sorted order, rows in file order): the output keeps the input's order.
+    for part in arrow.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1):
+        if part.num_rows:
+            yield part
+
+
+def _distinct_values(con: Any, scan: str, schema: pa.Schema, column: Hashable) -> tuple[pa.Array, pd.Series]:
+    """The column's distinct values as DuckDB returns them (to join on) and as pandas reads
+    them from Parquet (to build ladders on: same dtype as the in-memory engine's frame)."""
+    values = con.sql(f"SELECT DISTINCT {_q(column)} AS v FROM {scan}").to_arrow_table().column(0).combine_chunks()
+    typed = values.cast(schema.field(str(column)).type)
+    return values, pa.table({str(column): typed}).to_pandas()[str(column)].rename(column)
+
+
+def _ladder(con: Any, scan: str, schema: pa.Schema, column: Hashable, rule: Rule, keyring: KeyRing | None,
+            qi: bool) -> _Ladder:
+    _, series = _distinct_values(con, scan, schema, column)
+    raw = distinct(series)
+    frame = Batch(pd.DataFrame({column: series}), keyring)
+    if rule.generalizing:
+        return _Ladder(raw, _first_codes(raw, raw), rule.hierarchy(frame), None)
+    if isinstance(rule, Keep):
+        return _Ladder(raw, _first_codes(raw, raw), default_hierarchy(series, raw), None)
+    assert qi
+    _one_value_at_a_time(column, rule, "a quasi-identifier")
+    applied = rule.apply(frame)
+    assert applied.series is not None
+    hierarchy = default_hierarchy(applied.series)
+    return _Ladder(raw, _first_codes(raw, hierarchy.source), hierarchy, rule)
+
+
+def _first_codes(raw: Distinct, released: Distinct) -> np.ndarray:
+    """Per raw distinct value, the code of its released value (both factorize the same rows:
+    the distinct values)."""
+    out = np.full(raw.size, -1, dtype=np.int64)
+    present = raw.codes >= 0
+    out[raw.codes[present]] = released.codes[present]
+    return out
+
+
+def _one_value_at_a_time(column: Hashable, rule: Rule, role: str) -> None:
+    if isinstance(rule, ShiftDates) or (isinstance(rule, ScrubPII) and rule.known):
+        raise InvalidParameterError(
+            "engine", "duckdb", f"column {column!r} is {role} with rule {rule.name!r}, which reads other columns; "
+            "out of core only rules that release one value at a time are supported there -- use engine='pandas'")
+
+
+def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dict[Hashable, _Ladder],
+             keyring: KeyRing | None, rows_in: int) -> tuple[Any, pd.MultiIndex, dict[str, Any]]:
+    """Steps 2 of the module docstring: levels, the violating classes, the report sections."""
+    anonymity = checked.anonymity
+    assert anonymity is not None
+    qis = list(anonymity.quasi_identifiers)
+    names = [str(c) for c in qis]
+    select, joins = [], []
+    for j, column in enumerate(qis):
+        raw_values, series = _distinct_values(con, scan, schema, column)
+        codes = ladders[column].codes(Batch(pd.DataFrame({column: series}), keyring), column)
+        con.register(f"m{j}", pa.table({"v": raw_values, "c": pa.array(codes, pa.int64())}))
+        select.append(f"coalesce(m{j}.c, -1) AS q{j}")
+        joins.append(f"LEFT JOIN m{j} ON src.{_q(column)} = m{j}.v")
+    entity, sensitive = anonymity.entity, anonymity.sensitive
+    if entity is not None:
+        select.append(f"src.{_q(entity)} AS e")
+    if sensitive is not None:
+        rule = checked.rules[sensitive]
+        raw_values, series = _distinct_values(con, scan, schema, sensitive)
+        if isinstance(rule, Keep):
+            codes = distinct(series).codes
+        else:
+            _one_value_at_a_time(sensitive, rule, "the sensitive column")
+            applied = rule.apply(Batch(pd.DataFrame({sensitive: series}), keyring))
+            assert applied.series is not None
+            codes = distinct(applied.series).codes
+        con.register("ms", pa.table({"v": raw_values, "c": pa.array(codes, pa.int64())}))
+        select.append("coalesce(ms.c, -1) AS s")
+        joins.append(f"LEFT JOIN ms ON src.{_q(sensitive)} = ms.v")
+    con.execute(f"CREATE TEMP TABLE combos AS SELECT {', '.join(select)}, count(*) AS w "
+                f"FROM {scan} AS src {' '.join(joins)} GROUP BY ALL")
+    hierarchies = [ladders[c].hierarchy for c in qis]
+    count = _ClassCount(con, hierarchies, anonymity.k, anonymity.l_div, entity is not None, sensitive is not None)
+    levels, state, steps = climb(
+        count.evaluate, hierarchies, names, rows_in=rows_in, k=anonymity.k, l_div=anonymity.l_div,
+        max_suppression=anonymity.max_suppression,
+        entity_name=None if entity is None else str(entity),
+        sensitive_name=None if sensitive is None else str(sensitive),
+        max_levels=[anonymity.max_levels.get(c) for c in qis],
+    )
+    result = outcome(levels, state, steps, None)
+    assert state.keys is not None
+    bad = pd.MultiIndex.from_arrays(list(state.keys[state.bad].T), names=names) if len(names) else None
+    report_levels: dict[str, dict[str, Any]] = {}
+    for column, name, h, level in zip(qis, names, hierarchies, levels, strict=True):
+        ladders[column].level = level
+        report_levels[name] = {"level": level, "description": h.describe(level)}
+        if column in anonymity.max_levels:
+            report_levels[name]["max_level"] = anonymity.max_levels[column]
+    sections = anonymity_report(anonymity, names, report_levels, result)
+    loss = loss_measure.information_loss(hierarchies, names, levels, count.kept_counts(levels, bad), rows_in,
+                                         result.class_rows)
+    loss_measure.apply_policy(loss, checked.request.loss_policy, report_levels)
+    sections["information_loss"] = loss
+    sections["_levels"] = report_levels
+    return result, bad, sections
+
+
+class _ClassCount:
+    """The search's evaluation (levels -> :class:`.anonymity.Classes`) as one DuckDB
+    ``GROUP BY`` over the compressed table ``combos``."""
+
+    def __init__(self, con: Any, hierarchies: Sequence[Hierarchy], k: int | None, l_div: int | None,
+                 entity: bool, sensitive: bool) -> None:
+        self.con, self.hierarchies, self.k, self.l_div = con, hierarchies, k, l_div
+        self.entity, self.sensitive = entity, sensitive
+        self._registered: set[tuple[int, int]] = set()
+
+    def _level_table(self, j: int, level: int) -> str:
+        name = f"l{j}_{level}"
+        if (j, level) not in self._registered:
+            codes = np.asarray(self.hierarchies[j].codes(level), dtype=np.int64)
+            self.con.register(name, pa.table({"c": np.arange(-1, len(codes), dtype=np.int64),
+                                              "g": np.append(-1, codes)}))
+            self._registered.add((j, level))
+        return name
+
+    def evaluate(self, levels: Sequence[int]) -> Classes:
+        tables = [self._level_table(j, lv) for j, lv in enumerate(levels)]
+        keys = ", ".join(f"{t}.g AS k{j}" for j, t in enumerate(tables))
+        joins = " ".join(f"JOIN {t} ON combos.q{j} = {t}.c" for j, t in enumerate(tables))
+        entities = ("count(DISTINCT e) + max(CASE WHEN e IS NULL THEN 1 ELSE 0 END)" if self.entity
+                    else "sum(w)")
+        diversity = "count(DISTINCT CASE WHEN s >= 0 THEN s END)" if self.sensitive else "0"
+        table = self.con.sql(f"SELECT {keys}, sum(w)::BIGINT AS r, ({entities})::BIGINT AS n, "
+                             f"({diversity})::BIGINT AS d FROM combos {joins} GROUP BY ALL").to_arrow_table()
+        rows = table.column("r").to_numpy()
+        key_matrix = np.column_stack([table.column(f"k{j}").to_numpy() for j in range(len(levels))])
+        return judge(rows, table.column("n").to_numpy(), table.column("d").to_numpy() if self.sensitive else None,
+                     self.k, self.l_div, keys=key_matrix.reshape(len(rows), len(levels)))
+
+    def kept_counts(self, levels: Sequence[int], bad: pd.MultiIndex | None) -> list[np.ndarray]:
+        """Per quasi-identifier, the released rows holding each of its distinct values."""
+        q = len(levels)
+        table = self.con.sql(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
+                             "GROUP BY ALL").to_arrow_table()
+        codes = [table.column(f"q{j}").to_numpy() for j in range(q)]
+        weights = table.column("r").to_numpy()
+        classes = [np.append(np.asarray(h.codes(lv), dtype=np.int64), -1)[c]
+                   for h, lv, c in zip(self.hierarchies, levels, codes, strict=True)]
+        kept = ~pd.MultiIndex.from_arrays(classes).isin(bad) if bad is not None and len(bad) else np.ones(
+            len(weights), bool)
+        return [np.bincount(c[kept & (c >= 0)], weights=weights[kept & (c >= 0)], minlength=h.source.size)
+                .astype(np.int64) for c, h in zip(codes, self.hierarchies, strict=True)]
+
+
+def _release(batch: Batch, rows: np.ndarray | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, _Ladder],
+             columns_report: dict[str, dict[str, Any]], hints: dict[str, Any]) -> pd.DataFrame:
+    """Step 3 for one record batch: every column released, the report's counts added."""
+    kept = batch.select(rows)
+    outputs: dict[Hashable, pd.Series] = {}
+    for column, rule in parsed.items():
+        if column in ladders:
+            series, report = ladders[column].release(batch, column, rows)
+        else:
+            applied = rule.apply(kept)
+            series, report = applied.series, dict(applied.report)
+        hint = report.pop("_hint", None)
+        if hint:
+            hints[str(column)] = hint
+        _add(columns_report[str(column)], report)
+        if series is not None:
+            outputs[column] = series
+    out = pd.DataFrame({c: outputs[c] for c in batch.df.columns if c in outputs}, index=kept.index, copy=False)
+    if hints:
+        out.attrs = {**batch.df.attrs, ATTRS_KEY: dict(hints)}
+    return out
+
+
+def _add(entry: dict[str, Any], report: dict[str, Any]) -> None:
+    """Fold one batch's rule report into the column's entry: counts are summed."""
+    for key, value in report.items():
+        if key == "found":
+            totals = entry.setdefault("found", {})
+            for entity, n in value.items():
+                totals[entity] = totals.get(entity, 0) + n
+        elif key in _SUMMED:
+            entry[key] = entry.get(key, 0) + value
+        else:
+            entry[key] = value
