@@ -1,21 +1,31 @@
 """The DuckDB engine: the relational plan of :mod:`..engines` over a Parquet dataset, out of
-core -- DuckDB streams the files, sorts and aggregates within ``memory_limit`` and spills to
+core -- DuckDB streams the files, aggregates within ``memory_limit`` and spills to
 ``temp_directory`` beyond it. Only the aggregated table (one row per group) returns.
 
 The plan, in SQL (a row's *position* is its rank in the dataset's sorted files,
-:mod:`.dataset`):
+:mod:`.dataset`; ``kw(p, d)`` is :func:`.keyed.keyed_words` of position ``p`` in domain ``d``):
 
-1. ``src``: the rows with every group key present (and, with public groups, in them).
-2. ``pairs``: one row per (unit, group), with its first position; a unit keeps the L0 pairs
-   ranked first by ``row_number() OVER (PARTITION BY unit ORDER BY h_groups(first), first)``.
-3. ``kept``: a kept pair keeps the Linf rows ranked first by
-   ``row_number() OVER (PARTITION BY unit, group ORDER BY h_rows(position), position)``.
-4. Per group: row count, unit count (kept pairs), per column the rows with a value, and per
-   sum query ``sum(clip(round(clamp(v)...)/γ), ±steps))``.
+1. ``src``: the rows with every group key present (and, with public groups, in them); per
+   row its fixed-point value per sum query, ``clip(round(clamp(v)...)/γ), ±steps)`` rounded
+   with the bits of ``kw(pos, "round:...")``, and whether each count column holds a value.
+2. ``pairs`` (one hash aggregate over all rows): per (unit, group) its first position, its
+   row count ``n``, and the sums of step 1 over *all* its rows.
+3. ``kept``: a unit keeps its L0 pairs of lowest ``kw(first, "groups")`` (a window over the
+   pairs, not the rows).
+4. A kept pair with ``n <= Linf`` keeps all its rows, which are exactly its Linf rows of
+   lowest ``kw(pos, "rows")``: its figures from step 2 are final. Only the kept pairs with
+   ``n > Linf`` go back to their rows (a second scan, semi-joined to those pairs) to keep the
+   Linf rows of lowest ``kw(pos, "rows")`` and re-sum them.
+5. Per group: units (kept pairs), rows, per count column the rows with a value, per sum query
+   the integer sum -- from the final figures of every kept pair.
 
-``h_groups``, ``h_rows`` and the rounding are :mod:`.keyed`'s numpy functions registered as
-vectorized Arrow UDFs, closed over the release key: the key never appears in SQL text, and
-the choices are bit-for-bit those of the pandas engine with the same key.
+This is the pandas engine's choice, row for row (:func:`.pandas_engine.keyed_bounding`):
+the hash is a bijection of 64-bit words, so distinct positions never tie and "the k lowest
+hashes" is the same set whichever way it is computed; integer sums do not depend on the order
+of addition. The hash and the rounding run as native SQL (``UHUGEINT`` products reduced
+mod 2^64 -- DuckDB's ``UBIGINT`` arithmetic refuses to wrap) and agree bit for bit with the
+numpy functions of :mod:`.keyed` (tested). The subkeys are bound as query parameters: they
+never appear in SQL text, in a profile or in an error message.
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ import tempfile
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from airflow_privacy.core.dp.engines import (
     AggregateRequest,
@@ -34,12 +43,28 @@ from airflow_privacy.core.dp.engines import (
     collect_table,
 )
 from airflow_privacy.core.dp.engines.dataset import ParquetDataset, refuse_missing, resolve
-from airflow_privacy.core.dp.engines.keyed import GROUPS, ROWS, ReleaseKey, keyed_round, keyed_words
+from airflow_privacy.core.dp.engines.keyed import GROUPS, ROWS, ReleaseKey
 from airflow_privacy.core.dp.noise import RandomSource
 from airflow_privacy.core.errors import SchemaError
 
 MEMORY_LIMIT = os.environ.get("AIRFLOW_PRIVACY_DUCKDB_MEMORY", "2GB")
 """DuckDB's ``memory_limit`` (override with ``AIRFLOW_PRIVACY_DUCKDB_MEMORY``)."""
+TEMP_DIRECTORY = os.path.join(tempfile.gettempdir(), "airflow_privacy_duckdb")
+"""Where DuckDB spills (override the parent with ``TMPDIR``)."""
+
+_U64 = (1 << 64) - 1
+# SplitMix64 (keyed.py) with wrapping 64-bit products: DuckDB's UBIGINT raises on overflow,
+# so each product is taken in UHUGEINT (exact, < 2^128) and reduced mod 2^64.
+_MACROS = f"""
+CREATE OR REPLACE TEMP MACRO ap_mul(a, m) AS ((a::UHUGEINT * m::UHUGEINT) & {_U64}::UHUGEINT)::UBIGINT;
+CREATE OR REPLACE TEMP MACRO ap_mix(z) AS xor(ap_mul(xor(ap_mul(xor(z, z >> 30), {0xBF58476D1CE4E5B9}),
+    ap_mul(xor(z, z >> 30), {0xBF58476D1CE4E5B9}) >> 27), {0x94D049BB133111EB}),
+    ap_mul(xor(ap_mul(xor(z, z >> 30), {0xBF58476D1CE4E5B9}),
+    ap_mul(xor(z, z >> 30), {0xBF58476D1CE4E5B9}) >> 27), {0x94D049BB133111EB}) >> 31);
+CREATE OR REPLACE TEMP MACRO ap_words(pos, k0, k1) AS
+    ap_mix(xor(ap_mix(((pos::UHUGEINT * {0x9E3779B97F4A7C15}::UHUGEINT + k0::UHUGEINT) & {_U64}::UHUGEINT)::UBIGINT),
+               k1::UBIGINT));
+"""
 
 
 def _q(name: str) -> str:
@@ -73,7 +98,8 @@ def inspect(source: Any, *, needed: set[str], value_cols: set[str], privacy_unit
 
 def _connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False,
-                                 "temp_directory": os.path.join(tempfile.gettempdir(), "airflow_privacy_duckdb")})
+                                 "temp_directory": TEMP_DIRECTORY})
+    con.execute(_MACROS)
     return con
 
 
@@ -83,36 +109,34 @@ def _scan(ds: ParquetDataset) -> str:
     return f"read_parquet([{files}], hive_partitioning={hive}, file_row_number=true)"
 
 
-def _register(con: duckdb.DuckDBPyConnection, key: ReleaseKey, sums: tuple[SumQuery, ...]) -> None:
-    def hasher(domain: str):
-        def h(pos: pa.Array) -> pa.Array:
-            return pa.array(keyed_words(key, domain, pos.to_numpy(zero_copy_only=False)), type=pa.uint64())
-        return h
-
-    con.create_function("h_groups", hasher(GROUPS), ["BIGINT"], "UBIGINT", type="arrow", side_effects=False)
-    con.create_function("h_rows", hasher(ROWS), ["BIGINT"], "UBIGINT", type="arrow", side_effects=False)
-    def rounder(domain: str):
-        def rnd(x: pa.Array, pos: pa.Array) -> pa.Array:
-            return pa.array(keyed_round(key, domain, x.to_numpy(zero_copy_only=False),
-                                        pos.to_numpy(zero_copy_only=False)), type=pa.int64())
-        return rnd
-
-    for i, q in enumerate(sums):
-        con.create_function(f"round_{i}", rounder(q.domain), ["DOUBLE", "BIGINT"], "BIGINT", type="arrow",
-                            side_effects=False)
+def _words(pos: str, domain: str, params: dict[str, int], key: ReleaseKey) -> str:
+    """SQL for ``keyed_words(key, domain, pos)``; the subkeys go to ``params`` (never the text)."""
+    name = f"k{len(params) // 2}"
+    k0, k1 = key.subkeys(domain)
+    params[name + "_0"], params[name + "_1"] = int(k0), int(k1)
+    return f"ap_words({pos}, ${name}_0::UBIGINT, ${name}_1::UBIGINT)"
 
 
-def _sum_expr(i: int, q: SumQuery) -> str:
-    v = f"v_{q.column}"
-    valid = f"({_q(v)} IS NOT NULL AND NOT isnan({_q(v)}))"
-    x = f"least(greatest({_q(v)}, {_f(q.lo)}), {_f(q.hi)})"  # np.clip, operation for operation
+def _fixed_expr(q: SumQuery, words: str) -> str:
+    """One row's fixed-point value: :func:`..encoding.fixed_point_group_sums`'s clamp, shift,
+    scale, :func:`..noise.round_with_words` with ``words`` and clip, operation for operation."""
+    v = _q(f"v_{q.column}")
+    x = f"least(greatest({v}, {_f(q.lo)}), {_f(q.hi)})"  # np.clip
     if q.kind != "sum":
         x = f"({x} - {_f((q.lo + q.hi) / 2)})"
     if q.kind == "normsq":
         x = f"({x} * {x} - {_f(q.offset)})"
     x = f"({x} / {_f(q.gamma)})"
-    fixed = f"least(greatest(round_{i}(CASE WHEN {valid} THEN {x} ELSE 0 END, pos), {-q.steps}), {q.steps})"
-    return f"sum({fixed}) FILTER (WHERE {valid})::BIGINT AS s_{i}"
+    # floor(x) + [u < x - floor(x)], u = the top 53 bits of the word scaled to [0, 1): exact in
+    # doubles, as in numpy
+    rounded = (f"(floor({x})::BIGINT + CASE WHEN ({words} >> 11)::DOUBLE * {_f(2.0 ** -53)} < {x} - floor({x}) "
+               f"THEN 1 ELSE 0 END)")
+    return f"CASE WHEN {_valid(q.column)} THEN least(greatest({rounded}, {-q.steps}), {q.steps}) END"
+
+
+def _valid(column: str) -> str:
+    v = _q(f"v_{column}")
+    return f"({v} IS NOT NULL AND NOT isnan({v}))"
 
 
 def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> BoundedAggregates:
@@ -120,49 +144,58 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
     r = request
     key = r.key or ReleaseKey.fresh()
     ds = resolve(source)
+    params: dict[str, int] = {}
     g = [f"g{i}" for i in range(len(r.by))]
-    gsel = ", ".join(f"{_q(c)} AS {gi}" for c, gi in zip(r.by, g, strict=True))
+    gsel = "".join(f"{_q(c)} AS {gi}, " for c, gi in zip(r.by, g, strict=True))
     value_cols = sorted(set(r.count_columns) | {q.column for q in r.sums})
     vsel = "".join(f", {_q(c)}::DOUBLE AS {_q('v_' + c)}" for c in value_cols)
+    # file_index is the file's place in the (sorted) list read: its offset is a list lookup
     position = f"({list(ds.offsets)}::BIGINT[])[file_index::BIGINT + 1] + file_row_number"
     unit = _q(r.privacy_unit) if r.privacy_unit else position
     where = " AND ".join(f"{_q(c)} IS NOT NULL" for c in r.by) if r.by and r.public_groups is None else "true"
     gcols = "".join(f"{x}, " for x in g)
+    # per row: what it adds to its pair's figures (c_<col>: holds a value; f_<i>: fixed point)
+    contrib = "".join(f", {_valid(c)}::INT AS {_q('c_' + c)}" for c in r.count_columns)
+    contrib += "".join(f", {_fixed_expr(q, _words('pos', q.domain, params, key))} AS f_{i}"
+                       for i, q in enumerate(r.sums))
+    figures = "".join(f", sum({_q('c_' + c)}) AS {_q('n_' + c)}" for c in r.count_columns)
+    figures += "".join(f", sum(f_{i}) AS s_{i}" for i in range(len(r.sums)))
+    names = "".join(f", {_q('n_' + c)}" for c in r.count_columns) + "".join(f", s_{i}" for i in range(len(r.sums)))
+    totals = "".join(f", sum({_q('n_' + c)})::BIGINT AS {_q('n_' + c)}" for c in r.count_columns)
+    totals += "".join(f", coalesce(sum(s_{i}), 0)::BIGINT AS s_{i}" for i in range(len(r.sums)))
+    by_clause = f"GROUP BY {', '.join(g)}" if g else ""
+    src = (f"SELECT {gsel}{unit} AS u{vsel}, {position} AS pos "
+           f"FROM {_scan(ds)} WHERE {where}")
     with _connect() as con:
-        _register(con, key, r.sums)
-        # file_index is the file's place in the (sorted) list read: its offset is a list lookup
-        src = (f"SELECT {gsel}{',' if g else ''} {unit} AS u{vsel}, {position} AS pos "
-               f"FROM {_scan(ds)} WHERE {where}")
         if r.public_groups is not None:
             pub = r.public_groups.copy()
             pub.columns = g
             con.register("pub", pub)
             on = " AND ".join(f"src0.{x} IS NOT DISTINCT FROM pub.{x}" for x in g)
             src = f"SELECT src0.* FROM ({src}) src0 SEMI JOIN pub ON {on}"
-        sums = "".join(f", {_sum_expr(i, q)}" for i, q in enumerate(r.sums))
-        counts = "".join(f", count(*) FILTER (WHERE {_q('v_' + c)} IS NOT NULL AND NOT isnan({_q('v_' + c)})) "
-                         f"AS {_q('n_' + c)}" for c in r.count_columns)
-        by_clause = f"GROUP BY {', '.join(g)}" if g else ""
-        sql = f"""
-        WITH src AS ({src}),
-        pairs AS (SELECT {gcols}u, min(pos) AS first FROM src GROUP BY {gcols}u),
-        kept_pairs AS (SELECT {gcols}u FROM (SELECT {gcols}u, row_number() OVER
-            (PARTITION BY u ORDER BY h_groups(first), first) AS r FROM pairs) WHERE r <= {r.l0}),
-        kept AS (SELECT * FROM (SELECT src.*, row_number() OVER
-            (PARTITION BY {gcols}u ORDER BY h_rows(pos), pos) AS r
-            FROM src SEMI JOIN kept_pairs USING ({gcols}u)) WHERE r <= {r.linf}),
-        units AS (SELECT {gcols}count(*) AS units FROM kept_pairs {by_clause}),
-        agg AS (SELECT {gcols}count(*) AS rows{counts}{sums} FROM kept {by_clause})
-        SELECT * FROM agg {'JOIN units USING (' + ', '.join(g) + ')' if g else ', units'}
-        """
+        rows = f"SELECT {gcols}u, pos{contrib} FROM ({src})"
         if not r.privacy_unit:  # each row is its own unit (L0 = Linf = 1): nothing to bound
+            sql = (f"SELECT {gcols}count(*) AS rows, count(*) AS units{figures.replace('sum(', 'sum(')} "
+                   f"FROM ({rows}) {by_clause}")
+        else:
+            same_pair = " AND ".join([f"o.{x} IS NOT DISTINCT FROM t.{x}" for x in g] + ["o.u = t.u"])
             sql = f"""
-            WITH src AS ({src}), kept AS (SELECT * FROM src),
-            agg AS (SELECT {gcols}count(*) AS rows, count(*) AS units{counts}{sums} FROM kept {by_clause})
-            SELECT * FROM agg
+            WITH pairs AS (SELECT {gcols}u, min(pos) AS first, count(*) AS n{figures}
+                           FROM ({rows}) GROUP BY {gcols}u),
+            kept AS (SELECT * FROM pairs QUALIFY row_number() OVER
+                     (PARTITION BY u ORDER BY {_words('first', GROUPS, params, key)}) <= {r.l0}),
+            over AS (SELECT {gcols}u FROM kept WHERE n > {r.linf}),
+            trimmed AS (SELECT {gcols}u, count(*) AS n{figures} FROM (
+                SELECT t.* FROM ({rows}) t SEMI JOIN over o ON {same_pair}
+                QUALIFY row_number() OVER (PARTITION BY {gcols}u ORDER BY {_words('pos', ROWS, params, key)})
+                        <= {r.linf})
+                GROUP BY {gcols}u),
+            final AS (SELECT {gcols}u, n{names} FROM kept WHERE n <= {r.linf}
+                      UNION ALL SELECT {gcols}u, n{names} FROM trimmed)
+            SELECT {gcols}sum(n)::BIGINT AS rows, count(*) AS units{totals} FROM final {by_clause}
             """
         try:
-            table = con.execute(sql).df()
+            table = con.execute(sql, params).df()
         except duckdb.Error as exc:
             raise SchemaError(f"engine='duckdb' could not aggregate source {source!r}: {exc} -- nothing was charged") from exc
     return collect_table(table, r, g)
