@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core import io
 from airflow_privacy.core.deid import (
+    ENGINES,
     InformationLossWarning,
     check_request,
     deidentify,
@@ -42,7 +43,8 @@ class DeidentifyOperator(BaseOperator):
     ``k`` is an import error of the DAG (rules holding a Jinja template are checked after
     rendering, when the task runs).
 
-    :param source: URI of the raw batch (templated).
+    :param source: URI of the raw batch (templated): a Parquet file, glob, hive-partitioned
+        folder or a list of them, or a CSV file.
     :param destination: URI of the de-identified batch (templated).
     :param rules: ``{column: rule}`` (templated: strings among the values are rendered).
     :param k_anonymity: ``{"quasi_identifiers", "k", "entity", "max_suppression",
@@ -55,6 +57,10 @@ class DeidentifyOperator(BaseOperator):
     :param asset: an :class:`~airflow.sdk.Asset` (or its URI) updated on success, so
         downstream DAGs can be asset-scheduled on de-identified data.
     :param unlisted: columns without a rule: ``"keep"``, ``"drop"`` or ``"error"``.
+    :param engine: ``"pandas"`` (the batch in memory) or ``"duckdb"`` (Parquet streamed in
+        record batches, k-anonymity classes counted by DuckDB: memory does not grow with the
+        batch; same output and report); None (default) picks by size: up to 64 MiB of
+        Parquet, and CSV, run on pandas (:mod:`airflow_privacy.core.deid.streaming`).
     """
 
     template_fields: Sequence[str] = ("source", "destination", "report_destination", "rules")
@@ -73,6 +79,7 @@ class DeidentifyOperator(BaseOperator):
         asset: Asset | str | None = None,
         unlisted: str = "keep",
         information_loss: Mapping[str, Any] | None = None,
+        engine: str | None = None,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
@@ -86,7 +93,11 @@ class DeidentifyOperator(BaseOperator):
         templated = _holds_template(rules)
         check_request({} if templated else rules, k_anonymity=k_anonymity, l_diversity=l_diversity,
                       unlisted="keep" if templated else unlisted, information_loss=information_loss)
-        self.source = check_uri("source", source)
+        if engine is not None and engine not in ENGINES:
+            raise InvalidParameterError("engine", engine, f"expected one of {list(ENGINES)} or None (chosen by "
+                                        "input size)")
+        self.engine = engine
+        self.source = check_uri("source", source, many=True)
         self.destination = check_uri("destination", destination)
         self.rules = dict(rules)
         self.k_anonymity = k_anonymity
@@ -103,17 +114,25 @@ class DeidentifyOperator(BaseOperator):
 
     def _deidentify(self, context: Context) -> dict[str, Any]:
         for name in ("source", "destination", "report_destination"):  # rendered by now
-            check_uri(name, getattr(self, name), optional=name == "report_destination")
-        df = io.read_batch(self.source)
-        self.log.info("De-identifying %d rows of %s with %d rules", len(df), self.source, len(self.rules))
+            check_uri(name, getattr(self, name), optional=name == "report_destination", many=name == "source")
+        report_uri = self.report_destination or f"{self.destination}.report.json"
+        self.log.info("De-identifying %s with %d rules (engine %s)", self.source, len(self.rules),
+                      self.engine or "chosen by size")
         try:
             # the ring inside the try: a malformed ring or an empty connection is not retried
             ring = PrivacyKeyHook(self.key_conn_id).get_keyring() if needs_keyring(self.rules) else None
+            options = {"keyring": ring, "k_anonymity": self.k_anonymity, "l_diversity": self.l_diversity,
+                       "unlisted": self.unlisted, "information_loss": self.information_loss}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", InformationLossWarning)  # logged below, once
-                out, report = deidentify(df, self.rules, keyring=ring, k_anonymity=self.k_anonymity,
-                                         l_diversity=self.l_diversity, unlisted=self.unlisted,
-                                         information_loss=self.information_loss)
+                if isinstance(self.source, str) and io.infer_format(self.source) == "csv":
+                    if self.engine not in (None, "pandas"):
+                        raise InvalidParameterError("engine", self.engine, "a CSV source runs on engine='pandas'")
+                    out, report = deidentify(io.read_batch(self.source), self.rules, **options)
+                else:
+                    out = None  # written by deidentify, the report just before it, each atomically
+                    _, report = deidentify(self.source, self.rules, engine=self.engine, destination=self.destination,
+                                           report_destination=report_uri, **options)
         except PrivacyError as exc:
             raise AirflowFailException(str(exc)) from exc
         loss = report.get("information_loss")
@@ -121,11 +140,12 @@ class DeidentifyOperator(BaseOperator):
             self.log.warning("Information loss above the policy's threshold (%s): NCP %.3f, normalized "
                              "discernibility %.3f, per column %s -- see the audit report", loss["policy"],
                              loss["ncp"], loss["discernibility_normalized"], loss["ncp_by_column"])
-        report_uri = self.report_destination or f"{self.destination}.report.json"
-        # Report first: each write is atomic, so a failure in between leaves at worst a report
-        # of a batch not yet written (a retry rewrites both), never a batch without its audit.
-        io.write_bytes(json.dumps(report, indent=2, default=str).encode(), report_uri)
-        rows = io.write_batch(out, self.destination)
+        if out is not None:
+            # Report first: each write is atomic, so a failure in between leaves at worst a report
+            # of a batch not yet written (a retry rewrites both), never a batch without its audit.
+            io.write_bytes(json.dumps(report, indent=2, default=str).encode(), report_uri)
+            io.write_batch(out, self.destination)
+        rows = report["rows_out"]
         summary = {
             "output": self.destination,
             "report": report_uri,
