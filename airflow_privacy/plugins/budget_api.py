@@ -9,7 +9,8 @@ Mounted by Airflow's API server under ``/privacy`` (see :mod:`.budget_dashboard`
 * ``GET /api/datasets/{name}`` -- one dataset, with its worst-case-ε series
   (``cumulative_epsilon``), its cap over time (``cap_over_time``), its ``cap_changes`` and its
   ``refusals`` (refused releases; ``hidden_refusals`` counts those left out);
-* ``GET /api/datasets/{name}/releases`` -- its releases, newest first (``limit``, ``offset``);
+* ``GET /api/datasets/{name}/releases`` -- its releases, newest first (``limit``, ``offset``),
+  each with its metrics' ``error_bars`` from the ledger's events (public parameters only);
   ``name`` percent-encoded (``/`` as ``%2F``) reaches every name, ``x/releases`` included
   (a name's unencoded ``/`` works too, except before a final ``releases``);
 * ``GET /api/federated`` -- federated rounds (round, accuracy, ε) from the ``return_value``
@@ -202,10 +203,16 @@ def _refusals(ledger: PrivacyLedger, name: str, can_read: _DagReadAccess) -> dic
 
 
 def _release(base: str, c: Charge) -> dict[str, Any]:
+    """One release; ``error_bars``: per metric, from its recorded events alone
+    (:func:`airflow_privacy.core.dp.accuracy.ledger_error_bars`)."""
+    # numpy/pandas: imported on the first request, not with the plugin
+    from airflow_privacy.core.dp.accuracy import ledger_error_bars
+
     return {
         "release_id": c.release_id, "dag_id": c.dag_id, "run_id": c.run_id, "task_id": c.task_id,
         "map_index": c.map_index, "epsilon": c.epsilon, "delta": c.delta, "spent_epsilon": c.spent_epsilon,
-        "status": c.status, "output": c.output, "created_at": c.created_at.isoformat(), **_ui_urls(base, c),
+        "status": c.status, "output": c.output, "created_at": c.created_at.isoformat(),
+        "error_bars": ledger_error_bars(c.events), **_ui_urls(base, c),
     }
 
 

@@ -213,7 +213,7 @@ _TEMPLATES = {
 {% if releases %}
 <table id="releases">
   <thead><tr><th>Time</th><th>DAG</th><th>Run</th><th>Task</th><th class="num">ε</th><th class="num">δ</th>
-    <th class="num">Cumulative ε</th><th>Status</th><th>Output</th></tr></thead>
+    <th class="num">Cumulative ε</th><th>Error bars (±95 %, sd)</th><th>Status</th><th>Output</th></tr></thead>
   <tbody>
   {%- for r in releases %}
     <tr data-release="{{ r.release_id }}">
@@ -228,6 +228,9 @@ _TEMPLATES = {
       <td class="num">{{ r.epsilon | eps }}</td>
       <td class="num">{{ r.delta | delta }}</td>
       <td class="num">{{ r.spent_epsilon | eps }}</td>
+      <td class="bars">{% for name, b in r.error_bars.items() %}<div data-metric="{{ name }}">{{ name }}
+        {%- if b.basis == "per_count" %} ±{{ b.ci95_times_n | bar }}/n (sd {{ b.sd_times_n | bar }}/n)
+        {%- else %} ±{{ b.ci95 | bar }} (sd {{ b.sd | bar }}){% endif %}</div>{% else %}–{% endfor %}</td>
       <td class="status-{{ r.status }}">{{ r.status }}</td>
       <td class="mono">{{ r.output or "–" }}</td>
     </tr>
@@ -237,6 +240,11 @@ _TEMPLATES = {
 {% else %}
 <div class="empty" id="no-releases">No release has been charged to this dataset yet.</div>
 {% endif %}
+<p class="muted" id="error-bars-note">Error bars come from each release's recorded mechanisms (public
+  parameters only, no data): ±w holds the bounded statistic with probability ≥ 95 %, sd is the noise's
+  standard deviation. Counts and sums: exact, the same for every group. Means: divide by the group's count
+  n -- an approximate bound (delta method at the widest mean; optimistic for groups of a few units).
+  Variances, std and quantiles: see the task's return value or the output's _sd/_ci95 columns.</p>
 {% if hidden %}<p class="muted">{{ hidden }} release(s) of DAGs you cannot read are not listed.</p>{% endif %}
 <h2>Refused releases <span class="muted">({{ refusals.refusals | length }})</span></h2>
 {% if refusals.refusals %}
@@ -283,7 +291,7 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=False,
 )
-_env.filters.update(eps=fmt_eps, delta=fmt_delta, when=fmt_time, day=fmt_day)
+_env.filters.update(eps=fmt_eps, delta=fmt_delta, when=fmt_time, day=fmt_day, bar="{:.2g}".format)
 
 
 def render_overview(*, datasets: Sequence[dict[str, Any]], series: Sequence[SpendSeries],

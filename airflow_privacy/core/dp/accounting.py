@@ -225,10 +225,16 @@ def event_epsilon_delta(ev: dict[str, Any]) -> tuple[float, float]:
     return _discrete_gaussian_epsilon(ev["sigma"], ev["sensitivity"], ev["delta"]), ev["delta"]
 
 
+LABEL = "query"
+"""Key of an event's public description of what it noised (:func:`.accuracy.label_events`):
+metadata for error bars, ignored by accounting -- two runs of one mechanism compose alike
+whatever they noised."""
+
+
 def _grouped(events: list[dict[str, Any]]) -> Counter:
     counts: Counter = Counter()
     for ev in events:
-        key = tuple(sorted((k, v) for k, v in ev.items() if k != "count"))
+        key = tuple(sorted((k, v) for k, v in ev.items() if k not in ("count", LABEL)))
         counts[key] += ev.get("count", 1)
     return counts
 

@@ -55,6 +55,7 @@ widened by that half step).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from airflow_privacy.core.dp.accounting import LABEL
 from airflow_privacy.core.dp.plan import NoiseSpec
 from airflow_privacy.core.dp.quantiles import QUANTILE_CANDIDATES, quantile_grid, quantile_rate
 from airflow_privacy.core.errors import InvalidParameterError
@@ -76,7 +78,7 @@ _CONTINUOUS_SIGMA = 1e4  # above this σ (in lattice steps) the discrete Gaussia
 class MetricError:
     """One metric's noise as ``Σ coef_i·Z_i``; ``coef_i`` a scalar or one value per group."""
 
-    basis: str  # "exact" | "combined" | "approximate" | "rank_bound"
+    basis: str  # "exact" | "combined" | "approximate" | "rank_bound" | "per_count" (ledger_error_bars)
     terms: list[tuple[Any, NoiseSpec]] = field(default_factory=list)
     cap: float = math.inf  # bars no wider than the metric's range
     rank_error95: float | None = None  # quantiles only
@@ -212,3 +214,107 @@ def attach(table: pd.DataFrame, errors: dict[str, MetricError], error_bars: Sequ
         summary[name] = {"basis": err.basis, "sd": float(sd[keep].max()) if keep.any() else None,
                          "ci95": float(ci[keep].max()) if keep.any() else None}
     return table[keep].reset_index(drop=True), summary
+
+
+# -- error bars from the ledger -------------------------------------------------------------------
+# A release's mechanism events are what the ledger keeps. Each noise event of ``dp_aggregate``
+# carries a label (:data:`~.accounting.LABEL`, accounting ignores it) naming what it noised:
+# the primitive query, the value of one lattice step (the sum grid γ, 1 for counts), the
+# column's bounds and the metrics that use it. All of it is planned from parameters only, so
+# the dashboard can show each release's error bars from the ledger, long after its XCom is gone.
+# Without released values, ratios get a bound per count instead of a figure (see below).
+
+
+def label_events(noise: dict[tuple, NoiseSpec], grids: dict[tuple, tuple[float, float, float]],
+                 sources: dict[str, dict[str, tuple]], kinds: dict[str, str],
+                 bounds: dict[str, tuple[float, float]]) -> None:
+    """Label each noise event of a release plan (in place) for :func:`ledger_error_bars`.
+
+    :param noise: the plan's noise per primitive query (its ``event`` is the charged event).
+    :param grids: ``query -> (gamma, magnitude, offset)`` of the fixed-point sums.
+    :param sources: per metric, its primitive query per role (``rows``, ``n``, ``normsum``, ...).
+    :param kinds: per metric, its kind (``count``, ``mean``, ...).
+    """
+    for q, spec in noise.items():
+        column = q[1] if len(q) > 1 else None
+        label = {"query": q[0] + (f"({column})" if column else ""), "unit": grids[q][0] if q in grids else 1.0,
+                 "serves": [[name, kinds[name], role] for name, roles in sources.items()
+                            for role, query in roles.items() if query == q]}
+        if column in bounds:
+            label["bounds"] = list(bounds[column])
+        spec.event[LABEL] = json.dumps(label, separators=(",", ":"))
+
+
+def _spec_of(event: dict[str, Any]) -> NoiseSpec | None:
+    """The integer noise of a charged event, from its public parameters."""
+    if event.get("kind") == "discrete_laplace":
+        return NoiseSpec(event, scale=1.0 / event["parameter"])
+    if event.get("kind") in ("discrete_gaussian", "zcdp") and "sigma" in event:
+        return NoiseSpec(event, sigma2=event["sigma"] ** 2)
+    return None
+
+
+def ledger_error_bars(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per metric of a release, its error bars from the release's labelled events alone.
+
+    * count, count of units, a sum alone: ``basis`` ``exact``; a count from two "cells", a sum
+      next to its column's mean (``normsum + mid·n``): ``combined`` -- ``sd`` and ``ci95``
+      exactly as in the release's own output (:func:`attach`; the same for every group).
+    * mean: ``basis`` ``per_count`` -- ``sd_times_n`` and ``ci95_times_n``: divided by a group's
+      count n they bound the delta-method sd and 95 % half-width of its mean. The release's own
+      bars linearise ``S/N`` at the noisy ``S``; here ``|S/N|`` takes its largest value, half the
+      range, so they are never narrower (and approximate in the same way: good when n is far
+      above its noise, optimistic for groups of a few units; not widened by the rounding step,
+      at most sd/20).
+    * variance, std and quantiles are left out: their bars need the released values (variance,
+      std) or the quantile's rank bound; they are in the task's return value and the output's
+      ``<metric>_sd``/``_ci95`` columns.
+
+    Events without a label (other operators, releases before labels) give nothing.
+    """
+    roles: dict[str, dict[str, tuple[NoiseSpec, dict[str, Any]]]] = {}
+    kinds: dict[str, str] = {}
+    for event in events:
+        spec = _spec_of(event)
+        if spec is None or not isinstance(event.get(LABEL), str):
+            continue
+        label = json.loads(event[LABEL])
+        for name, kind, role in label["serves"]:
+            kinds[name] = kind
+            roles.setdefault(name, {})[role] = (spec, label)
+    out: dict[str, dict[str, Any]] = {}
+    for name, kind in kinds.items():
+        err = _ledger_metric_error(kind, roles[name])
+        if err is None:
+            continue
+        sd, ci = _bars(err, 1)
+        if err.basis == "per_count":
+            out[name] = {"kind": kind, "basis": "per_count", "sd_times_n": float(_two_significant(sd)[0]),
+                         "ci95_times_n": float(_two_significant(ci, up=True)[0])}
+            continue
+        # widened by half the rounding step of the released value, as attach() does
+        _, step = round_to_noise(pd.Series([0] if kind.startswith("count") else [0.0]), sd)
+        out[name] = {"kind": kind, "basis": err.basis, "sd": float(_two_significant(sd)[0]),
+                     "ci95": float(_two_significant(ci + step / 2, up=True)[0])}
+    return out
+
+
+def _ledger_metric_error(kind: str, roles: dict[str, tuple[NoiseSpec, dict[str, Any]]]) -> MetricError | None:
+    """The metric's noise as :func:`.aggregate.dp_aggregate` assembles it, from its labelled roles."""
+    if kind in ("count", "count_units"):
+        spec, label = roles.get("rows") or roles.get("units") or (None, None)
+        if spec is None:
+            return None
+        return (MetricError("combined", [(1.0, spec)] * 2) if label["query"].startswith("cells(")
+                else MetricError("exact", [(1.0, spec)]))
+    if kind == "sum" and "sum" in roles:
+        spec, label = roles["sum"]
+        return MetricError("exact", [(label["unit"], spec)])
+    if kind not in ("sum", "mean") or not {"normsum", "n"} <= set(roles):
+        return None
+    (s_spec, s_label), (n_spec, _) = roles["normsum"], roles["n"]
+    lo, hi = s_label["bounds"]
+    if kind == "sum":
+        return MetricError("combined", [(s_label["unit"], s_spec), ((lo + hi) / 2, n_spec)])
+    # mean = S/N + mid: noise (γ·dS - (S/N)·dN)/N, |S/N| <= half the range
+    return MetricError("per_count", [(s_label["unit"], s_spec), ((hi - lo) / 2, n_spec)])

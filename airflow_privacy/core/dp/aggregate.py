@@ -337,6 +337,7 @@ def dp_aggregate(
     # The threshold's (THRESHOLD_EPSILON, δ_T) event is paid off the top, so the total stays <= ε.
     budget = epsilon - THRESHOLD_EPSILON if private_selection else epsilon
     (noise, grids, events, eps_of), spent = common_share(plan, budget, delta, k, accountant)
+    accuracy.label_events(noise, grids, sources, {m.name: m.kind for m in specs}, col_bounds)  # for the ledger
     cost = PrivacyCost(epsilon=spent, delta=delta, events=events)
     if not cost.epsilon <= epsilon * (1 + 1e-9):  # never release more than was asked for
         raise InvalidParameterError(
