@@ -132,6 +132,7 @@ class _Ladder:
     to_code: np.ndarray
     hierarchy: Hierarchy
     early: Rule | None
+    values: pa.Array  # the distinct values as DuckDB read them (``raw`` factorizes them, row for row)
     level: int = 0
 
     def codes(self, batch: Batch, column: Hashable) -> np.ndarray:
@@ -144,12 +145,16 @@ class _Ladder:
         raw = np.append(found, -1)[local.codes]
         return np.append(self.to_code, -1)[raw]
 
-    def release(self, batch: Batch, column: Hashable, rows: np.ndarray | None) -> tuple[pd.Series, dict[str, Any]]:
-        """The column released at :attr:`level` for ``batch``'s rows at ``rows``, and the
-        report of the ``early`` rule when there is one."""
+    def classes(self, codes: np.ndarray) -> np.ndarray:
+        """The class at :attr:`level` of rows given by their source codes (-1: null)."""
+        return np.append(np.asarray(self.hierarchy.codes(self.level), dtype=np.int64), -1)[codes]
+
+    def release(self, batch: Batch, column: Hashable, rows: np.ndarray | None,
+                codes: np.ndarray) -> tuple[pd.Series, dict[str, Any]]:
+        """The column released at :attr:`level` for ``batch``'s rows at ``rows`` (``codes``:
+        :meth:`codes` of the batch), and the report of the ``early`` rule when there is one."""
         kept = batch.select(rows)
         applied = self.early.apply(kept) if self.early is not None else None
-        codes = self.codes(batch, column)
         labels = self.hierarchy.release(self.level, codes if rows is None else codes[rows], kept.index)
         if labels is not None:
             return labels, {} if applied is None else applied.report
@@ -199,14 +204,13 @@ def stream(
         for part in _batches(arrow, batch_rows):
             batch = Batch(part.to_pandas(), keyring)
             rows = None
+            codes = {c: ladder.codes(batch, c) for c, ladder in ladders.items()}
             if bad is not None:
-                keys = [ladders[q].hierarchy.codes(ladders[q].level) for q in qis]
-                keys = [np.append(k, -1)[ladders[q].codes(batch, q)] for k, q in zip(keys, qis, strict=True)]
-                drop = pd.MultiIndex.from_arrays(keys).isin(bad) if len(bad) else np.zeros(len(batch), bool)
+                drop = bad.holds([ladders[q].classes(codes[q]) for q in qis])
                 rows = np.flatnonzero(~drop) if drop.any() else None
                 if rows is not None and len(rows) == 0:
                     continue
-            out = _release(batch, rows, parsed, ladders, columns_report, hints)
+            out = _release(batch, rows, parsed, ladders, codes, columns_report, hints)
             table = pa.Table.from_pandas(out, preserve_index=False,
                                          schema=None if writer is None else writer.schema)
             if writer is None:
@@ -247,19 +251,19 @@ def _distinct_values(con: Any, scan: str, schema: pa.Schema, column: Hashable) -
 
 def _ladder(con: Any, scan: str, schema: pa.Schema, column: Hashable, rule: Rule, keyring: KeyRing | None,
             qi: bool) -> _Ladder:
-    _, series = _distinct_values(con, scan, schema, column)
+    values, series = _distinct_values(con, scan, schema, column)
     raw = distinct(series)
     frame = Batch(pd.DataFrame({column: series}), keyring)
     if rule.generalizing:
-        return _Ladder(raw, _first_codes(raw, raw), rule.hierarchy(frame), None)
+        return _Ladder(raw, _first_codes(raw, raw), rule.hierarchy(frame), None, values)
     if isinstance(rule, Keep):
-        return _Ladder(raw, _first_codes(raw, raw), default_hierarchy(series, raw), None)
+        return _Ladder(raw, _first_codes(raw, raw), default_hierarchy(series, raw), None, values)
     assert qi
     _one_value_at_a_time(column, rule, "a quasi-identifier")
     applied = rule.apply(frame)
     assert applied.series is not None
     hierarchy = default_hierarchy(applied.series)
-    return _Ladder(raw, _first_codes(raw, hierarchy.source), hierarchy, rule)
+    return _Ladder(raw, _first_codes(raw, hierarchy.source), hierarchy, rule, values)
 
 
 def _first_codes(raw: Distinct, released: Distinct) -> np.ndarray:
@@ -279,7 +283,7 @@ def _one_value_at_a_time(column: Hashable, rule: Rule, role: str) -> None:
 
 
 def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dict[Hashable, _Ladder],
-             keyring: KeyRing | None, rows_in: int) -> tuple[Any, pd.MultiIndex, dict[str, Any]]:
+             keyring: KeyRing | None, rows_in: int) -> tuple[Any, _Violating, dict[str, Any]]:
     """Steps 2 of the module docstring: levels, the violating classes, the report sections."""
     anonymity = checked.anonymity
     assert anonymity is not None
@@ -287,9 +291,9 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     names = [str(c) for c in qis]
     select, joins = [], []
     for j, column in enumerate(qis):
-        raw_values, series = _distinct_values(con, scan, schema, column)
-        codes = ladders[column].codes(Batch(pd.DataFrame({column: series}), keyring), column)
-        con.register(f"m{j}", pa.table({"v": raw_values, "c": pa.array(codes, pa.int64())}))
+        ladder = ladders[column]
+        codes = np.append(ladder.to_code, -1)[ladder.raw.codes]
+        con.register(f"m{j}", pa.table({"v": ladder.values, "c": pa.array(codes, pa.int64())}))
         select.append(f"coalesce(m{j}.c, -1) AS q{j}")
         joins.append(f"LEFT JOIN m{j} ON src.{_q(column)} = m{j}.v")
     entity, sensitive = anonymity.entity, anonymity.sensitive
@@ -321,7 +325,7 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     )
     result = outcome(levels, state, steps, None)
     assert state.keys is not None
-    bad = pd.MultiIndex.from_arrays(list(state.keys[state.bad].T), names=names) if len(names) else None
+    bad = _Violating(state.keys[state.bad], [h.classes(lv) for h, lv in zip(hierarchies, levels, strict=True)])
     report_levels: dict[str, dict[str, Any]] = {}
     for column, name, h, level in zip(qis, names, hierarchies, levels, strict=True):
         ladders[column].level = level
@@ -335,6 +339,45 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     sections["information_loss"] = loss
     sections["_levels"] = report_levels
     return result, bad, sections
+
+
+class _Violating:
+    """The classes to suppress, looked up per row by one integer key: the classes' codes per
+    quasi-identifier (-1: null) in mixed radix -- a table lookup when the key space is small
+    (it is the product of the classes per quasi-identifier), else a sorted search."""
+
+    def __init__(self, keys: np.ndarray, classes: Sequence[int]) -> None:
+        self.radix = [c + 1 for c in classes]
+        self.span = int(np.prod(self.radix, dtype=object))
+        self.empty = len(keys) == 0
+        if self.span >= 2**62:  # pragma: no cover - needs > 2^62 classes
+            self.index = pd.MultiIndex.from_arrays(list(keys.T))
+            return
+        found = self._key(list(keys.T))
+        if self.span <= 1 << 24:
+            self.table = np.zeros(self.span, dtype=bool)
+            self.table[found] = True
+        else:
+            self.sorted = np.sort(found)
+
+    def _key(self, codes: Sequence[np.ndarray]) -> np.ndarray:
+        key = np.zeros(len(codes[0]) if len(codes) else 0, dtype=np.int64)
+        for column, radix in zip(codes, self.radix, strict=True):
+            key = key * radix + (np.asarray(column, dtype=np.int64) + 1)
+        return key
+
+    def holds(self, codes: Sequence[np.ndarray]) -> np.ndarray:
+        """Per row (classes' codes per quasi-identifier), whether its class is suppressed."""
+        n = len(codes[0]) if len(codes) else 0
+        if self.empty:
+            return np.zeros(n, dtype=bool)
+        if self.span >= 2**62:  # pragma: no cover
+            return np.asarray(pd.MultiIndex.from_arrays(list(codes)).isin(self.index))
+        key = self._key(codes)
+        if hasattr(self, "table"):
+            return self.table[key]
+        at = np.searchsorted(self.sorted, key).clip(max=len(self.sorted) - 1)
+        return self.sorted[at] == key
 
 
 class _ClassCount:
@@ -370,7 +413,7 @@ class _ClassCount:
         return judge(rows, table.column("n").to_numpy(), table.column("d").to_numpy() if self.sensitive else None,
                      self.k, self.l_div, keys=key_matrix.reshape(len(rows), len(levels)))
 
-    def kept_counts(self, levels: Sequence[int], bad: pd.MultiIndex | None) -> list[np.ndarray]:
+    def kept_counts(self, levels: Sequence[int], bad: _Violating) -> list[np.ndarray]:
         """Per quasi-identifier, the released rows holding each of its distinct values."""
         q = len(levels)
         table = self.con.sql(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
@@ -379,20 +422,19 @@ class _ClassCount:
         weights = table.column("r").to_numpy()
         classes = [np.append(np.asarray(h.codes(lv), dtype=np.int64), -1)[c]
                    for h, lv, c in zip(self.hierarchies, levels, codes, strict=True)]
-        kept = ~pd.MultiIndex.from_arrays(classes).isin(bad) if bad is not None and len(bad) else np.ones(
-            len(weights), bool)
+        kept = ~bad.holds(classes)
         return [np.bincount(c[kept & (c >= 0)], weights=weights[kept & (c >= 0)], minlength=h.source.size)
                 .astype(np.int64) for c, h in zip(codes, self.hierarchies, strict=True)]
 
 
 def _release(batch: Batch, rows: np.ndarray | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, _Ladder],
-             columns_report: dict[str, dict[str, Any]], hints: dict[str, Any]) -> pd.DataFrame:
+             codes: dict[Hashable, np.ndarray], columns_report: dict[str, dict[str, Any]], hints: dict[str, Any]) -> pd.DataFrame:
     """Step 3 for one record batch: every column released, the report's counts added."""
     kept = batch.select(rows)
     outputs: dict[Hashable, pd.Series] = {}
     for column, rule in parsed.items():
         if column in ladders:
-            series, report = ladders[column].release(batch, column, rows)
+            series, report = ladders[column].release(batch, column, rows, codes[column])
         else:
             applied = rule.apply(kept)
             series, report = applied.series, dict(applied.report)
