@@ -10,8 +10,9 @@ The plan, in SQL (a row's *position* is its rank in the dataset's sorted files,
    with the bits of ``kw(pos, "round:...")``, and whether each count column holds a value.
 2. ``pairs`` (one hash aggregate over all rows): per (unit, group) its first position, its
    row count ``n``, and the sums of step 1 over *all* its rows.
-3. ``kept``: a unit keeps its L0 pairs of lowest ``kw(first, "groups")`` (a window over the
-   pairs, not the rows).
+3. ``kept``: a unit keeps its L0 pairs of lowest ``kw(first, "groups")``: those at or below
+   the largest of its L0 lowest hashes (``list_max(min(h, L0))``, a top-L0 aggregate per unit
+   joined back -- two to three times cheaper than a window sorting every unit's pairs).
 4. A kept pair with ``n <= Linf`` keeps all its rows, which are exactly its Linf rows of
    lowest ``kw(pos, "rows")``: its figures from step 2 are final. Only the kept pairs with
    ``n > Linf`` go back to their rows (a second scan, semi-joined to those pairs) to keep the
@@ -155,9 +156,11 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
     where = " AND ".join(f"{_q(c)} IS NOT NULL" for c in r.by) if r.by and r.public_groups is None else "true"
     gcols = "".join(f"{x}, " for x in g)
     # per row: what it adds to its pair's figures (c_<col>: holds a value; f_<i>: fixed point)
+    # (the words are columns of an inner projection: DuckDB does not share a subexpression
+    # inside CASE, and the hash would be computed once per use)
+    words = "".join(f", {_words('pos', q.domain, params, key)} AS w_{i}" for i, q in enumerate(r.sums))
     contrib = "".join(f", {_valid(c)}::INT AS {_q('c_' + c)}" for c in r.count_columns)
-    contrib += "".join(f", {_fixed_expr(q, _words('pos', q.domain, params, key))} AS f_{i}"
-                       for i, q in enumerate(r.sums))
+    contrib += "".join(f", {_fixed_expr(q, f'w_{i}')} AS f_{i}" for i, q in enumerate(r.sums))
     figures = "".join(f", sum({_q('c_' + c)}) AS {_q('n_' + c)}" for c in r.count_columns)
     figures += "".join(f", sum(f_{i}) AS s_{i}" for i in range(len(r.sums)))
     names = "".join(f", {_q('n_' + c)}" for c in r.count_columns) + "".join(f", s_{i}" for i in range(len(r.sums)))
@@ -173,22 +176,29 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             con.register("pub", pub)
             on = " AND ".join(f"src0.{x} IS NOT DISTINCT FROM pub.{x}" for x in g)
             src = f"SELECT src0.* FROM ({src}) src0 SEMI JOIN pub ON {on}"
-        rows = f"SELECT {gcols}u, pos{contrib} FROM ({src})"
+
+        def contributions(rows: str) -> str:
+            return f"SELECT {gcols}u, pos{contrib} FROM (SELECT *{words} FROM ({rows}))"
+
+        rows = contributions(src)
         if not r.privacy_unit:  # each row is its own unit (L0 = Linf = 1): nothing to bound
-            sql = (f"SELECT {gcols}count(*) AS rows, count(*) AS units{figures.replace('sum(', 'sum(')} "
-                   f"FROM ({rows}) {by_clause}")
+            as_pairs = "".join(f", {_q('c_' + c)} AS {_q('n_' + c)}" for c in r.count_columns)
+            as_pairs += "".join(f", f_{i} AS s_{i}" for i in range(len(r.sums)))
+            sql = f"SELECT {gcols}count(*) AS rows, count(*) AS units{totals} FROM (SELECT *{as_pairs} FROM ({rows})) {by_clause}"
         else:
             same_pair = " AND ".join([f"o.{x} IS NOT DISTINCT FROM t.{x}" for x in g] + ["o.u = t.u"])
+            # the rows of the kept pairs over Linf only, their Linf of lowest kw(pos, "rows")
+            linf_rows = (f"SELECT * EXCLUDE (h) FROM (SELECT t.*, {_words('pos', ROWS, params, key)} AS h "
+                         f"FROM ({src}) t SEMI JOIN over o ON {same_pair}) "
+                         f"QUALIFY row_number() OVER (PARTITION BY {gcols}u ORDER BY h) <= {r.linf}")
             sql = f"""
             WITH pairs AS (SELECT {gcols}u, min(pos) AS first, count(*) AS n{figures}
                            FROM ({rows}) GROUP BY {gcols}u),
-            kept AS (SELECT * FROM pairs QUALIFY row_number() OVER
-                     (PARTITION BY u ORDER BY {_words('first', GROUPS, params, key)}) <= {r.l0}),
+            hashed AS (SELECT *, {_words('first', GROUPS, params, key)} AS h FROM pairs),
+            kept AS (SELECT hashed.* EXCLUDE (h) FROM hashed JOIN
+                     (SELECT u, list_max(min(h, {r.l0})) AS cut FROM hashed GROUP BY u) USING (u) WHERE h <= cut),
             over AS (SELECT {gcols}u FROM kept WHERE n > {r.linf}),
-            trimmed AS (SELECT {gcols}u, count(*) AS n{figures} FROM (
-                SELECT t.* FROM ({rows}) t SEMI JOIN over o ON {same_pair}
-                QUALIFY row_number() OVER (PARTITION BY {gcols}u ORDER BY {_words('pos', ROWS, params, key)})
-                        <= {r.linf})
+            trimmed AS (SELECT {gcols}u, count(*) AS n{figures} FROM ({contributions(linf_rows)})
                 GROUP BY {gcols}u),
             final AS (SELECT {gcols}u, n{names} FROM kept WHERE n <= {r.linf}
                       UNION ALL SELECT {gcols}u, n{names} FROM trimmed)
