@@ -23,8 +23,9 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    generalize (``keep``, ``mask``, ``hash``...) is released through that rule first, applied
    to the distinct values -- which is why such a rule must be one value at a time
    (not ``shift_dates``, nor ``scrub_pii`` with ``known``: those read other columns).
-2. With k-anonymity or l-diversity, DuckDB compresses the dataset to one row per distinct
-   (quasi-identifier codes, entity, sensitive code) with its row count, and answers each
+2. With k-anonymity or l-diversity, DuckDB (:mod:`.class_counts`) compresses the dataset
+   to one row per distinct (quasi-identifier codes, entity, sensitive code) with its row
+   count, and answers each
    state of the search of :mod:`.anonymity` with one ``GROUP BY`` over the classes at
    those levels: rows, ``count(DISTINCT entity)`` (null entities count as one),
    ``count(DISTINCT sensitive)`` over non-null values. :func:`.anonymity.climb` drives it
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,8 @@ import pyarrow.parquet as pq
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
 from airflow_privacy.core.deid import loss as loss_measure
-from airflow_privacy.core.deid.anonymity import Classes, climb, judge, outcome
+from airflow_privacy.core.deid.anonymity import climb, outcome
+from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress, quote
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
 from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
@@ -230,10 +232,6 @@ def _scan(ds: ParquetDataset) -> str:
     return f"read_parquet([{files}], hive_partitioning={'true' if ds.partition_keys else 'false'})"
 
 
-def _q(name: Hashable) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
-
-
 def _batches(arrow: pads.Dataset, batch_rows: int) -> Iterator[pa.RecordBatch]:
     # Ordered (files in sorted order, rows in file order): the output keeps the input's order.
     for part in arrow.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1):
@@ -244,7 +242,7 @@ def _batches(arrow: pads.Dataset, batch_rows: int) -> Iterator[pa.RecordBatch]:
 def _distinct_values(con: Any, scan: str, schema: pa.Schema, column: Hashable) -> tuple[pa.Array, pd.Series]:
     """The column's distinct values as DuckDB returns them (to join on) and as pandas reads
     them from Parquet (to build ladders on: same dtype as the in-memory engine's frame)."""
-    values = con.sql(f"SELECT DISTINCT {_q(column)} AS v FROM {scan}").to_arrow_table().column(0).combine_chunks()
+    values = con.sql(f"SELECT DISTINCT {quote(column)} AS v FROM {scan}").to_arrow_table().column(0).combine_chunks()
     typed = values.cast(schema.field(str(column)).type)
     return values, pa.table({str(column): typed}).to_pandas()[str(column)].rename(column)
 
@@ -283,22 +281,18 @@ def _one_value_at_a_time(column: Hashable, rule: Rule, role: str) -> None:
 
 
 def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dict[Hashable, _Ladder],
-             keyring: KeyRing | None, rows_in: int) -> tuple[Any, _Violating, dict[str, Any]]:
+             keyring: KeyRing | None, rows_in: int) -> tuple[Any, Violating, dict[str, Any]]:
     """Steps 2 of the module docstring: levels, the violating classes, the report sections."""
     anonymity = checked.anonymity
     assert anonymity is not None
     qis = list(anonymity.quasi_identifiers)
     names = [str(c) for c in qis]
-    select, joins = [], []
-    for j, column in enumerate(qis):
+    columns = []
+    for column in qis:
         ladder = ladders[column]
-        codes = np.append(ladder.to_code, -1)[ladder.raw.codes]
-        con.register(f"m{j}", pa.table({"v": ladder.values, "c": pa.array(codes, pa.int64())}))
-        select.append(f"coalesce(m{j}.c, -1) AS q{j}")
-        joins.append(f"LEFT JOIN m{j} ON src.{_q(column)} = m{j}.v")
+        columns.append((column, ladder.values, np.append(ladder.to_code, -1)[ladder.raw.codes]))
     entity, sensitive = anonymity.entity, anonymity.sensitive
-    if entity is not None:
-        select.append(f"src.{_q(entity)} AS e")
+    coded_sensitive = None
     if sensitive is not None:
         rule = checked.rules[sensitive]
         raw_values, series = _distinct_values(con, scan, schema, sensitive)
@@ -309,13 +303,10 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
             applied = rule.apply(Batch(pd.DataFrame({sensitive: series}), keyring))
             assert applied.series is not None
             codes = distinct(applied.series).codes
-        con.register("ms", pa.table({"v": raw_values, "c": pa.array(codes, pa.int64())}))
-        select.append("coalesce(ms.c, -1) AS s")
-        joins.append(f"LEFT JOIN ms ON src.{_q(sensitive)} = ms.v")
-    con.execute(f"CREATE TEMP TABLE combos AS SELECT {', '.join(select)}, count(*) AS w "
-                f"FROM {scan} AS src {' '.join(joins)} GROUP BY ALL")
+        coded_sensitive = (sensitive, raw_values, codes)
+    compress(con, scan, columns, entity, coded_sensitive)
     hierarchies = [ladders[c].hierarchy for c in qis]
-    count = _ClassCount(con, hierarchies, anonymity.k, anonymity.l_div, entity is not None, sensitive is not None)
+    count = ClassCount(con, hierarchies, anonymity.k, anonymity.l_div, entity is not None, sensitive is not None)
     levels, state, steps = climb(
         count.evaluate, hierarchies, names, rows_in=rows_in, k=anonymity.k, l_div=anonymity.l_div,
         max_suppression=anonymity.max_suppression,
@@ -325,7 +316,7 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     )
     result = outcome(levels, state, steps, None)
     assert state.keys is not None
-    bad = _Violating(state.keys[state.bad], [h.classes(lv) for h, lv in zip(hierarchies, levels, strict=True)])
+    bad = Violating(state.keys[state.bad], [h.classes(lv) for h, lv in zip(hierarchies, levels, strict=True)])
     report_levels: dict[str, dict[str, Any]] = {}
     for column, name, h, level in zip(qis, names, hierarchies, levels, strict=True):
         ladders[column].level = level
@@ -339,92 +330,6 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     sections["information_loss"] = loss
     sections["_levels"] = report_levels
     return result, bad, sections
-
-
-class _Violating:
-    """The classes to suppress, looked up per row by one integer key: the classes' codes per
-    quasi-identifier (-1: null) in mixed radix -- a table lookup when the key space is small
-    (it is the product of the classes per quasi-identifier), else a sorted search."""
-
-    def __init__(self, keys: np.ndarray, classes: Sequence[int]) -> None:
-        self.radix = [c + 1 for c in classes]
-        self.span = int(np.prod(self.radix, dtype=object))
-        self.empty = len(keys) == 0
-        if self.span >= 2**62:  # pragma: no cover - needs > 2^62 classes
-            self.index = pd.MultiIndex.from_arrays(list(keys.T))
-            return
-        found = self._key(list(keys.T))
-        if self.span <= 1 << 24:
-            self.table = np.zeros(self.span, dtype=bool)
-            self.table[found] = True
-        else:
-            self.sorted = np.sort(found)
-
-    def _key(self, codes: Sequence[np.ndarray]) -> np.ndarray:
-        key = np.zeros(len(codes[0]) if len(codes) else 0, dtype=np.int64)
-        for column, radix in zip(codes, self.radix, strict=True):
-            key = key * radix + (np.asarray(column, dtype=np.int64) + 1)
-        return key
-
-    def holds(self, codes: Sequence[np.ndarray]) -> np.ndarray:
-        """Per row (classes' codes per quasi-identifier), whether its class is suppressed."""
-        n = len(codes[0]) if len(codes) else 0
-        if self.empty:
-            return np.zeros(n, dtype=bool)
-        if self.span >= 2**62:  # pragma: no cover
-            return np.asarray(pd.MultiIndex.from_arrays(list(codes)).isin(self.index))
-        key = self._key(codes)
-        if hasattr(self, "table"):
-            return self.table[key]
-        at = np.searchsorted(self.sorted, key).clip(max=len(self.sorted) - 1)
-        return self.sorted[at] == key
-
-
-class _ClassCount:
-    """The search's evaluation (levels -> :class:`.anonymity.Classes`) as one DuckDB
-    ``GROUP BY`` over the compressed table ``combos``."""
-
-    def __init__(self, con: Any, hierarchies: Sequence[Hierarchy], k: int | None, l_div: int | None,
-                 entity: bool, sensitive: bool) -> None:
-        self.con, self.hierarchies, self.k, self.l_div = con, hierarchies, k, l_div
-        self.entity, self.sensitive = entity, sensitive
-        self._registered: set[tuple[int, int]] = set()
-
-    def _level_table(self, j: int, level: int) -> str:
-        name = f"l{j}_{level}"
-        if (j, level) not in self._registered:
-            codes = np.asarray(self.hierarchies[j].codes(level), dtype=np.int64)
-            self.con.register(name, pa.table({"c": np.arange(-1, len(codes), dtype=np.int64),
-                                              "g": np.append(-1, codes)}))
-            self._registered.add((j, level))
-        return name
-
-    def evaluate(self, levels: Sequence[int]) -> Classes:
-        tables = [self._level_table(j, lv) for j, lv in enumerate(levels)]
-        keys = ", ".join(f"{t}.g AS k{j}" for j, t in enumerate(tables))
-        joins = " ".join(f"JOIN {t} ON combos.q{j} = {t}.c" for j, t in enumerate(tables))
-        entities = ("count(DISTINCT e) + max(CASE WHEN e IS NULL THEN 1 ELSE 0 END)" if self.entity
-                    else "sum(w)")
-        diversity = "count(DISTINCT CASE WHEN s >= 0 THEN s END)" if self.sensitive else "0"
-        table = self.con.sql(f"SELECT {keys}, sum(w)::BIGINT AS r, ({entities})::BIGINT AS n, "
-                             f"({diversity})::BIGINT AS d FROM combos {joins} GROUP BY ALL").to_arrow_table()
-        rows = table.column("r").to_numpy()
-        key_matrix = np.column_stack([table.column(f"k{j}").to_numpy() for j in range(len(levels))])
-        return judge(rows, table.column("n").to_numpy(), table.column("d").to_numpy() if self.sensitive else None,
-                     self.k, self.l_div, keys=key_matrix.reshape(len(rows), len(levels)))
-
-    def kept_counts(self, levels: Sequence[int], bad: _Violating) -> list[np.ndarray]:
-        """Per quasi-identifier, the released rows holding each of its distinct values."""
-        q = len(levels)
-        table = self.con.sql(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
-                             "GROUP BY ALL").to_arrow_table()
-        codes = [table.column(f"q{j}").to_numpy() for j in range(q)]
-        weights = table.column("r").to_numpy()
-        classes = [np.append(np.asarray(h.codes(lv), dtype=np.int64), -1)[c]
-                   for h, lv, c in zip(self.hierarchies, levels, codes, strict=True)]
-        kept = ~bad.holds(classes)
-        return [np.bincount(c[kept & (c >= 0)], weights=weights[kept & (c >= 0)], minlength=h.source.size)
-                .astype(np.int64) for c, h in zip(codes, self.hierarchies, strict=True)]
 
 
 def _release(batch: Batch, rows: np.ndarray | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, _Ladder],

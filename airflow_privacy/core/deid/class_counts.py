@@ -1,0 +1,135 @@
+"""The equivalence classes of k-anonymity / l-diversity counted by DuckDB, out of core.
+
+:func:`compress` reduces a Parquet dataset to one row per distinct (quasi-identifier codes,
+entity, sensitive code) with its row count -- a temporary table DuckDB keeps within its
+``memory_limit``, spilling beyond it. :class:`ClassCount` answers each state of the search of
+:mod:`.anonymity` (levels -> per class: rows, distinct entities, distinct sensitive values)
+with one ``GROUP BY`` over it, the classes being the quasi-identifiers' codes mapped through
+their ladders' level tables; :class:`Violating` then tells, per row of a record batch,
+whether its class is suppressed. Used by :mod:`.streaming`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from airflow_privacy.core.deid.anonymity import Classes, judge
+from airflow_privacy.core.deid.generalize import Hierarchy
+
+__all__ = ["ClassCount", "Violating", "compress", "quote"]
+
+Coded = tuple[Hashable, pa.Array, np.ndarray]
+"""A column, its distinct values as DuckDB read them, and each one's code (-1: null)."""
+
+
+def quote(name: Hashable) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def compress(con: Any, scan: str, quasi_identifiers: Sequence[Coded], entity: Hashable | None,
+             sensitive: Coded | None) -> None:
+    """Create the temporary table ``combos(q0.., e?, s?, w)``: the rows of ``scan`` grouped
+    by their quasi-identifier codes, raw entity and sensitive code, ``w`` rows each."""
+    select, joins = [], []
+    coded = [(f"q{j}", f"m{j}", c) for j, c in enumerate(quasi_identifiers)]
+    if sensitive is not None:
+        coded.append(("s", "ms", sensitive))
+    for alias, table, (column, values, codes) in coded:
+        con.register(table, pa.table({"v": values, "c": pa.array(codes, pa.int64())}))
+        select.append(f"coalesce({table}.c, -1) AS {alias}")
+        joins.append(f"LEFT JOIN {table} ON src.{quote(column)} = {table}.v")
+    if entity is not None:
+        select.append(f"src.{quote(entity)} AS e")
+    con.execute(f"CREATE TEMP TABLE combos AS SELECT {', '.join(select)}, count(*) AS w "
+                f"FROM {scan} AS src {' '.join(joins)} GROUP BY ALL")
+
+
+class Violating:
+    """The classes to suppress, looked up per row by one integer key: the classes' codes per
+    quasi-identifier (-1: null) in mixed radix -- a table lookup when the key space is small
+    (it is the product of the classes per quasi-identifier), else a sorted search."""
+
+    def __init__(self, keys: np.ndarray, classes: Sequence[int]) -> None:
+        self.radix = [c + 1 for c in classes]
+        self.span = int(np.prod(self.radix, dtype=object))
+        self.empty = len(keys) == 0
+        if self.span >= 2**62:  # pragma: no cover - needs > 2^62 classes
+            self.index = pd.MultiIndex.from_arrays(list(keys.T))
+            return
+        found = self._key(list(keys.T))
+        if self.span <= 1 << 24:
+            self.table = np.zeros(self.span, dtype=bool)
+            self.table[found] = True
+        else:
+            self.sorted = np.sort(found)
+
+    def _key(self, codes: Sequence[np.ndarray]) -> np.ndarray:
+        key = np.zeros(len(codes[0]) if len(codes) else 0, dtype=np.int64)
+        for column, radix in zip(codes, self.radix, strict=True):
+            key = key * radix + (np.asarray(column, dtype=np.int64) + 1)
+        return key
+
+    def holds(self, codes: Sequence[np.ndarray]) -> np.ndarray:
+        """Per row (classes' codes per quasi-identifier), whether its class is suppressed."""
+        n = len(codes[0]) if len(codes) else 0
+        if self.empty:
+            return np.zeros(n, dtype=bool)
+        if self.span >= 2**62:  # pragma: no cover
+            return np.asarray(pd.MultiIndex.from_arrays(list(codes)).isin(self.index))
+        key = self._key(codes)
+        if hasattr(self, "table"):
+            return self.table[key]
+        at = np.searchsorted(self.sorted, key).clip(max=len(self.sorted) - 1)
+        return self.sorted[at] == key
+
+
+class ClassCount:
+    """The search's evaluation (levels -> :class:`.anonymity.Classes`) as one DuckDB
+    ``GROUP BY`` over the compressed table ``combos``."""
+
+    def __init__(self, con: Any, hierarchies: Sequence[Hierarchy], k: int | None, l_div: int | None,
+                 entity: bool, sensitive: bool) -> None:
+        self.con, self.hierarchies, self.k, self.l_div = con, hierarchies, k, l_div
+        self.entity, self.sensitive = entity, sensitive
+        self._registered: set[tuple[int, int]] = set()
+
+    def _level_table(self, j: int, level: int) -> str:
+        name = f"l{j}_{level}"
+        if (j, level) not in self._registered:
+            codes = np.asarray(self.hierarchies[j].codes(level), dtype=np.int64)
+            self.con.register(name, pa.table({"c": np.arange(-1, len(codes), dtype=np.int64),
+                                              "g": np.append(-1, codes)}))
+            self._registered.add((j, level))
+        return name
+
+    def evaluate(self, levels: Sequence[int]) -> Classes:
+        tables = [self._level_table(j, lv) for j, lv in enumerate(levels)]
+        keys = ", ".join(f"{t}.g AS k{j}" for j, t in enumerate(tables))
+        joins = " ".join(f"JOIN {t} ON combos.q{j} = {t}.c" for j, t in enumerate(tables))
+        entities = ("count(DISTINCT e) + max(CASE WHEN e IS NULL THEN 1 ELSE 0 END)" if self.entity
+                    else "sum(w)")
+        diversity = "count(DISTINCT CASE WHEN s >= 0 THEN s END)" if self.sensitive else "0"
+        table = self.con.sql(f"SELECT {keys}, sum(w)::BIGINT AS r, ({entities})::BIGINT AS n, "
+                             f"({diversity})::BIGINT AS d FROM combos {joins} GROUP BY ALL").to_arrow_table()
+        rows = table.column("r").to_numpy()
+        key_matrix = np.column_stack([table.column(f"k{j}").to_numpy() for j in range(len(levels))])
+        return judge(rows, table.column("n").to_numpy(), table.column("d").to_numpy() if self.sensitive else None,
+                     self.k, self.l_div, keys=key_matrix.reshape(len(rows), len(levels)))
+
+    def kept_counts(self, levels: Sequence[int], bad: Violating) -> list[np.ndarray]:
+        """Per quasi-identifier, the released rows holding each of its distinct values."""
+        q = len(levels)
+        table = self.con.sql(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
+                             "GROUP BY ALL").to_arrow_table()
+        codes = [table.column(f"q{j}").to_numpy() for j in range(q)]
+        weights = table.column("r").to_numpy()
+        classes = [np.append(np.asarray(h.codes(lv), dtype=np.int64), -1)[c]
+                   for h, lv, c in zip(self.hierarchies, levels, codes, strict=True)]
+        kept = ~bad.holds(classes)
+        return [np.bincount(c[kept & (c >= 0)], weights=weights[kept & (c >= 0)], minlength=h.source.size)
+                .astype(np.int64) for c, h in zip(codes, self.hierarchies, strict=True)]
