@@ -71,6 +71,7 @@ from airflow_privacy.core.dp.accounting import (
     PrivacyCost,
     compose_epsilon,
     is_real_number,
+    unlabelled,
     validate_events,
 )
 from airflow_privacy.core.dp.calibration import check_delta, check_epsilon
@@ -336,7 +337,7 @@ class PrivacyLedger:
             node = forest.nodes[dataset]
             existing = charge_row(conn, dataset, release_id)
             if existing is not None:
-                same = validate_events(json.loads(existing.events)) == events and (
+                same = unlabelled(validate_events(json.loads(existing.events))) == unlabelled(events) and (
                     not stated or (math.isclose(existing.epsilon, claim_eps, rel_tol=1e-12)
                                    and math.isclose(existing.delta, claim_delta, rel_tol=1e-12)))
                 if not same:

@@ -231,6 +231,12 @@ metadata for error bars, ignored by accounting -- two runs of one mechanism comp
 whatever they noised."""
 
 
+def unlabelled(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` without their :data:`LABEL`: what a release spends (a retry after an upgrade
+    that labels events replays the same mechanisms)."""
+    return [{k: v for k, v in ev.items() if k != LABEL} for ev in events]
+
+
 def _grouped(events: list[dict[str, Any]]) -> Counter:
     counts: Counter = Counter()
     for ev in events:
