@@ -14,7 +14,8 @@ Construction
        column's sum, mean, variance and quantiles (they still count as rows).
     3. The primitive queries and the budget split are planned from parameters and public
        schema facts only (:mod:`.plan`): queries are shared where the parameters make them
-       equal (with Linf = 1 the selection's noisy unit count is the row count; a column that
+       equal (the selection's noisy count is the row count: of units = rows with Linf = 1, of
+       rows with Linf > 1 unless count_units is asked; a column that
        cannot hold NaN -- integer/bool dtype, or ``missing_values="refuse"`` -- takes the row
        count as its value count; else rows with and without a value are one "cells" count;
        a sum beside its column's mean is normsum + mid·n), and ε is split by the cube-root
@@ -45,10 +46,14 @@ Construction
        arithmetic and the random source (rejection with CKS20's exact Bernoulli(exp(−γ)); cf.
        Ilvento, CCS 2020). See :func:`.quantiles.dp_quantiles`.
     6. Private partition selection (:mod:`.selection`): the candidates are only the groups
-       that still hold a unit after bounding, and a group is released when its noisy unit
-       count (discrete Laplace or discrete Gaussian, whichever threshold is lower for the
-       parameters) reaches an exact integer threshold that a group of one unit reaches with
-       probability <= δ_T/L0 (Korolova et al. 2009; Wilson et al. 2020; Gopi et al. 2020).
+       that still hold a unit after bounding. Thresholding: a group is released when its noisy
+       count (unit count, or row count when that is the released count; discrete Laplace or
+       discrete Gaussian) reaches an exact integer threshold that a group of one unit (1 unit,
+       <= Linf rows) reaches with probability <= δ_T/L0 (Korolova et al. 2009; Wilson et al.
+       2020; Gopi et al. 2020). Truncated geometric (Desfontaines et al. 2022), when no metric
+       reuses the selection's count: each group kept with the optimal probability π(n) of its
+       unit count at (ε/L0, δ/L0), computed exactly in integers. Which one runs is decided
+       from the parameters: the lowest half-keep count (:func:`.selection.plan_selection`).
 """
 
 from __future__ import annotations
@@ -65,10 +70,8 @@ from airflow_privacy.core.dp import accuracy
 from airflow_privacy.core.dp.accounting import ACCOUNTANTS, PrivacyCost
 from airflow_privacy.core.dp.bounding import check_contribution_bounds
 from airflow_privacy.core.dp.calibration import (
-    analytic_gaussian_sigma,
     check_delta,
     check_epsilon,
-    zcdp_rho,
 )
 from airflow_privacy.core.dp.engines import (
     AggregateRequest,
@@ -93,9 +96,11 @@ from airflow_privacy.core.dp.plan import (
 from airflow_privacy.core.dp.quantiles import dp_quantiles
 from airflow_privacy.core.dp.selection import (
     THRESHOLD_EPSILON,
-    choose_selection,
     gaussian_threshold,
     laplace_threshold,
+    plan_selection,
+    truncated_geometric_keep,
+    truncated_geometric_table,
 )
 from airflow_privacy.core.dp.spec import (
     MECHANISMS,
@@ -105,10 +110,6 @@ from airflow_privacy.core.dp.spec import (
     public_frame,
 )
 from airflow_privacy.core.errors import InvalidParameterError
-
-_NOISE_STEPS = 1 << 12  # the noise of a fixed-point sum spans at least this many grid steps...
-_MAX_ROW_STEPS = 1 << 14  # ...unless one value's range would need more than this many
-
 
 MAX_DELTA = 0.5
 """δ of one release is below 1/2 (issue 17 §6: δ = 0.999 broke the budget search)."""
@@ -287,19 +288,18 @@ def dp_aggregate(
     weights = budget_weights(specs, sources, parts, col_bounds, l0, linf)
     k = len(parts)
     n_gauss = len([q for q in queries if q[0] != "quantile"]) if mechanism == "gaussian" else 0
-    sel_mechanism = "laplace"
+    selection = None
+    delta_gauss = delta / n_gauss if n_gauss else 0.0
     if private_selection:
-        eps_sel = epsilon * weights[SELECTION]
-        d_t = delta / 2 * 0.999  # if any Gaussian runs, half of δ goes to the threshold
-        d_g = (delta - d_t) / (n_gauss + 1)
-        sigma = (analytic_gaussian_sigma(eps_sel, d_g, 1) if l0 == 1
-                 else math.sqrt(l0 / (2 * zcdp_rho(eps_sel, d_g))))
-        sel_mechanism = choose_selection(l0, l0 / eps_sel, sigma, delta * 0.999 if n_gauss == 0 else d_t, d_t)
-        n_gauss += sel_mechanism == "gaussian"
-    # Selection keeps 0.1 % of its δ share unused: PLD accounting of an (ε, δ) event needs a
-    # sliver of slack above δ for its tail truncation, or the composed ε is infinite.
-    delta_t = (delta if n_gauss == 0 else delta / 2) * 0.999 if private_selection else 0.0
-    delta_gauss = (delta - delta_t) / n_gauss if n_gauss else 0.0
+        reused = any(q == SELECTION for src in sources.values() for q in src.values())
+        # With Linf > 1 a selection reused as the row count (or a value count) thresholds rows
+        sel_rows = linf > 1 and any(q == SELECTION and role in ("rows", "n")
+                                    for src in sources.values() for role, q in src.items())
+        selection = plan_selection(l0=l0, eps_sel=epsilon * weights[SELECTION], delta=delta, gaussian_queries=n_gauss,
+                                   reused=reused, accountant=accountant, per_group=linf if sel_rows else 1)
+        delta_gauss = selection.delta_gauss
+    delta_t = selection.delta_t if selection else 0.0
+    sel_per_group = linf if selection and sel_rows else 1  # the most one unit adds to a selection count
 
     def plan(share: float, search: bool = False):
         """Noise of every part at its ε share ``share·k·w_q`` (and its δ share). ``search``:
@@ -309,9 +309,11 @@ def dp_aggregate(
         grids: dict[tuple, tuple[float, float, float]] = {}  # query -> (gamma, magnitude, offset)
         events: list[dict[str, Any]] = []
         eps_of = {q: share * k * w for q, w in weights.items()}
-        if private_selection:
-            noise[SELECTION] = NoiseSpec.calibrate(sel_mechanism, eps_of[SELECTION], delta_gauss, 1, l0,
-                                                   exact=not search)
+        if selection is not None and selection.mechanism == "truncated_geometric":
+            events.append({"kind": "approx", "epsilon": eps_of[SELECTION] / l0, "delta": delta_t / l0, "count": l0})
+        elif selection is not None:
+            noise[SELECTION] = NoiseSpec.calibrate(selection.mechanism, eps_of[SELECTION], delta_gauss, sel_per_group, l0,
+                                                   exact=not search, accountant=accountant)
             events += [noise[SELECTION].event, {"kind": "approx", "epsilon": THRESHOLD_EPSILON, "delta": delta_t}]
         for q in queries:
             kind, eps_q = q[0], eps_of[q]
@@ -327,10 +329,11 @@ def dp_aggregate(
                 half = (hi - lo) / 2
                 magnitude, offset = {"sum": (max(abs(lo), abs(hi)), 0.0), "normsum": (half, 0.0),
                                      "normsq": (half * half / 2, half * half / 2)}[kind]
-                gamma = sum_grid(mechanism, l0, linf, magnitude, eps_q, delta_gauss)
+                gamma = sum_grid(mechanism, l0, linf, magnitude, eps_q, delta_gauss, accountant)
                 grids[q] = (gamma, magnitude, offset)
                 per_group = linf * math.ceil(magnitude / gamma)
-            noise[q] = NoiseSpec.calibrate(mechanism, eps_q, delta_gauss, per_group, l0, exact=not search)
+            noise[q] = NoiseSpec.calibrate(mechanism, eps_q, delta_gauss, per_group, l0, exact=not search,
+                                           accountant=accountant)
             events.append(noise[q].event)
         return noise, grids, events, eps_of
 
@@ -343,6 +346,9 @@ def dp_aggregate(
         raise InvalidParameterError(
             "epsilon", epsilon, f"too small for this release: its {len(events)} mechanism(s) compose to "
             f"epsilon={cost.epsilon:.3g} at delta={delta:.3g}; ask for fewer metrics, a larger epsilon or delta")
+    tg_table = None  # the truncated geometric's keep probabilities at the charged (ε/L0, δ/L0)
+    if selection is not None and selection.mechanism == "truncated_geometric":
+        tg_table = truncated_geometric_table(eps_of[SELECTION] / l0, delta_t / l0)
     # -- the engine: bounding, clamping, rounding, integer aggregates -- before the charge, so
     # unreadable data is never charged; nothing computed here is released -------------------
     sum_queries = {}
@@ -365,11 +371,14 @@ def dp_aggregate(
     noise_sd: dict[str, float] = {}
     grid: dict[str, float] = {}
     release = np.ones(n_groups, dtype=bool)
-    if private_selection:
+    if selection is not None and selection.mechanism == "truncated_geometric":
+        release = truncated_geometric_keep(unit_counts, tg_table, rng)
+    elif selection is not None:
         spec = noise[SELECTION]
-        answers[SELECTION] = (unit_counts.astype(np.int64) + spec.draw(rng, n_groups)).astype(float)
-        threshold = (laplace_threshold(float(spec.scale), l0, delta_t) if spec.scale is not None
-                     else gaussian_threshold(math.sqrt(float(spec.sigma2)), l0, delta_t))
+        counted = agg.rows if sel_per_group > 1 else unit_counts
+        answers[SELECTION] = (counted.astype(np.int64) + spec.draw(rng, n_groups)).astype(float)
+        threshold = (laplace_threshold(float(spec.scale), l0, delta_t, sel_per_group) if spec.scale is not None
+                     else gaussian_threshold(math.sqrt(float(spec.sigma2)), l0, delta_t, sel_per_group))
         release = answers[SELECTION] >= threshold
         noise_sd["selection"] = spec.sd
 

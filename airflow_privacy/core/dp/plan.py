@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from airflow_privacy.core.dp import pld
 from airflow_privacy.core.dp.accounting import compose_epsilon
 from airflow_privacy.core.dp.calibration import (
     analytic_gaussian_sigma,
@@ -57,23 +58,38 @@ class NoiseSpec:
 
     @classmethod
     def calibrate(cls, mechanism: str, eps: float, delta: float, per_group: int, l0: int,
-                  exact: bool = True) -> NoiseSpec:
+                  exact: bool = True, accountant: str = "pld") -> NoiseSpec:
         """Noise for a per-group query where a unit changes up to ``l0`` groups by at most the
         integer ``per_group`` each: L1 sensitivity ``l0 * per_group``, L2 ``sqrt(l0) * per_group``.
 
-        ``exact=False`` (planning searches only, never a release): the scalar discrete Gaussian
-        takes the continuous analytic σ, skipping the exact-PLD check that may raise it."""
+        Gaussian with ``l0 > 1``: the noisy groups are independent scalar discrete Gaussians,
+        of which a unit moves at most ``l0``, each by at most ``per_group``; the release is their
+        composition, recorded as the scalar event with ``count = l0`` and calibrated against
+        that composition's exact PLD (:func:`.calibration.discrete_gaussian_sigma`). Each run's
+        declared (ε1, δ1) is what its σ gives at δ1 = δ/l0 (the ledger checks it). Under the
+        ``basic`` accountant that would be charged l0·ε1 > ε, so there (only) the vector is
+        recorded as Δ2²/2σ²-zCDP (CKS20 Thm 14), which the RDP conversion composes.
+
+        ``exact=False`` (planning searches only, never a release): the discrete Gaussian takes
+        the continuous analytic σ, skipping the exact-PLD check that may raise it, and a
+        composed event declares its target in place of (ε1, δ1)."""
         if mechanism == "laplace":
             sensitivity = l0 * per_group
             scale = rational_at_least(sensitivity / eps)
             return cls({"kind": "discrete_laplace", "parameter": float(1 / scale), "sensitivity": sensitivity}, scale=scale)
-        if l0 == 1:  # one coordinate: the exact PLD of the scalar discrete Gaussian
-            sigma = discrete_gaussian_sigma(eps, delta, per_group) if exact else analytic_gaussian_sigma(eps, delta, per_group)
+        if l0 == 1 or accountant != "basic":  # the exact PLD of l0 scalar discrete Gaussians
+            sigma = (discrete_gaussian_sigma(eps, delta, per_group, l0) if exact
+                     else analytic_gaussian_sigma(eps, delta, math.sqrt(l0) * per_group))
             sigma2 = rational_at_least(sigma**2)
-            event = {"kind": "discrete_gaussian", "sigma": math.sqrt(float(sigma2)), "sensitivity": per_group,
-                     "epsilon": eps, "delta": delta}
+            sd = math.sqrt(float(sigma2))
+            eps1, delta1 = eps, delta / l0
+            if l0 > 1 and exact:
+                eps1 = pld.discrete_gaussian(sd, per_group).epsilon_for_delta(delta1)
+            event = {"kind": "discrete_gaussian", "sigma": sd, "sensitivity": per_group,
+                     "epsilon": eps1, "delta": delta1, "count": l0}
             return cls(event, sigma2=sigma2)
-        # Several coordinates: the multivariate discrete Gaussian is Δ2²/2σ²-zCDP (CKS20 Thm 14).
+        # basic accountant, several coordinates: the multivariate discrete Gaussian is
+        # Δ2²/2σ²-zCDP (CKS20 Thm 14).
         l2_squared = l0 * per_group**2
         sigma2 = rational_at_least(l2_squared / (2 * zcdp_rho(eps, delta)))
         event = {"kind": "zcdp", "rho": float(Fraction(l2_squared) / (2 * sigma2)), "mechanism": "discrete_gaussian",
@@ -92,7 +108,8 @@ class NoiseSpec:
         return math.sqrt(discrete_gaussian_variance(self.sigma2))
 
 
-def sum_grid(mechanism: str, l0: int, linf: int, magnitude: float, eps: float, delta: float) -> float:
+def sum_grid(mechanism: str, l0: int, linf: int, magnitude: float, eps: float, delta: float,
+             accountant: str = "pld") -> float:
     """Power-of-two grid step γ of a fixed-point sum whose per-row magnitude is ``magnitude``.
 
     From parameters only (:mod:`.aggregate` docstring, step 4): the noise scale -- Laplace scale
@@ -101,8 +118,8 @@ def sum_grid(mechanism: str, l0: int, linf: int, magnitude: float, eps: float, d
     """
     if mechanism == "laplace":
         scale = l0 * linf * magnitude / eps
-    elif l0 == 1:
-        scale = analytic_gaussian_sigma(eps, delta, linf * magnitude)
+    elif l0 == 1 or accountant != "basic":  # as NoiseSpec.calibrate
+        scale = analytic_gaussian_sigma(eps, delta, math.sqrt(l0) * linf * magnitude)
     else:
         scale = math.sqrt(l0) * linf * magnitude / math.sqrt(2 * zcdp_rho(eps, delta))
     fine = 2.0 ** math.floor(math.log2(scale / NOISE_STEPS))
@@ -121,8 +138,13 @@ def _coarsened(ev: dict[str, Any]) -> dict[str, Any]:
     steps (~10^4 for fixed-point sums, ~0.3 s each). The same noise-to-sensitivity ratio on a
     lattice with at most ``_SEARCH_STEPS`` steps per sensitivity has nearly the same PLD
     (a finer lattice only approaches the continuous mechanism), at a hundredth of the cost.
-    Nothing is charged from it: the chosen plan is composed exactly afterwards.
+    Nothing is charged from it: the chosen plan is composed exactly afterwards. Likewise k
+    composed discrete Gaussians of σ (one per group a unit moves) stand in as one of σ/sqrt(k):
+    for the continuous Gaussian the two are the same mechanism, and the k-fold PLD
+    composition costs an FFT per search step.
     """
+    if ev["kind"] == "discrete_gaussian" and ev.get("count", 1) > 1:
+        ev = {**ev, "sigma": ev["sigma"] / math.sqrt(ev["count"]), "count": 1}
     steps = ev.get("sensitivity", 1)
     if ev["kind"] not in ("discrete_laplace", "discrete_gaussian") or steps <= _SEARCH_STEPS:
         return ev
@@ -203,9 +225,13 @@ def primitive_queries(specs: Sequence[Metric], *, private_selection: bool, linf:
 
     Sharing rules (each a fact of the parameters, never of the data):
 
-    * With private selection and ``Linf = 1`` a group's bounded row count *is* its unit count,
-      so the selection's noisy unit count serves as the row count (Desfontaines et al. 2022
-      release it the same way); ``count_units`` always reuses it under private selection.
+    * Under private selection the selection's noisy count is reused: with ``Linf = 1`` a
+      group's bounded row count *is* its unit count, so one noisy count serves as both (and as
+      ``count_units``); with ``Linf > 1`` and no ``count_units`` the selection thresholds the
+      bounded *row* count (:mod:`.selection`: a new group holds 1..Linf rows), which then is
+      the row count -- one count query fewer, its ε going to the others. With ``count_units``
+      and ``Linf > 1`` the selection counts units (reused by ``count_units``) and rows run
+      apart.
     * A value column in ``nan_free`` (an integer or boolean dtype, or ``missing_values=
       "refuse"``) has as many values as rows: its value count is the row count.
     * Otherwise, when the row count is a query of its own and exactly one column needs a value
@@ -222,7 +248,7 @@ def primitive_queries(specs: Sequence[Metric], *, private_selection: bool, linf:
     centred = set(needs_n)
     n_cols = list(dict.fromkeys(c for c in needs_n + [m.column for m in specs if m.kind == "sum" and m.column in centred]
                                 if c not in nan_free))
-    rows_from_selection = private_selection and linf == 1
+    rows_from_selection = private_selection and (linf == 1 or "count_units" not in kinds)
     rows_query = ("rows",)
     cells = None
     if "count" in kinds and not rows_from_selection and len(n_cols) == 1:

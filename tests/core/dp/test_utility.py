@@ -35,9 +35,31 @@ def test_three_queries_where_five_ran():
     res = dp_aggregate(_six_hundred_users(), random_source=1, missing_values="refuse", **ISSUE)
     noisy = [e for e in res.cost.events if e["kind"] != "approx"]
     assert len(noisy) == 2, res.cost.events
-    assert res.cost.epsilon <= 1.0 + 1e-9 and compose_epsilon(res.cost.events, 1e-6, "basic") <= 1.0 + 1e-9
+    assert res.cost.epsilon <= 1.0 + 1e-9 and compose_epsilon(res.cost.events, 1e-6, "pld") <= 1.0 + 1e-9
+    basic = dp_aggregate(_six_hundred_users(), random_source=1, missing_values="refuse", accountant="basic", **ISSUE)
+    assert compose_epsilon(basic.cost.events, 1e-6, "basic") <= 1.0 + 1e-9
     # the count, the sum's n and the mean's n share the selection's noise: one sd for all
     assert res.noise_sd["count"] == res.noise_sd["selection"]
+
+
+def test_with_linf_above_one_the_selection_thresholds_the_released_row_count():
+    """Count + sum + mean, L0 = 5, Linf = 3, no NaN: the selection thresholds the bounded row
+    count (a unit adds up to 3 rows to each of 5 groups) and that noisy count is the count and
+    the mean's n -- two noise events where three ran before (selection on units, rows,
+    normsum). Each user holds 2 rows per group, so the released counts are ~1,200 and the
+    threshold stands above the largest count one unit can give a group (Linf)."""
+    u = np.arange(600)
+    df = pd.DataFrame({"u": np.tile(np.repeat(u, 2), 5), "g": np.repeat([f"g{j}" for j in range(5)], 1200),
+                       "x": 1.0})
+    res = dp_aggregate(df, random_source=4, missing_values="refuse",
+                       **{**ISSUE, "max_groups_per_unit": 5, "max_rows_per_group": 3})
+    noisy = [e for e in res.cost.events if e["kind"] != "approx"]
+    assert len(noisy) == 2, res.cost.events
+    assert noisy[0]["sensitivity"] in (3, 15)  # per coordinate (Gaussian) or L1 (Laplace): rows
+    assert res.noise_sd["count"] == res.noise_sd["selection"]
+    assert res.cost.epsilon <= 1.0 + 1e-9
+    counts = res.table.set_index("g")["n"]
+    assert len(counts) == 5 and (abs(counts - 1200) < 6 * res.noise_sd["count"]).all()
 
 
 def test_a_600_user_group_is_released():
