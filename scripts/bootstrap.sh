@@ -20,4 +20,6 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # unchanged on current attrs, so it is installed without letting pip downgrade attrs. Its
 # other requirements are in the dev extra.
 "${PIP[@]}" install -q --no-deps "dp-accounting==0.6.0"
-"$VENV/bin/python" -c "import airflow_privacy, airflow, dp_accounting, torch; print('[bootstrap] ok:', airflow.__version__, torch.__version__)"
+# engine="spark" (the 'spark' extra, in 'all') runs on a JVM: Debian's Java 17 when missing.
+bash scripts/install_java.sh
+"$VENV/bin/python" -c "import airflow_privacy, airflow, dp_accounting, torch, pyspark; print('[bootstrap] ok:', airflow.__version__, torch.__version__)"

@@ -491,6 +491,7 @@ do_up() {
   log "state in $STATE (api :$API_PORT, postgres :$PG_PORT, redis :$REDIS_PORT)"
   start_postgres
   start_redis
+  start_spark
   make_keys
   log "migrating the metadata DB (airflow-init)"
   run_airflow airflow-init db migrate >>"$STATE/logs/airflow-init.log" 2>&1 \
@@ -609,4 +610,6 @@ main() {
   esac
 }
 
+# shellcheck source=scripts/cluster/spark.sh
+. "$HERE/spark.sh"  # start_spark: the Spark master and worker (stopped by do_down like any recorded PID)
 main "$@"
