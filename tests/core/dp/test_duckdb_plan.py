@@ -125,13 +125,14 @@ def test_subkeys_are_query_parameters_never_sql_text(tmp_path, monkeypatch):
         """The real connection; records the text of every statement."""
 
         def __init__(self) -> None:
-            self.con = connect()
+            self.opened = connect()
 
         def __enter__(self):
+            self.con = self.opened.__enter__()
             return self
 
         def __exit__(self, *exc) -> None:
-            self.con.close()
+            self.opened.__exit__(*exc)
 
         def __getattr__(self, name):
             return getattr(self.con, name)

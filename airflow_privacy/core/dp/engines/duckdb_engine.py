@@ -32,7 +32,10 @@ never appear in SQL text, in a profile or in an error message.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -50,8 +53,9 @@ from airflow_privacy.core.errors import SchemaError
 
 MEMORY_LIMIT = os.environ.get("AIRFLOW_PRIVACY_DUCKDB_MEMORY", "2GB")
 """DuckDB's ``memory_limit`` (override with ``AIRFLOW_PRIVACY_DUCKDB_MEMORY``)."""
-TEMP_DIRECTORY = os.path.join(tempfile.gettempdir(), "airflow_privacy_duckdb")
-"""Where DuckDB spills (override the parent with ``TMPDIR``)."""
+TEMP_ROOT = os.environ.get("AIRFLOW_PRIVACY_DUCKDB_TEMP", tempfile.gettempdir())
+"""Where each connection's spill folder is made (override with ``AIRFLOW_PRIVACY_DUCKDB_TEMP``)."""
+_SPILL_PREFIX = "airflow_privacy_duckdb-"
 
 _U64 = (1 << 64) - 1
 # SplitMix64 (keyed.py) with wrapping 64-bit products: DuckDB's UBIGINT raises on overflow,
@@ -97,11 +101,40 @@ def inspect(source: Any, *, needed: set[str], value_cols: set[str], privacy_unit
     return set(value_cols) if missing_values == "refuse" else set()
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False,
-                                 "temp_directory": TEMP_DIRECTORY})
-    con.execute(_MACROS)
-    return con
+@contextmanager
+def _connect() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection spilling to its own folder: mode 0700, unguessable, named after this
+    process, removed on close. Spilled blocks are rows of the input in the clear: a worker
+    killed mid-query cannot remove them, so every connection first removes the folders of
+    processes that no longer run (the next release on that machine cleans up)."""
+    os.makedirs(TEMP_ROOT, exist_ok=True)
+    _sweep_spills()
+    spill = tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}-", dir=TEMP_ROOT)
+    try:
+        con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False,
+                                     "temp_directory": spill})
+        try:
+            con.execute(_MACROS)
+            yield con
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _sweep_spills() -> None:
+    for entry in os.scandir(TEMP_ROOT):
+        if not entry.name.startswith(_SPILL_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = entry.name[len(_SPILL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its process is gone: a killed worker's leftovers
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _scan(ds: ParquetDataset) -> str:

@@ -6,8 +6,10 @@ Why a keyed hash: an engine that sorts and aggregates out of core (DuckDB) or ac
 cluster (Spark) cannot share one sequential random stream; a function of (key, row) gives
 every worker the same choice for the same row in any order. The key is 256 bits from the
 operating system's CSPRNG (:meth:`ReleaseKey.fresh`), never logged, written, or placed in
-SQL text: the engines call :func:`keyed_words` as a vectorized UDF (DuckDB's Arrow UDFs,
-Spark's pandas UDFs), so every engine runs *this* function and agrees bit for bit.
+SQL text. Spark calls :func:`keyed_words` as a pandas UDF; DuckDB computes the same
+arithmetic natively in SQL (wrapping 64-bit products through UHUGEINT), with the two
+subkeys of :meth:`ReleaseKey.subkeys` bound as query parameters -- tested equal to this
+function bit for bit (tests/core/dp/test_duckdb_plan.py), so every engine agrees.
 
 Construction: each domain (``"groups"``, ``"rows"``, ``"round:<query>"``) gets two 64-bit
 subkeys, BLAKE2b keyed by the release key (RFC 7693, a PRF); a row position ``r`` maps to
