@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import uuid
@@ -17,6 +18,7 @@ from airflow_privacy.core.dp import dp_aggregate
 from airflow_privacy.core.dp.engines import choose_engine
 from airflow_privacy.core.errors import PrivacyError
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
+from airflow_privacy.hooks.spark import SparkEngineHook
 from airflow_privacy.operators._params import check_uri
 
 if TYPE_CHECKING:
@@ -159,12 +161,13 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
         else:
             op.log.info("Charged epsilon=%.6g delta=%.3g to dataset %r", cost.epsilon, cost.delta, op.dataset)
 
-    result = dp_aggregate(
-        df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
-        bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
-        public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
-        accountant=ledger.status(op.dataset).accountant, error_bars=op.error_bars, engine=engine,
-    )
+    with _engine_scope(op, engine):
+        result = dp_aggregate(
+            df, epsilon=op.epsilon, delta=op.delta, metrics=op.metrics, by=op.by, privacy_unit=op.privacy_unit,
+            bounds=op.bounds, max_groups_per_unit=op.max_groups_per_unit, max_rows_per_group=op.max_rows_per_group,
+            public_groups=op.public_groups, bins=op.bins, mechanism=op.mechanism, on_cost=charge,
+            accountant=ledger.status(op.dataset).accountant, error_bars=op.error_bars, engine=engine,
+        )
     data, rows = _serialize(result.table, op.destination)
     # Seal the answer before it can be seen: a retry after this point returns these bytes or
     # fails, it never draws again. A crash between seal and write leaves a sealed release with
@@ -177,6 +180,18 @@ def run_dp_release(op: DPReleaseTask, context: Context) -> dict[str, Any]:
     op.log.info("Released %d rows to %s; error bars per metric: %s", rows, op.destination, result.accuracy)
     done = _finish(op, context, ledger, rid, result.cost.epsilon, result.cost.delta, op.destination, rows)
     return {**done, "accuracy": result.accuracy}
+
+
+def _engine_scope(op: DPReleaseTask, engine: str) -> contextlib.AbstractContextManager:
+    """``engine="spark"`` with ``spark_conn_id``: a session on that connection's cluster for
+    the release, reached (or refused, naming ``spark_conn_id``) before the engine reads a row
+    and so before the charge."""
+    conn_id = getattr(op, "spark_conn_id", None)
+    if engine != "spark" or conn_id is None:
+        return contextlib.nullcontext()
+    from airflow_privacy.core.dp.engines.spark_session import spark_on
+
+    return spark_on(SparkEngineHook(conn_id).get_url(), parameter="spark_conn_id", value=conn_id)
 
 
 def _serialize(table: pd.DataFrame, destination: str) -> tuple[bytes, int]:

@@ -53,9 +53,16 @@ class DPAggregateOperator(BaseOperator):
     :param mechanism: ``"laplace"`` or ``"gaussian"``.
     :param engine: where bounding and the integer aggregates run: ``"pandas"`` (reads the batch
         into memory) or ``"duckdb"`` (out of core over the Parquet ``source`` -- file, glob,
-        hive-partitioned folder -- within a memory limit, spilling to disk); ``None`` picks by
-        the source's size (``pandas`` up to 256 MiB of Parquet). Noise, budget and XCom are the
-        same for every engine.
+        hive-partitioned folder -- within a memory limit, spilling to disk) or ``"spark"`` (the
+        cluster of ``spark_conn_id``); ``None`` picks by the source's size (``pandas`` up to
+        256 MiB of Parquet). Noise, budget and XCom are the same for every engine.
+    :param spark_conn_id: with ``engine="spark"``: the Airflow connection naming the cluster --
+        type ``spark`` (a standalone master ``spark://host:7077``) or ``spark_connect`` (a Spark
+        Connect server ``sc://host:15002``), as for apache-airflow-providers-apache-spark
+        (:class:`~airflow_privacy.hooks.spark.SparkEngineHook`). The task is the driver; the
+        cluster's executors read ``source``, so it must be a path or URI they can read. ``None``:
+        ``AIRFLOW_PRIVACY_SPARK_MASTER``, else ``local[*]`` on the worker. A cluster that cannot
+        be reached fails the task at once, without retries, before anything is read or charged.
     :param error_bars: ``"sd"`` and/or ``"ci95"``: add ``<metric>_sd`` / ``<metric>_ci95``
         columns to the output (see :mod:`airflow_privacy.core.dp.accuracy`). Either way the
         return value holds ``accuracy`` -- per metric ``basis`` and ``sd``/``ci95`` (largest
@@ -96,6 +103,7 @@ class DPAggregateOperator(BaseOperator):
         bins: Mapping[str, Sequence[float]] | None = None,
         mechanism: str = "laplace",
         engine: str | None = None,
+        spark_conn_id: str | None = None,
         error_bars: Sequence[str] | str | None = (),
         budget_cap: tuple[float, float] | None = None,
         budget_parent: str | None = None,
@@ -132,6 +140,11 @@ class DPAggregateOperator(BaseOperator):
         if engine is not None and engine not in ENGINES:
             raise InvalidParameterError("engine", engine, f"expected one of {ENGINES} or None (chosen by input size)")
         self.engine = engine
+        if spark_conn_id is not None and (engine != "spark" or not isinstance(spark_conn_id, str)
+                                          or not spark_conn_id.strip()):
+            raise InvalidParameterError("spark_conn_id", spark_conn_id, "expected a connection id, with "
+                                        f"engine='spark' (engine is {engine!r})")
+        self.spark_conn_id = spark_conn_id
         self.error_bars = check_error_bars(error_bars)
         if budget_parent is not None and (not isinstance(budget_parent, str) or not budget_parent.strip()):
             raise InvalidParameterError("budget_parent", budget_parent, "expected the parent dataset's name")
