@@ -11,7 +11,11 @@ whether its class is suppressed. Used by :mod:`.streaming`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,10 +25,43 @@ import pyarrow as pa
 from airflow_privacy.core.deid.anonymity import Classes, judge
 from airflow_privacy.core.deid.generalize import Hierarchy
 
-__all__ = ["ClassCount", "Violating", "compress", "quote"]
+__all__ = ["ClassCount", "Violating", "compress", "connect", "quote"]
+
+SPILL_PREFIX = "airflow_privacy_deid_spill-"
 
 Coded = tuple[Hashable, pa.Array, np.ndarray]
 """A column, its distinct values as DuckDB read them, and each one's code (-1: null)."""
+
+
+@contextlib.contextmanager
+def connect(duckdb: Any, memory_limit: str) -> Iterator[Any]:
+    """A DuckDB connection spilling to a folder of its own (``mkdtemp``: mode 0700, named
+    after this process), removed on close. Spilled blocks hold input rows in the clear (raw
+    entities, quasi-identifiers), and a worker killed with SIGKILL cannot remove its own: the
+    folders of processes that no longer run are swept first."""
+    root = tempfile.gettempdir()
+    for entry in os.scandir(root):
+        pid = entry.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(SPILL_PREFIX) or not pid.isdigit():
+            continue
+        if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+    spill = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=root)
+    try:
+        con = duckdb.connect(config={"memory_limit": memory_limit, "threads": 2, "preserve_insertion_order": False,
+                                     "temp_directory": spill})
+        try:
+            yield con
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def quote(name: Hashable) -> str:

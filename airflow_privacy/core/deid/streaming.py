@@ -46,7 +46,6 @@ killed or failing at any point, the task leaves no partial output.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +60,7 @@ from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
 from airflow_privacy.core.deid import loss as loss_measure
 from airflow_privacy.core.deid.anonymity import climb, outcome
-from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress, quote
+from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress, connect, quote
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
 from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
@@ -185,9 +184,7 @@ def stream(
     duckdb = _duckdb()
     parsed, anonymity = checked.rules, checked.anonymity
     columns_report = {str(c): rule.report() for c, rule in parsed.items()}
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "threads": 2, "preserve_insertion_order": False,
-                                 "temp_directory": os.path.join(tempfile.gettempdir(), "airflow_privacy_deid_duckdb")})
-    with con:
+    with connect(duckdb, MEMORY_LIMIT) as con:
         if ds.protocol not in ("file", "local"):
             con.register_filesystem(ds.filesystem)
         scan = _scan(ds)

@@ -3,6 +3,7 @@ nothing written -- neither the batch nor its report."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pandas as pd
@@ -95,3 +96,36 @@ def test_other_bad_requests_are_refused_before_anything_is_written(dataset, tmp_
     assert _nothing_written(tmp_path)
     _, report = _run(dataset, tmp_path)  # the same dataset, well asked, is released
     assert report["rows_in"] == 40 and report["k_achieved"] >= 2
+
+
+def test_spill_folders_are_private_removed_and_swept(dataset, tmp_path, monkeypatch):
+    """DuckDB's spill folder holds raw rows: it is the run's own (0700), gone after the run,
+    and a folder left by a killed worker (its process gone) is swept by the next run."""
+    import subprocess
+    import tempfile
+
+    from airflow_privacy.core.deid import class_counts
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = root / f"{class_counts.SPILL_PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "duckdb_temp_block-1.block").write_bytes(b"patient rows")
+    alive = root / f"{class_counts.SPILL_PREFIX}{os.getppid()}-def"  # a live process's: kept
+    alive.mkdir()
+    seen = []
+    real = class_counts.compress
+
+    def compress(con, *args):
+        spill = con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
+        seen.append((spill, oct(os.stat(spill).st_mode & 0o777)))
+        return real(con, *args)
+
+    monkeypatch.setattr("airflow_privacy.core.deid.streaming.compress", compress)
+    _, report = _run(dataset, tmp_path)
+    assert report["rows_out"] > 0 and len(seen) == 1
+    spill, mode = seen[0]
+    assert mode == "0o700" and spill.startswith(str(root / f"{class_counts.SPILL_PREFIX}{os.getpid()}-"))
+    assert sorted(p.name for p in root.iterdir()) == [alive.name]
