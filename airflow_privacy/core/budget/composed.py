@@ -32,6 +32,7 @@ import numpy as np
 from scipy import signal
 
 from airflow_privacy.core.dp import accounting, pld, rdp
+from airflow_privacy.core.dp.pld_product import epsilon_of_composition
 
 _ZCDP_KINDS = ("distributed_discrete_gaussian", "zcdp")
 _HEADER = struct.Struct("<I")  # length of the JSON header in the serialised form
@@ -52,7 +53,7 @@ class ComposedState:
     approx_delta: float = 0.0
     rdp_used: bool = False
     curve: np.ndarray | None = None  # rdp: Σ of the Rényi curves at rdp.ORDERS
-    loss: pld.PrivacyLossDistribution | None = None  # pld
+    loss: tuple[pld.PrivacyLossDistribution, ...] = ()  # pld: factors, composed lazily (see compose)
 
     def add(self, events: list[dict[str, Any]]) -> ComposedState:
         """This history followed by ``events`` (validated mechanism events): the events are
@@ -84,17 +85,22 @@ class ComposedState:
                 changes.update(curve=curve if self.curve is None else self.curve + curve, rdp_used=True)
         elif self.accountant == "pld" and kind not in _ZCDP_KINDS:
             part = accounting._pld(ev).self_compose(n)
-            changes["loss"] = part if self.loss is None else self.loss.compose(part)
+            changes["loss"] = (part if not self.loss else self.folded_loss().compose(part),)
         return replace(self, **changes)
 
     def compose(self, other: ComposedState) -> ComposedState:
-        """The history of this state followed by that of ``other`` (same accountant)."""
+        """The history of this state followed by that of ``other`` (same accountant).
+
+        PLDs are not convolved here: the state keeps them as factors. A long history's stored
+        PLD composed with a release's small one is read by :func:`.pld_product.epsilon_of_composition`
+        (two dot products per bisection step) instead of an FFT of the whole history; it is
+        convolved once, when the state is stored (:meth:`folded`)."""
         if other.runs == 0:
             return self
         if self.runs == 0:
             return other
         curve = other.curve if self.curve is None else self.curve if other.curve is None else self.curve + other.curve
-        loss = other.loss if self.loss is None else self.loss if other.loss is None else _compose_pld(self.loss, other.loss)
+        loss = self.loss + other.loss  # convolved only when stored (folded) or read (epsilon)
         return ComposedState(
             self.accountant, self.runs + other.runs, self.basic_epsilon + other.basic_epsilon,
             self.basic_delta + other.basic_delta, self.outright_delta + other.outright_delta, self.sgd or other.sgd, self.fallback or other.fallback,
@@ -117,11 +123,25 @@ class ComposedState:
 
     def _accountant_epsilon(self, delta: float) -> float:
         if self.accountant == "pld":
-            return self.loss.epsilon_for_delta(delta)
+            return _epsilon_of_factors(self.loss, delta)
         remaining = delta - self.approx_delta  # rdp, as accounting._compose_rdp
         if remaining < 0 or (self.rdp_used and remaining <= 0):
             return math.inf
         return (rdp.epsilon_from_rdp(self.curve, remaining) if self.rdp_used else 0.0) + self.approx_epsilon
+
+    def folded_loss(self) -> pld.PrivacyLossDistribution | None:
+        """The PLD factors convolved into one (smallest first)."""
+        factors = sorted(self.loss, key=_size)
+        if not factors:
+            return None
+        out = factors[0]
+        for f in factors[1:]:
+            out = _compose_pld(out, f)
+        return out
+
+    def folded(self) -> ComposedState:
+        """This state with its PLD factors convolved into one (as it is stored)."""
+        return self if len(self.loss) <= 1 else replace(self, loss=(self.folded_loss(),))
 
     # -- storage ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -133,8 +153,9 @@ class ComposedState:
         if self.curve is not None:
             header["curve"] = len(arrays)
             arrays.append(self.curve)
-        if self.loss is not None:
-            pmfs = [self.loss.remove] if self.loss.add is self.loss.remove else [self.loss.remove, self.loss.add]
+        loss = self.folded_loss()
+        if loss is not None:
+            pmfs = [loss.remove] if loss.add is loss.remove else [loss.remove, loss.add]
             header["pmfs"] = []
             for p in pmfs:
                 header["pmfs"].append({"lower": p.lower, "infinity": p.infinity, "array": len(arrays)})
@@ -152,11 +173,30 @@ class ComposedState:
             arrays.append(np.frombuffer(data, "<f8", n, offset).copy())
             offset += 8 * n
         curve = arrays[header.pop("curve")] if "curve" in header else None
-        loss = None
+        loss = ()
         if "pmfs" in header:
             pmfs = [pld._Pmf(p["lower"], arrays[p["array"]], p["infinity"]) for p in header.pop("pmfs")]
-            loss = pld.PrivacyLossDistribution(pmfs[0], pmfs[-1])
+            loss = (pld.PrivacyLossDistribution(pmfs[0], pmfs[-1]),)
         return cls(curve=curve, loss=loss, **header)
+
+
+def _size(loss: pld.PrivacyLossDistribution) -> int:
+    return loss.remove.probs.size + (0 if loss.add is loss.remove else loss.add.probs.size)
+
+
+def _epsilon_of_factors(factors: tuple[pld.PrivacyLossDistribution, ...], delta: float) -> float:
+    """ε of the composition of ``factors``: all but the largest are convolved (small ones,
+    smallest first), and that is composed with the largest by
+    :func:`~airflow_privacy.core.dp.pld_product.epsilon_of_composition`, order by order."""
+    if len(factors) == 1:
+        return factors[0].epsilon_for_delta(delta)
+    ordered = sorted(factors, key=_size)
+    rest = ComposedState("pld", loss=tuple(ordered[:-1])).folded_loss()
+    big = ordered[-1]
+    eps = epsilon_of_composition(big.remove, rest.remove, delta)
+    if big.add is big.remove and rest.add is rest.remove:
+        return eps
+    return max(eps, epsilon_of_composition(big.add, rest.add, delta))
 
 
 def _compose_pld(a: pld.PrivacyLossDistribution, b: pld.PrivacyLossDistribution) -> pld.PrivacyLossDistribution:

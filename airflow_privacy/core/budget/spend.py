@@ -23,7 +23,7 @@ from airflow_privacy.core.dp.accounting import compose_epsilon
 from airflow_privacy.core.errors import BudgetExceededError
 
 TOLERANCE = 1e-9  # relative slack for float round-off in the cap comparison
-CHECKPOINT = 32  # releases folded into a dataset's stored state at once (see state_of)
+CHECKPOINT = 4  # releases folded into a dataset's stored state at once (see state_of)
 
 
 def refresh(conn, forest: Forest, names: list[str], *, check: Any = (), extra: tuple | None = None,
@@ -106,10 +106,13 @@ def state_of(conn: sa.Connection, dataset: str, accountant: str, extra: list[dic
 
     The ledger stores a checkpoint: the composition of the dataset's charges up to the
     charge id ``through``. The releases charged since (fewer than :data:`CHECKPOINT`) and
-    ``extra`` are composed among themselves (small PLDs) and then with the checkpoint in one
-    convolution. When :data:`CHECKPOINT` releases are pending, they are folded into the
-    checkpoint and it is stored, in the charge's transaction -- so a charge writes the
-    (megabytes of) state once in :data:`CHECKPOINT` charges. Without a checkpoint, or with one
+    ``extra`` are composed among themselves (small PLDs) and kept beside the checkpoint as a
+    second factor: the ε of the two is read without convolving them
+    (:func:`~airflow_privacy.core.dp.pld_product.epsilon_of_composition`). When
+    :data:`CHECKPOINT` releases are pending, they are folded into the checkpoint (one FFT of
+    the history) and it is stored, in the charge's transaction -- so a charge convolves and
+    writes the (megabytes of) state once in :data:`CHECKPOINT` charges; the others compose a
+    few small PLDs and read ε by dot products. Without a checkpoint, or with one
     of another accountant (a cap change), the state is rebuilt from every event. Charges of a
     tree are serialised under its lock until commit, so no charge below ``through`` can
     appear later.
