@@ -219,6 +219,9 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             as_pairs += "".join(f", f_{i} AS s_{i}" for i in range(len(r.sums)))
             sql = f"SELECT {gcols}count(*) AS rows, count(*) AS units{totals} FROM (SELECT *{as_pairs} FROM ({rows})) {by_clause}"
         else:
+            # a unit's L0-th lowest pair hash (a scalar min for L0 = 1: the top-L0 lists are the
+            # plan's costliest aggregate)
+            cut = "min(h)" if r.l0 == 1 else f"list_max(min(h, {r.l0}))"
             same_pair = " AND ".join([f"o.{x} IS NOT DISTINCT FROM t.{x}" for x in g] + ["o.u = t.u"])
             # the rows of the kept pairs over Linf only, their Linf of lowest kw(pos, "rows")
             linf_rows = (f"SELECT * EXCLUDE (h) FROM (SELECT t.*, {_words('pos', ROWS, params, key)} AS h "
@@ -229,7 +232,7 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
                            FROM ({rows}) GROUP BY {gcols}u),
             hashed AS (SELECT *, {_words('first', GROUPS, params, key)} AS h FROM pairs),
             kept AS (SELECT hashed.* EXCLUDE (h) FROM hashed JOIN
-                     (SELECT u, list_max(min(h, {r.l0})) AS cut FROM hashed GROUP BY u) USING (u) WHERE h <= cut),
+                     (SELECT u, {cut} AS cut FROM hashed GROUP BY u) USING (u) WHERE h <= cut),
             over AS (SELECT {gcols}u FROM kept WHERE n > {r.linf}),
             trimmed AS (SELECT {gcols}u, count(*) AS n{figures} FROM ({contributions(linf_rows)})
                 GROUP BY {gcols}u),
