@@ -4,23 +4,15 @@ reuses the dataset and is charged again."""
 
 from __future__ import annotations
 
-import json
-
 import pendulum
 import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.io import read_batch, resolve
+from tests.operators.test_dp_aggregate import ledger_url  # noqa: F401 -- the fixture
 
 
-@pytest.fixture
-def ledger_url(tmp_path, monkeypatch) -> str:
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    monkeypatch.setenv("AIRFLOW_CONN_PRIVACY_BUDGET_DEFAULT", json.dumps({"conn_type": "privacy_budget", "host": url}))
-    return url
-
-
-def test_generates_once_and_releases_on_duckdb_under_patients(dagbag, demo_root, ledger_url):
+def test_generates_once_and_releases_on_duckdb_under_patients(dagbag, demo_root, ledger_url):  # noqa: F811
     dag = dagbag.get_dag("dp_large_batches")
     assert dag.get_task("visit_statistics").engine == "duckdb"
     rows = 30_000
