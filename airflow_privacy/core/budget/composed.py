@@ -94,7 +94,7 @@ class ComposedState:
         PLDs are not convolved here: the state keeps them as factors. A long history's stored
         PLD composed with a release's small one is read by :func:`.pld_product.epsilon_of_composition`
         (two dot products per bisection step) instead of an FFT of the whole history; it is
-        convolved once, when the state is stored (:meth:`folded`)."""
+        convolved once, when the state is stored (:meth:`folded_loss`)."""
         if other.runs == 0:
             return self
         if self.runs == 0:
@@ -130,18 +130,8 @@ class ComposedState:
         return (rdp.epsilon_from_rdp(self.curve, remaining) if self.rdp_used else 0.0) + self.approx_epsilon
 
     def folded_loss(self) -> pld.PrivacyLossDistribution | None:
-        """The PLD factors convolved into one (smallest first)."""
-        factors = sorted(self.loss, key=_size)
-        if not factors:
-            return None
-        out = factors[0]
-        for f in factors[1:]:
-            out = _compose_pld(out, f)
-        return out
-
-    def folded(self) -> ComposedState:
-        """This state with its PLD factors convolved into one (as it is stored)."""
-        return self if len(self.loss) <= 1 else replace(self, loss=(self.folded_loss(),))
+        """The PLD factors convolved into one (smallest first), as the state is stored."""
+        return _fold(self.loss)
 
     # -- storage ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -180,6 +170,18 @@ class ComposedState:
         return cls(curve=curve, loss=loss, **header)
 
 
+def _fold(factors: tuple[pld.PrivacyLossDistribution, ...] | list[pld.PrivacyLossDistribution]
+          ) -> pld.PrivacyLossDistribution | None:
+    """``factors`` convolved into one PLD, smallest first (``None`` for none)."""
+    ordered = sorted(factors, key=_size)
+    if not ordered:
+        return None
+    out = ordered[0]
+    for f in ordered[1:]:
+        out = _compose_pld(out, f)
+    return out
+
+
 def _size(loss: pld.PrivacyLossDistribution) -> int:
     return loss.remove.probs.size + (0 if loss.add is loss.remove else loss.add.probs.size)
 
@@ -191,7 +193,7 @@ def _epsilon_of_factors(factors: tuple[pld.PrivacyLossDistribution, ...], delta:
     if len(factors) == 1:
         return factors[0].epsilon_for_delta(delta)
     ordered = sorted(factors, key=_size)
-    rest = ComposedState("pld", loss=tuple(ordered[:-1])).folded_loss()
+    rest = _fold(ordered[:-1])
     big = ordered[-1]
     eps = epsilon_of_composition(big.remove, rest.remove, delta)
     if big.add is big.remove and rest.add is rest.remove:
