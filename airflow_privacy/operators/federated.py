@@ -423,15 +423,20 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         metrics = dict(ckpt.history[-1]) if ckpt.history else {}
         privacy = None
         if spent.get("level"):
+            # Every figure of the XCom is the ledger's, under the dataset's own accountant (PLD by
+            # default): ``epsilon`` is the training's composed spend (the dataset's own events).
+            # The checkpoint's history is planned under ``dp.accountant`` (RDP by default, a
+            # looser bound of the same events) and is not mixed in here.
             ledger = PrivacyBudgetHook().get_ledger()
             if spent["level"] == "site":
-                privacy = privacy_summary(self.dataset, self._round_id(context), spent["epsilon"], spent["delta"],
-                                          ledger.status(self.dataset))
+                status = ledger.status(self.dataset)
+                privacy = privacy_summary(self.dataset, self._round_id(context), status.own_epsilon,
+                                          spent["delta"], status)
             else:  # record level: one budget per site; XCom shows the most-spent site
                 statuses = {s: ledger.status(f"{self.dataset}_{s}") for s in (spent.get("per_site") or {})}
                 worst = max(statuses, key=lambda s: statuses[s].spent_epsilon)
-                privacy = privacy_summary(f"{self.dataset}_{worst}", self._round_id(context), spent["epsilon"],
-                                          spent["delta"], statuses[worst])
+                privacy = privacy_summary(f"{self.dataset}_{worst}", self._round_id(context),
+                                          statuses[worst].own_epsilon, spent["delta"], statuses[worst])
                 privacy["per_site"] = {s: round(st.spent_epsilon, 6) for s, st in statuses.items()}
             privacy["level"] = spent["level"]
             context["ti"].xcom_push(key="privacy_budget", value=privacy)

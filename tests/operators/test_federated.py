@@ -68,6 +68,11 @@ def test_two_runs_continue_rounds_and_accounting_with_a_dropout(dagbag, ledger_u
     eps = [tis1[f"federated.round_{r}.aggregate"].xcom_pull(
         task_ids=f"federated.round_{r}.aggregate", key="privacy_budget")["spent_epsilon"] for r in (1, 2, 3)]
     assert r1["round"] >= 3 and eps[0] < eps[1] < eps[2] <= 8.0
+    # one accountant in the XCom: the training's epsilon is the ledger's composition of the
+    # worst site's events (PLD), not the checkpoint's RDP figure of the same events
+    shown = r1["privacy"]
+    own = PrivacyLedger(ledger_url).status(shown["dataset"])
+    assert shown["epsilon"] == pytest.approx(own.own_epsilon, rel=1e-9) and shown["accountant"] == own.accountant
 
     # Next day site_c has no batch: its training fails, the secure sum drops it, rounds complete.
     run2, tis2 = _run(dagbag, "2026-10-02", ["site_a", "site_b"])
@@ -189,6 +194,7 @@ def test_site_level_round_is_charged_before_any_site_masks(site_dp_dags, ledger_
     assert tis["federated.round_1.charge"].end_date <= sites_start
     privacy = tis["federated.round_1.aggregate"].xcom_pull(task_ids="federated.round_1.aggregate")["privacy"]
     assert privacy["level"] == "site" and privacy["spent_epsilon"] == pytest.approx(charge.spent_epsilon)
+    assert privacy["epsilon"] == pytest.approx(ledger.status("sitedp").own_epsilon, rel=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore:site-level DP with 3 sites")

@@ -1,4 +1,4 @@
-"""The ledger's tables and their migrations (schema v1 .. v5).
+"""The ledger's tables and their migrations (schema v1 .. v6).
 
 Every migration of one open runs in a single transaction (DDL is transactional in SQLite
 and in Postgres), so a migration killed midway leaves the previous schema intact and the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from airflow_privacy.core.dp.accounting import outright_delta
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 schema_table = sa.Table(
@@ -70,6 +70,9 @@ charges_table = sa.Table(
     sa.Column("logical_date", sa.DateTime(timezone=True)),  # schema v4
     sa.UniqueConstraint("dataset", "release_id", name="uq_privacy_charge_release"),
 )
+# schema v6: a charge reads the dataset's charges after its stored composition
+# (spend.state_of: dataset = ? AND id > through) by a range scan, not the dataset's whole history
+charges_by_dataset = sa.Index("ix_privacy_charges_dataset_id", charges_table.c.dataset, charges_table.c.id)
 # schema v4: who changed which cap, when, from what to what, and why.
 cap_changes_table = sa.Table(
     "privacy_cap_changes", metadata,
@@ -171,9 +174,14 @@ def _v5(conn: sa.Connection) -> None:
             conn.execute(composed_table.insert().values(dataset=name, state=state.to_bytes(), through=rows[-1].id))
 
 
+def _v6(conn: sa.Connection) -> None:
+    """v6: the (dataset, id) index of charges (:data:`charges_by_dataset`)."""
+    charges_by_dataset.create(conn, checkfirst=True)
+
+
 # v1 creates the tables from the current definitions; later steps bring tables created by an
 # older package up to date and are no-ops on tables v1 has just created.
-MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+MIGRATIONS: dict[int, Any] = {1: lambda conn: metadata.create_all(conn), 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 MIGRATION_LOCK_KEY = 0x70726976  # "priv": the advisory lock id of ledger migrations (Postgres)
 
 
