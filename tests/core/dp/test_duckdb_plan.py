@@ -101,6 +101,32 @@ def test_every_path_of_the_plan_matches_pandas(tmp_path, l0, linf):
         assert b.rows.sum() == np.minimum(pair_sizes, linf).sum()
 
 
+def _at_the_bounds(l0: int, linf: int) -> pd.DataFrame:
+    """Half the units hold exactly L0 groups, half L0 + 1; their pairs hold exactly Linf or
+    Linf + 1 rows -- the edges of the plan's "kept whole" and "cut" paths."""
+    cells = [(unit, f"g{j}") for unit in range(60) for j in range(l0 + unit % 2)
+             for _ in range(linf + (unit // 2 + j) % 2)]
+    df = pd.DataFrame(cells, columns=["u", "g"]).sample(frac=1, random_state=l0).reset_index(drop=True)
+    df["x"] = np.random.default_rng(l0).normal(3, 5, len(df))
+    return df
+
+
+@pytest.mark.parametrize(("l0", "linf"), [(1, 1), (3, 2)])
+@pytest.mark.parametrize("figures", [True, False], ids=["sums", "counts-only"])
+def test_units_and_pairs_at_and_just_over_the_bounds_match_pandas(tmp_path, l0, linf, figures):
+    df = _at_the_bounds(l0, linf)
+    groups_per_unit = df.groupby("u")["g"].nunique()
+    assert set(groups_per_unit) == {l0, l0 + 1} and set(df.groupby(["u", "g"]).size()) == {linf, linf + 1}
+    req = AggregateRequest(by=("g",), privacy_unit="u", public_groups=None, l0=l0, linf=linf, private_selection=True,
+                           count_columns=("x",) if figures else (), sums=SUMS if figures else (),
+                           key=ReleaseKey.fresh())
+    a = pandas_engine.aggregate(df, req, None)
+    b = duckdb_engine.aggregate(_write(df, tmp_path), req, None)
+    _assert_identical(a, b)
+    assert b.units.sum() == len(groups_per_unit) * l0  # every unit keeps exactly L0 pairs...
+    assert b.rows.sum() == b.units.sum() * linf  # ...of exactly Linf rows each
+
+
 def test_null_public_group_is_a_group_on_both_engines(tmp_path):
     # public_groups may list a missing key: its rows are a group of their own (encoding.py);
     # the plan must not lose them in a join on equality
