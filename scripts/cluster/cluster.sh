@@ -322,6 +322,11 @@ common_settings() {
     "AIRFLOW_PRIVACY_DEMO_ROOT=file://$STATE/demo-data"
     "AIRFLOW_PRIVACY_MAX_ACTIVE_RUNS=16"
   )
+  # spark.sh's master as `spark_default`; a task driving it binds 127.0.0.1 like every service
+  if [ -n "${AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER:-}" ]; then
+    settings+=("AIRFLOW_CONN_SPARK_DEFAULT={\"conn_type\": \"spark\", \"host\": \"$AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER\"}"
+               "SPARK_LOCAL_IP=127.0.0.1")
+  fi
   printf '%s\0' "${settings[@]}"
 }
 
@@ -330,6 +335,7 @@ cmd_settings() {  # common_settings, one a line, with <placeholders> for what `u
   API_PORT="<api-port>" API_SECRET="<api-secret>" JWT_SECRET="<jwt-secret>"
   PG_PORT="<pg-port>" PG_PASSWORD="<pg-password>" REDIS_PORT="<redis-port>" REDIS_PASSWORD="<redis-password>"
   WORKER_LOG_PORT="<worker-log-port>" TRIGGER_LOG_PORT="<trigger-log-port>"
+  AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER="spark://127.0.0.1:<spark-port>"
   common_settings | tr '\0' '\n'
 }
 

@@ -6,8 +6,13 @@
 # own session recorded in STATE/pids (spark-master, spark-worker), so cluster.sh's `down`
 # stops them by PID like every other service. Java: scripts/install_java.sh when missing.
 #
-# `up` appends to STATE/cluster.env: AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER=spark://127.0.0.1:PORT
-# (a client defines the `spark` connection that names it).
+# `up` appends to STATE/cluster.env: AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER=spark://127.0.0.1:PORT,
+# and every Airflow service gets it as the connection `spark_default` (cluster.sh's
+# common_settings), so DPAggregateOperator(engine="spark", spark_conn_id="spark_default") runs
+# its release on this cluster -- dags/dp_spark_statistics.py, tests/integration/
+# test_cluster_spark.py. Without Java, and when scripts/install_java.sh cannot install it, the
+# cluster starts without Spark (a warning; no connection, no master URL), since nothing else
+# needs it.
 
 SPARK_WORKER_MEMORY=1g SPARK_WORKER_CORES=1 SPARK_DAEMON_MEMORY=256m
 
@@ -22,7 +27,11 @@ spark_registered() { grep -q "Registering worker" "$STATE/logs/spark-master.log"
 port_open() { "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2).close()" "$1"; }
 
 start_spark() {
-  bash "$REPO/scripts/install_java.sh" || die "Java is needed for the Spark master and worker"
+  AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER=""  # set once the master runs (never one inherited from the caller)
+  if ! bash "$REPO/scripts/install_java.sh"; then
+    log "WARNING: no Java runtime, and scripts/install_java.sh could not install one: the cluster runs without Spark"
+    return 0
+  fi
   if ! "$PY" -c "import pyspark" 2>/dev/null; then
     log "installing the spark extra (pyspark)"
     timeout 900 "$PY" -m pip install -q -e "$REPO[spark]" || die "pyspark is needed in $VENV"
@@ -45,6 +54,7 @@ print(*(s.getsockname()[1] for s in socks))")
     --webui-port "$SPARK_WORKER_UI_PORT" "spark://127.0.0.1:$SPARK_PORT"
   wait_for "spark-worker" "$WAIT_WORKER" "$(cat "$STATE/pids/spark-worker.pid")" spark_registered \
     || die "the Spark worker did not register; see $STATE/logs/spark-worker.log"
-  echo "AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER=spark://127.0.0.1:$SPARK_PORT" >>"$STATE/cluster.env"
+  AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER="spark://127.0.0.1:$SPARK_PORT"
+  echo "AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER=$AIRFLOW_PRIVACY_CLUSTER_SPARK_MASTER" >>"$STATE/cluster.env"
   log "spark master spark://127.0.0.1:$SPARK_PORT with one worker ($SPARK_WORKER_CORES core, $SPARK_WORKER_MEMORY)"
 }
