@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
-from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.crypto import KeyRing, PrivateKeyRing, PublicKeyRing, decrypt_bytes, inspect_header
 from airflow_privacy.demo.home import scrub_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,6 +301,31 @@ def _keys_decrypt(out: str, demo: Demo) -> None:
     assert batch.read_bytes() == raw.read_bytes() and pq.read_table(batch).num_rows > 0
 
 
+def _holder_rotate(out: str, demo: Demo) -> None:
+    old = PrivateKeyRing.from_json((demo.home / "demo-keyring-holder.json").read_text())
+    new = PrivateKeyRing.from_json((demo.work / "holder-private-2.json").read_text())
+    public = PublicKeyRing.from_json((demo.work / "holder-public-2.json").read_text())
+    assert list(new.ids) == [*old.ids, new.primary_id] and new.primary_id != old.primary_id
+    assert public == new.public_ring() and public.primary_id == new.primary_id
+    assert (demo.work / "holder-private-2.json").stat().st_mode & 0o777 == 0o600
+    published = json.loads((demo.work / "holder-public-2.json").read_text())["keys"]
+    assert published[-1]["fingerprint"] == public.primary.fingerprint  # what sites compare out of band
+    private = json.loads((demo.work / "holder-private-2.json").read_text())
+    assert all(k["private"] not in out for k in private["keys"])  # no private key is printed
+
+
+def _holder_rewrap(out: str, demo: Demo) -> None:
+    new = PrivateKeyRing.from_json((demo.work / "holder-private-2.json").read_text())
+    files = sorted((demo.home / "demo-data" / "to-holder").glob("site=*/*.enc"))
+    assert len(files) == 3 and all(f.name in out for f in files)
+    for f in files:  # every file now wrapped to the new key pair only, and it opens with it
+        assert [r["key_id"] for r in inspect_header(str(f))["recipients"]] == [new.primary_id]
+        site = f.parent.name
+        plain = decrypt_bytes(f.read_bytes(), new, f"{site}/date={DAY}")
+        raw = demo.home / "demo-data" / "raw" / site / f"date={DAY}.parquet"  # site_c's went missing since
+        assert plain == raw.read_bytes() if raw.exists() else plain[:4] == plain[-4:] == b"PAR1"
+
+
 def _list_checkpoints(out: str, demo: Demo) -> None:
     assert {"latest.pt", "round-00001.pt", "round-00002.pt", "round-00003.pt"} <= set(out.split())
 
@@ -346,6 +371,8 @@ CHECKS: list[tuple[str, Callable[[str, Demo], None]]] = [
     ("airflow-privacy keys rotate ring.json --output ring-rotated.json", _keys_rotate),
     ("airflow-privacy keys inspect", _keys_inspect),
     ("airflow-privacy keys decrypt", _keys_decrypt),
+    ('airflow-privacy keys rotate "$AIRFLOW_HOME/demo-keyring-holder.json"', _holder_rotate),
+    ('airflow-privacy keys rewrap "$AIRFLOW_HOME"/demo-data/to-holder/', _holder_rewrap),
     ('CKPT="$AIRFLOW_HOME/demo-data/federated/checkpoints"', _no_output),
     ('ls "$CKPT"', _list_checkpoints),
     ('cp "$CKPT/round-00002.pt" "$CKPT/latest.pt"', _roll_back),
