@@ -295,8 +295,21 @@ def dp_aggregate(
         # With Linf > 1 a selection reused as the row count (or a value count) thresholds rows
         sel_rows = linf > 1 and any(q == SELECTION and role in ("rows", "n")
                                     for src in sources.values() for role, q in src.items())
+        per_sel = linf if sel_rows else 1
         selection = plan_selection(l0=l0, eps_sel=epsilon * weights[SELECTION], delta=delta, gaussian_queries=n_gauss,
-                                   reused=reused, accountant=accountant, per_group=linf if sel_rows else 1)
+                                   reused=reused, accountant=accountant, per_group=per_sel)
+        if reused and mechanism == "laplace" and selection.mechanism == "gaussian":
+            # The weights priced the reused count at Laplace variance; it runs Gaussian (more
+            # groups kept), whose variance at that share is another: weigh it by the ratio.
+            eps_sel = epsilon * weights[SELECTION]
+            gauss = NoiseSpec.calibrate("gaussian", eps_sel, selection.delta_gauss, per_sel, l0, exact=False,
+                                        accountant=accountant)
+            ratio = float(gauss.sigma2) / (2 * (l0 * per_sel / eps_sel) ** 2)
+            reweighed = budget_weights(specs, sources, parts, col_bounds, l0, linf, variance_factor={SELECTION: ratio})
+            again = plan_selection(l0=l0, eps_sel=epsilon * reweighed[SELECTION], delta=delta,
+                                   gaussian_queries=n_gauss, reused=reused, accountant=accountant, per_group=per_sel)
+            if again.mechanism == "gaussian":
+                weights, selection = reweighed, again
         delta_gauss = selection.delta_gauss
     delta_t = selection.delta_t if selection else 0.0
     sel_per_group = linf if selection and sel_rows else 1  # the most one unit adds to a selection count

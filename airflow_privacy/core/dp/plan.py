@@ -280,7 +280,8 @@ def primitive_queries(specs: Sequence[Metric], *, private_selection: bool, linf:
 
 
 def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]], parts: Sequence[tuple],
-                   bounds: dict[str, tuple[float, float]], l0: int, linf: int) -> dict[tuple, float]:
+                   bounds: dict[str, tuple[float, float]], l0: int, linf: int,
+                   variance_factor: dict[tuple, float] | None = None) -> dict[tuple, float]:
     """Weights w_q (Σ = 1) of the budget parts minimising the metrics' summed normalised
     variance (module docstring): ε_q ∝ a_q^(1/3), a_q = Σ over the metrics using q of the
     metric's sensitivity of q squared over its scale squared.
@@ -293,33 +294,44 @@ def budget_weights(specs: Sequence[Metric], sources: dict[str, dict[str, tuple]]
     c² on normsq and normsum, c²/3 on n; a quantile (exponential mechanism, rank error ∝
     L0·Linf/ε) 4c². Partition selection counts as one count query (c²) for the groups it
     keeps, plus whatever reuses it.
+
+    These are Laplace variances (2(Δ1/ε)² per query). ``variance_factor[q]`` multiplies the
+    metric terms of a query whose mechanism gives another variance at the same ε -- a
+    Gaussian selection count reused as the count of a Laplace release (:func:`.aggregate.
+    dp_aggregate` passes σ²/(2(Δ1/ε)²), which the cube-root rule then weighs like any other
+    variance).
     """
     c2 = float(l0 * linf) ** 2
     a = dict.fromkeys(parts, 0.0)
+    factor = variance_factor or {}
+
+    def add(q: tuple, term: float) -> None:
+        a[q] += term * factor.get(q, 1.0)
+
     if SELECTION in a:
         a[SELECTION] += c2
     for m in specs:
         src = sources[m.name]
         if m.kind in ("count", "count_units"):
             q = src.get("rows", src.get("units"))
-            a[q] += (float(l0) ** 2 if m.kind == "count_units" else c2) * (2 if q[0] == "cells" else 1)
+            add(q, (float(l0) ** 2 if m.kind == "count_units" else c2) * (2 if q[0] == "cells" else 1))
             continue
         if m.kind == "quantile":
-            a[src["quantile"]] += 4 * c2
+            add(src["quantile"], 4 * c2)
             continue
         if m.kind == "sum" and "sum" in src:
-            a[src["sum"]] += c2
+            add(src["sum"], c2)
             continue
         lo, hi = bounds[m.column]
         h, mid, big = (hi - lo) / 2, (hi + lo) / 2, max(abs(lo), abs(hi))
         if m.kind == "sum":
-            a[src["normsum"]] += c2 * h * h / (big * big)
-            a[src["n"]] += c2 * mid * mid / (big * big)
+            add(src["normsum"], c2 * h * h / (big * big))
+            add(src["n"], c2 * mid * mid / (big * big))
         else:
-            a[src["normsum"]] += c2
-            a[src["n"]] += c2 / 3
+            add(src["normsum"], c2)
+            add(src["n"], c2 / 3)
             if "normsq" in src:
-                a[src["normsq"]] += c2
+                add(src["normsq"], c2)
     roots = {q: max(v, 1e-12) ** (1 / 3) for q, v in a.items()}
     total = sum(roots.values())
     w = {q: r / total for q, r in roots.items()}

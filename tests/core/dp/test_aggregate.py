@@ -466,3 +466,47 @@ def test_a_large_row_bound_on_little_data_is_fast():
     res = dp_aggregate(df, epsilon=1.0, metrics={"n": "count"}, privacy_unit="u", max_rows_per_group=10**6,
                        random_source=0)
     assert len(res.table) == 1 and time.perf_counter() - t < 2.0
+
+
+def test_a_gaussian_selection_count_reused_by_a_laplace_release_is_weighed_at_its_own_variance():
+    """Count + sum + mean with Linf = 3 under private selection run two parts: the selection's
+    noisy row count (reused as the count and the n of sum and mean) and normsum. The weights
+    price every part at Laplace variance; when the selection runs Gaussian (more groups kept
+    than Laplace thresholding at this L0), its variance at the same ε is another, and the
+    cube-root rule must weigh the metric terms it serves by that ratio -- not its own
+    keep-groups term."""
+    from airflow_privacy.core.dp.plan import SELECTION, NoiseSpec, budget_weights, primitive_queries
+    from airflow_privacy.core.dp.spec import parse_metrics
+
+    specs = parse_metrics({"n": "count", "s": ("sum", "v"), "m": ("mean", "v")})
+    queries, sources = primitive_queries(specs, private_selection=True, linf=3, nan_free={"v"})
+    parts = [SELECTION, *queries]
+    assert len(parts) == 2  # the selection's row count serves the count and both n's
+    bounds = {"v": (0.0, 200.0)}
+    plain = budget_weights(specs, sources, parts, bounds, 5, 3)
+    doubled = budget_weights(specs, sources, parts, bounds, 5, 3, variance_factor={SELECTION: 2.0})
+    c2 = 15.0**2
+    served = c2 * (1 + 0.25 + 1 / 3)  # count, the sum's mid·n, the mean's n
+    normsum = c2 * (0.25 + 1)  # the sum's h²/M², the mean's
+    assert plain[SELECTION] / plain[queries[0]] == pytest.approx(((c2 + served) / normsum) ** (1 / 3))
+    assert doubled[SELECTION] / doubled[queries[0]] == pytest.approx(((c2 + 2 * served) / normsum) ** (1 / 3))
+
+    # dp_aggregate runs exactly that split: the Laplace normsum's ε gives the common scale,
+    # and the selection's σ is the Gaussian calibrated at its reweighed share
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({"u": rng.integers(0, 3000, 20_000), "g": rng.integers(0, 20, 20_000),
+                       "v": rng.lognormal(3, 1, 20_000)})
+    res = dp_aggregate(df, epsilon=1.0, delta=1e-6, by=["g"], privacy_unit="u", bounds=bounds,
+                       metrics={"n": "count", "s": ("sum", "v"), "m": ("mean", "v")},
+                       max_groups_per_unit=5, max_rows_per_group=3, missing_values="refuse", random_source=7)
+    gauss, _threshold, laplace = res.cost.events
+    assert gauss["kind"] == "discrete_gaussian" and laplace["kind"] == "discrete_laplace"
+    eps_normsum = laplace["parameter"] * laplace["sensitivity"]  # parameter = 1/scale = ε/Δ1
+    nominal = 1.0 * plain[SELECTION]
+    ratio = float(NoiseSpec.calibrate("gaussian", nominal, 1e-6 / 2, 3, 5, exact=False).sigma2) / (
+        2 * (15 / nominal) ** 2)
+    w = budget_weights(specs, sources, parts, bounds, 5, 3, variance_factor={SELECTION: ratio})
+    expected = NoiseSpec.calibrate("gaussian", eps_normsum * w[SELECTION] / w[queries[0]], 1e-6 / 2, 3, 5)
+    assert gauss["sigma"] == pytest.approx(math.sqrt(float(expected.sigma2)), rel=1e-3)
+    stale = NoiseSpec.calibrate("gaussian", eps_normsum * plain[SELECTION] / plain[queries[0]], 1e-6 / 2, 3, 5)
+    assert gauss["sigma"] < 0.97 * math.sqrt(float(stale.sigma2))  # what the Laplace-priced split gave
