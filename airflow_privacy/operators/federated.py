@@ -23,13 +23,14 @@ unmasked update, row count, loss or norm. Task logs count as shared: Airflow ser
 every user of its UI. Under record-level DP the published epsilon and the ledger events do
 not depend on a site's row count either (DP-SGD is planned from the declared ``max_rows``,
 see :class:`~airflow_privacy.core.federated.RecordDP`).
+
+The parse-time checks and cached setup of the training parameters are in
+:mod:`.federated_setup`; the ledger charges and privacy summaries of both operators in
+:mod:`.federated_accounting`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -40,111 +41,30 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_privacy.core import io
 from airflow_privacy.core.crypto import decrypt_bytes, encrypt_bytes
-from airflow_privacy.core.dp.accounting import PrivacyCost
 from airflow_privacy.core.errors import InvalidParameterError, PrivacyError
-from airflow_privacy.core.secure_sum.config import MIN_COHORT
 from airflow_privacy.hooks.budget import PrivacyBudgetHook
 from airflow_privacy.hooks.keys import PrivacyKeyHook
-from airflow_privacy.operators._release import announce_alerts, charge_identity, privacy_summary
+from airflow_privacy.operators.federated_accounting import _ClientAccounting, _RoundAccounting
+from airflow_privacy.operators.federated_setup import _secure_config_factory, check_training, setup
 from airflow_privacy.operators.links import PrivacyBudgetLink
 from airflow_privacy.operators.secure_sum import secure_sum_group
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-_SPEC_KEYS = ("features", "label", "ranges", "categories", "classes")
+__all__ = [
+    "ROUND_STEPS",
+    "FederatedClientOperator",
+    "FederatedRoundOperator",
+    "check_training",
+    "federated_round_group",
+    "setup",
+]
+
 ROUND_STEPS = ("init", "charge", "aggregate")
 
 
-def check_training(training: Mapping[str, Any], n_sites: int) -> dict[str, Any]:
-    """Validate the training parameters at parse time; returns them with defaults filled in.
-
-    Builds the :class:`~airflow_privacy.core.federated.FeatureSpec` and
-    :class:`~airflow_privacy.core.federated.FederatedConfig` (every name and range they
-    check: strategy, model name, lr, rounds, dp, ...) and checks the cohort -- without
-    importing torch or building the model (a ``package.module:factory`` model is imported
-    on the workers only), so a DAG file stays cheap to parse.
-
-    :raises InvalidParameterError: naming the parameter, its value and what is accepted.
-    """
-    from airflow_privacy.core.federated.config import FederatedConfig
-
-    if not isinstance(training, Mapping):
-        raise InvalidParameterError("training", training, "expected a dict like simulate()'s keyword arguments")
-    for key in ("features", "label"):
-        if key not in training:
-            raise InvalidParameterError("training", sorted(training), f"missing {key!r}")
-    training = dict(training)
-    if training.get("secure", True) is False:
-        raise InvalidParameterError(
-            "training.secure", False,
-            "the operators aggregate with secure sum only; robust plain aggregation is available in simulate()")
-    if training.get("aggregator", "mean") != "mean":
-        raise InvalidParameterError(
-            "training.aggregator", training["aggregator"],
-            "robust aggregators cannot be combined with secure sum (the aggregator never sees single updates)")
-    if n_sites < MIN_COHORT:
-        raise InvalidParameterError("sites", n_sites, f"secure aggregation needs a cohort of at least {MIN_COHORT} sites")
-    known = {f.name for f in dataclasses.fields(FederatedConfig)}
-    unknown = sorted(set(training) - known - set(_SPEC_KEYS))
-    if unknown:
-        raise InvalidParameterError("training", unknown, f"unknown keys; expected {sorted(known | set(_SPEC_KEYS))}")
-    dp = training.get("dp")
-    if isinstance(dp, Mapping) and dp.get("level") == "site" and training.get("min_sites") is None:
-        training["min_sites"] = n_sites // 2 + 1
-    _, config = setup(training)
-    config.cohort_minimum(n_sites)
-    return training
-
-
-@functools.lru_cache(maxsize=16)
-def _setup(training_json: str):
-    from airflow_privacy.core.federated.config import FederatedConfig
-    from airflow_privacy.core.federated.features import FeatureSpec
-
-    training = json.loads(training_json)
-    spec = FeatureSpec.build(training.pop("features"), training.pop("label"), ranges=training.pop("ranges", None),
-                             categories=training.pop("categories", None), classes=training.pop("classes", None))
-    config = FederatedConfig(**training)
-    config.check_spec(spec)
-    return spec, config
-
-
-def setup(training: Mapping[str, Any]):
-    """``(FeatureSpec, FederatedConfig)`` of the training parameters (cached per process)."""
-    return _setup(json.dumps(training, sort_keys=True, default=list))
-
-
-class _FederatedMixin:
-    def _init_federated(self, sites, training, checkpoint_dir, shared_storage, round_name, dataset) -> None:
-        self.sites = sorted(sites)
-        self.training = check_training(training, len(self.sites))
-        self.checkpoint_dir = checkpoint_dir
-        self.shared_storage = shared_storage
-        self.round_name = round_name
-        self.dataset = dataset
-
-    def _round_id(self, context: Context) -> str:
-        ti = context["ti"]
-        return f"{ti.dag_id}/{ti.run_id}/{self.round_name}"
-
-    def _digest(self, context: Context) -> str:
-        return hashlib.sha256(self._round_id(context).encode()).hexdigest()[:16]
-
-    def _report_path(self, context: Context, site: str) -> str:
-        return f"{self.shared_storage.rstrip('/')}/{self.round_name}/{self._digest(context)}/reports/{site}.json"
-
-    @property
-    def latest(self) -> str:
-        return f"{self.checkpoint_dir.rstrip('/')}/latest.pt"
-
-    @property
-    def _dp_level(self) -> str | None:
-        dp = self.training.get("dp")
-        return dp.get("level") if isinstance(dp, Mapping) else None
-
-
-class FederatedClientOperator(_FederatedMixin, BaseOperator):
+class FederatedClientOperator(_ClientAccounting, BaseOperator):
     """One site's local training for one round; runs on the site's queue.
 
     :param site: this site.
@@ -222,61 +142,12 @@ class FederatedClientOperator(_FederatedMixin, BaseOperator):
         return report
 
     @property
-    def site_dataset(self) -> str:
-        return f"{self.dataset}_{self.site}"
-
-    @property
     def privacy_dataset(self) -> str | None:
         """The dataset this task charges (its *Privacy budget* link): record-level DP only."""
         return self.site_dataset if self._dp_level == "record" else None
 
-    def _release_id(self, context: Context) -> str:
-        return f"{self._round_id(context)}/{self.site}"
 
-    def _prior_events(self, context: Context, config) -> list[dict[str, Any]] | None:
-        """Record-level DP: every earlier event of the site's ledger dataset (rounds that were
-        charged but never aggregated included) -- the ledger is the source of truth."""
-        from airflow_privacy.core.federated import RecordDP
-        from airflow_privacy.core.federated.accounting import EVENT_KINDS
-
-        dp = config.dp
-        if not isinstance(dp, RecordDP):
-            return None
-        ledger = PrivacyBudgetHook().get_ledger()
-        if dp.epsilon is not None:  # the training's target is the site's cap
-            # One patient is in one site: the site's dataset is a disjoint partition of the
-            # DAG's population (`dataset`) when that has a cap, so each patient's worst case
-            # there composes the population's releases with their own site's training.
-            parent = self.dataset if self.dataset in {s.dataset for s in ledger.datasets()} else None
-            ledger.ensure_budget(self.site_dataset, epsilon=dp.epsilon, delta=dp.delta, parent=parent,
-                                 param="training['dp'] epsilon/delta")
-        rid = self._release_id(context)
-        events = [dict(e) for c in ledger.history(self.site_dataset) if c.release_id != rid for e in c.events]
-        foreign = sorted({str(e.get("kind")) for e in events} - set(EVENT_KINDS))
-        if foreign:
-            raise InvalidParameterError(
-                "dataset", self.site_dataset,
-                f"it also holds releases of kind(s) {foreign}; DP-SGD plans its noise over "
-                f"{list(EVENT_KINDS)} events only: give record-level training a dataset of its own",
-            )
-        return events
-
-    def _charge_record_level(self, context: Context, update) -> None:
-        from airflow_privacy.core.federated import RecordDP
-
-        if not isinstance(setup(self.training)[1].dp, RecordDP) or not update.events:
-            return
-        ledger = PrivacyBudgetHook().get_ledger()
-        try:
-            done = ledger.charge(self.site_dataset, release_id=self._release_id(context),
-                                 cost=PrivacyCost(0.0, 0.0, [dict(e) for e in update.events]),
-                                 **charge_identity(context))
-        except KeyError as exc:
-            raise AirflowFailException(f"{exc.args[0]}: record-level DP needs a cap on {self.site_dataset!r}") from exc
-        announce_alerts(self, context, done, ledger)
-
-
-class FederatedRoundOperator(_FederatedMixin, BaseOperator):
+class FederatedRoundOperator(_RoundAccounting, BaseOperator):
     """The aggregator of one round: server optimizer, DP accounting, evaluation, checkpoint.
 
     :param step: ``"init"`` (create the first checkpoint, or validate the existing one against
@@ -371,77 +242,6 @@ class FederatedRoundOperator(_FederatedMixin, BaseOperator):
         self.log.info("Round %d aggregated from %s: %s", nxt.round, summed["survivors"], nxt.history[-1])
         return self._result(context, nxt, config)
 
-    def _charge(self, context: Context) -> dict[str, Any]:
-        """Site-level DP: charge the round before any site draws its noise share or masks.
-
-        The cost is :func:`~airflow_privacy.core.federated.distributed_dp.charged_round_event`
-        (the worst admissible number of survivors: they are not known yet). Check-and-charge
-        is one ledger transaction, idempotent on the round's release id (a retry spends
-        nothing); over the cap it raises and the clients -- downstream -- never run, so no
-        noise is drawn and no sum or checkpoint is written.
-        """
-        from airflow_privacy.core.federated import SiteDP, compose_federated_epsilon
-        from airflow_privacy.core.federated.distributed_dp import charged_round_event
-
-        training_json = json.dumps(self.training, sort_keys=True, default=list)
-        _, config = _setup(training_json)
-        if not isinstance(config.dp, SiteDP):
-            raise InvalidParameterError("step", self.step, "the charge step is for site-level DP")
-        event = charged_round_event(config, _dimension(training_json), len(self.sites))
-        cost = PrivacyCost(0.0, 0.0, [event])  # zCDP: the ledger composes it at the cap's delta
-        rid = self._round_id(context)
-        ledger = PrivacyBudgetHook().get_ledger()
-        try:
-            done = ledger.charge(self.dataset, release_id=rid, cost=cost, **charge_identity(context))
-        except KeyError as exc:
-            raise AirflowFailException(f"{exc.args[0]}: site-level DP needs a cap on {self.dataset!r}") from exc
-        announce_alerts(self, context, done, ledger)
-        if done.replayed and done.events != cost.events:
-            raise PrivacyError(f"round {rid} was charged with different parameters; refusing to train it")
-        privacy = privacy_summary(self.dataset, rid, done.epsilon, done.delta, ledger.status(self.dataset))
-        context["ti"].xcom_push(key="privacy_budget", value=privacy)
-        self.log.info("Charged site-level DP of this round (%d-%d survivors, worst case rho=%.4g: epsilon=%.4g "
-                      "alone at delta=%g); %r has spent %.4g of %.4g%s", config.cohort_minimum(len(self.sites)),
-                      len(self.sites), event["rho"], compose_federated_epsilon([event], config.dp.delta),
-                      config.dp.delta, self.dataset, privacy["spent_epsilon"], privacy["cap_epsilon"],
-                      " (retry: already charged)" if done.replayed else "")
-        return {"privacy": privacy}
-
-    def _check_charged(self, context: Context, config) -> None:
-        """Fail closed: a site-level round is applied only if the charge step charged it."""
-        from airflow_privacy.core.federated import SiteDP
-
-        if isinstance(config.dp, SiteDP) and PrivacyBudgetHook().get_ledger().get_release(
-                self.dataset, self._round_id(context)) is None:
-            raise AirflowFailException(f"round {self._round_id(context)} was not charged to {self.dataset!r}; "
-                                       "nothing is applied")
-
-    def _result(self, context: Context, ckpt, config) -> dict[str, Any]:
-        from airflow_privacy.core.federated import privacy_spent
-
-        spent = privacy_spent(ckpt, config)
-        metrics = dict(ckpt.history[-1]) if ckpt.history else {}
-        privacy = None
-        if spent.get("level"):
-            # Every figure of the XCom is the ledger's, under the dataset's own accountant (PLD by
-            # default): ``epsilon`` is the training's composed spend (the dataset's own events).
-            # The checkpoint's history is planned under ``dp.accountant`` (RDP by default, a
-            # looser bound of the same events) and is not mixed in here.
-            ledger = PrivacyBudgetHook().get_ledger()
-            if spent["level"] == "site":
-                status = ledger.status(self.dataset)
-                privacy = privacy_summary(self.dataset, self._round_id(context), status.own_epsilon,
-                                          spent["delta"], status)
-            else:  # record level: one budget per site; XCom shows the most-spent site
-                statuses = {s: ledger.status(f"{self.dataset}_{s}") for s in (spent.get("per_site") or {})}
-                worst = max(statuses, key=lambda s: statuses[s].spent_epsilon)
-                privacy = privacy_summary(f"{self.dataset}_{worst}", self._round_id(context),
-                                          statuses[worst].own_epsilon, spent["delta"], statuses[worst])
-                privacy["per_site"] = {s: round(st.spent_epsilon, 6) for s, st in statuses.items()}
-            privacy["level"] = spent["level"]
-            context["ti"].xcom_push(key="privacy_budget", value=privacy)
-        return {"checkpoint": self.latest, "round": ckpt.round, "metrics": metrics, "privacy": privacy}
-
     def _plot(self, ckpt, spent) -> None:
         """Held-out accuracy, AUC and loss and epsilon per round as a PNG next to the checkpoint."""
         try:
@@ -486,26 +286,6 @@ def _update_reader(clients: Mapping[str, FederatedClientOperator]):
         return ClientUpdate.from_bytes(blob).secure_input()
 
     return read
-
-
-@functools.lru_cache(maxsize=16)
-def _dimension(training_json: str) -> int:
-    from airflow_privacy.core.federated import init_checkpoint, parameter_count
-
-    spec, config = _setup(training_json)
-    return parameter_count(init_checkpoint(spec, config, seed=0), spec, config)
-
-
-def _secure_config_factory(training: Mapping[str, Any], sites: Sequence[str]):
-    training_json = json.dumps(training, sort_keys=True, default=list)
-
-    def factory(round_id: str):
-        from airflow_privacy.core.federated import secure_sum_config
-
-        _, config = _setup(training_json)
-        return secure_sum_config(config, round_id=round_id, sites=tuple(sites), dimension=_dimension(training_json))
-
-    return factory
 
 
 def federated_round_group(
