@@ -15,7 +15,8 @@ from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink
 import airflow_privacy.hooks
 import airflow_privacy.operators
 
-OPERATOR_MODULES = ("crypto", "deidentify", "dp_aggregate", "federated", "links", "secure_sum")
+OPERATOR_MODULES = ("crypto", "deidentify", "dp_aggregate", "federated", "links", "secure_sum", "secure_sum_site",
+                    "secure_sum_aggregator", "secure_sum_keyholder")
 HOOK_MODULES = ("budget", "keys")
 
 

@@ -29,7 +29,13 @@ from pathlib import Path
 import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
-from airflow_privacy.core.crypto import KeyRing, PrivateKeyRing, PublicKeyRing, decrypt_bytes, inspect_header
+from airflow_privacy.core.crypto import (
+    KeyRing,
+    PrivateKeyRing,
+    PublicKeyRing,
+    decrypt_bytes,
+    inspect_header,
+)
 from airflow_privacy.demo.home import scrub_environment
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,11 @@ import pytest
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost
-from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, ReleaseConflictError
+from airflow_privacy.core.errors import (
+    BudgetExceededError,
+    InvalidParameterError,
+    ReleaseConflictError,
+)
 
 FORK = mp.get_context("fork")
 

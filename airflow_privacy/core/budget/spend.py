@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from airflow_privacy.core.budget.composed import ComposedState
 from airflow_privacy.core.budget.populations import Forest, Node, within
 from airflow_privacy.core.budget.records import DEFAULT_ALERT_SHARE, BudgetStatus
-from airflow_privacy.core.budget.schema import alerts_table, charges_table, composed_table, datasets_table, utcnow
+from airflow_privacy.core.budget.schema import (
+    alerts_table,
+    charges_table,
+    composed_table,
+    datasets_table,
+    utcnow,
+)
 from airflow_privacy.core.dp.accounting import compose_epsilon
 from airflow_privacy.core.errors import BudgetExceededError
 

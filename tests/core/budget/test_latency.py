@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.budget.composed import ComposedState
-from airflow_privacy.core.budget.spend import store_state
 from airflow_privacy.core.budget.schema import charges_table, datasets_table, utcnow
+from airflow_privacy.core.budget.spend import store_state
 from airflow_privacy.core.dp import PrivacyCost
 from airflow_privacy.core.dp.accounting import compose_epsilon, validate_events
 

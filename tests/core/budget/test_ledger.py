@@ -9,7 +9,11 @@ import pytest
 from airflow_privacy.core.budget import PrivacyLedger
 from airflow_privacy.core.dp import PrivacyCost, compose_epsilon
 from airflow_privacy.core.dp.accounting import validate_events
-from airflow_privacy.core.errors import BudgetExceededError, InvalidParameterError, ReleaseConflictError
+from airflow_privacy.core.errors import (
+    BudgetExceededError,
+    InvalidParameterError,
+    ReleaseConflictError,
+)
 
 
 def _cost(eps: float) -> PrivacyCost:
