@@ -290,29 +290,32 @@ def dp_aggregate(
     n_gauss = len([q for q in queries if q[0] != "quantile"]) if mechanism == "gaussian" else 0
     selection = None
     delta_gauss = delta / n_gauss if n_gauss else 0.0
+    sel_per_group = 1  # the most one unit adds to a selection count
     if private_selection:
         reused = any(q == SELECTION for src in sources.values() for q in src.values())
         # With Linf > 1 a selection reused as the row count (or a value count) thresholds rows
-        sel_rows = linf > 1 and any(q == SELECTION and role in ("rows", "n")
-                                    for src in sources.values() for role, q in src.items())
-        per_sel = linf if sel_rows else 1
-        selection = plan_selection(l0=l0, eps_sel=epsilon * weights[SELECTION], delta=delta, gaussian_queries=n_gauss,
-                                   reused=reused, accountant=accountant, per_group=per_sel)
+        if linf > 1 and any(q == SELECTION and role in ("rows", "n")
+                            for src in sources.values() for role, q in src.items()):
+            sel_per_group = linf
+
+        def select(w: dict[tuple, float]) -> Any:
+            return plan_selection(l0=l0, eps_sel=epsilon * w[SELECTION], delta=delta, gaussian_queries=n_gauss,
+                                  reused=reused, accountant=accountant, per_group=sel_per_group)
+
+        selection = select(weights)
         if reused and mechanism == "laplace" and selection.mechanism == "gaussian":
             # The weights priced the reused count at Laplace variance; it runs Gaussian (more
             # groups kept), whose variance at that share is another: weigh it by the ratio.
             eps_sel = epsilon * weights[SELECTION]
-            gauss = NoiseSpec.calibrate("gaussian", eps_sel, selection.delta_gauss, per_sel, l0, exact=False,
+            gauss = NoiseSpec.calibrate("gaussian", eps_sel, selection.delta_gauss, sel_per_group, l0, exact=False,
                                         accountant=accountant)
-            ratio = float(gauss.sigma2) / (2 * (l0 * per_sel / eps_sel) ** 2)
+            ratio = float(gauss.sigma2) / (2 * (l0 * sel_per_group / eps_sel) ** 2)
             reweighed = budget_weights(specs, sources, parts, col_bounds, l0, linf, variance_factor={SELECTION: ratio})
-            again = plan_selection(l0=l0, eps_sel=epsilon * reweighed[SELECTION], delta=delta,
-                                   gaussian_queries=n_gauss, reused=reused, accountant=accountant, per_group=per_sel)
+            again = select(reweighed)
             if again.mechanism == "gaussian":
                 weights, selection = reweighed, again
         delta_gauss = selection.delta_gauss
     delta_t = selection.delta_t if selection else 0.0
-    sel_per_group = linf if selection and sel_rows else 1  # the most one unit adds to a selection count
 
     def plan(share: float, search: bool = False):
         """Noise of every part at its ε share ``share·k·w_q`` (and its δ share). ``search``:
