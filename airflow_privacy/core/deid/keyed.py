@@ -62,6 +62,7 @@ from airflow_privacy.core.crypto.columns import deterministic_tokens
 from airflow_privacy.core.crypto.values import encode_uniques
 from airflow_privacy.core.deid.dedupe import Distinct, distinct, to_series
 from airflow_privacy.core.deid.generalize import parse_datetimes
+from airflow_privacy.core.deid.memo import Memo, memoized
 from airflow_privacy.core.errors import SchemaError
 
 __all__ = ["HASH_VERSION", "date_shifts", "hash_tokens", "shift_dates", "tokenize"]
@@ -85,13 +86,18 @@ def derived_key(ring: KeyRing, purpose: bytes, name: str) -> bytes:
 
 
 def hash_tokens(
-    column: Distinct, name: str, ring: KeyRing, *, length: int, domain: str
+    column: Distinct, name: str, ring: KeyRing, *, length: int, domain: str, memo: Memo | None = None
 ) -> pa.Array:
-    """HMAC tokens of ``column``'s distinct values (one per distinct value, in order)."""
+    """HMAC tokens of ``column``'s distinct values (one per distinct value, in order);
+    ``memo`` (:mod:`.memo`) keeps the MACs across the batches of a streamed release."""
     key = derived_key(ring, _HMAC_PURPOSE, domain)
     messages = encode_uniques(column.uniques, name)
     digest = hmac.digest
-    macs = b"".join([digest(key, m, "sha256")[:length] for m in messages])
+
+    def macs_of(fresh: list[bytes]) -> list[bytes]:
+        return [digest(key, m, "sha256")[:length] for m in fresh]
+
+    macs = b"".join(memoized(memo, ("hash", ring.primary_id, domain, length), messages, macs_of))
     prefix = f"{HASH_VERSION}:{ring.primary_id}:".encode("ascii")
     return _fixed_width_tokens(np.frombuffer(macs, dtype=np.uint8).reshape(-1, length), prefix)
 
@@ -121,24 +127,48 @@ def _fixed_width_tokens(raw: np.ndarray, prefix: bytes) -> pa.Array:
 # -- tokenize -------------------------------------------------------------------------------
 
 
-def tokenize(column: Distinct, name: str, ring: KeyRing) -> tuple[pa.Array, dict[str, Any]]:
+def tokenize(
+    column: Distinct, name: str, ring: KeyRing, memo: Memo | None = None
+) -> tuple[pa.Array, dict[str, Any]]:
     """Deterministic AES-SIV tokens of ``column``'s distinct values, in order (reversible with
     ``decrypt_columns`` under the column's name), and the hint ``encrypt_columns`` records.
 
     The distinct values are encrypted as they are: re-factorizing them here would merge
-    values :func:`.dedupe.distinct` keeps apart (``1``, ``1.0``, ``True``)."""
-    tokens = deterministic_tokens(column.uniques, name, ring)
-    return tokens, {"mode": "deterministic", "kek_id": ring.primary_id}
+    values :func:`.dedupe.distinct` keeps apart (``1``, ``1.0``, ``True``). With ``memo``
+    (:mod:`.memo`), the values it lacks only: a token is a function of the value's
+    encoding, the column and the key (SIV is deterministic)."""
+    hint = {"mode": "deterministic", "kek_id": ring.primary_id}
+    if memo is None:
+        return deterministic_tokens(column.uniques, name, ring), hint
+    uniques = column.uniques
+
+    def tokens_of(fresh: list[int]) -> list[str]:
+        return deterministic_tokens(uniques.take(fresh), name, ring).to_pylist()
+
+    messages = encode_uniques(uniques, name)
+    # the memo's keys are the encodings; ``compute`` gets positions in ``uniques`` instead
+    position = {m: i for i, m in enumerate(messages)}
+    found = memoized(memo, ("tokenize", ring.primary_id, name), messages,
+                     lambda fresh: tokens_of([position[m] for m in fresh]))
+    return pa.array(found, pa.large_string()), hint
 
 
 # -- date shift -----------------------------------------------------------------------------
 
 
-def date_shifts(entities: Distinct, by: str, ring: KeyRing, max_days: int) -> np.ndarray:
-    """The shift in days of every distinct entity (``int64``, never 0, |s| <= max_days)."""
+def date_shifts(
+    entities: Distinct, by: str, ring: KeyRing, max_days: int, memo: Memo | None = None
+) -> np.ndarray:
+    """The shift in days of every distinct entity (``int64``, never 0, |s| <= max_days);
+    ``memo`` (:mod:`.memo`) keeps the MACs across the batches of a streamed release."""
     key = derived_key(ring, _SHIFT_PURPOSE, by)
     digest = hmac.digest
-    macs = b"".join([digest(key, m, "sha256")[:8] for m in encode_uniques(entities.uniques, by)])
+
+    def macs_of(fresh: list[bytes]) -> list[bytes]:
+        return [digest(key, m, "sha256")[:8] for m in fresh]
+
+    messages = encode_uniques(entities.uniques, by)
+    macs = b"".join(memoized(memo, ("shift", ring.primary_id, by), messages, macs_of))
     words = np.frombuffer(macs, dtype=">u8").astype(np.uint64)
     r = (words % np.uint64(2 * max_days)).astype(np.int64)
     return np.where(r < max_days, r - max_days, r - max_days + 1)
@@ -245,9 +275,11 @@ def _shift_text(series: pd.Series, shift: np.ndarray, drop: np.ndarray, name: st
     return to_series(Distinct(row_codes, moved.uniques).take(labels), series.index, series.name)
 
 
-def entity_shifts(entity: Distinct, by: str, ring: KeyRing, max_days: int) -> np.ndarray:
+def entity_shifts(
+    entity: Distinct, by: str, ring: KeyRing, max_days: int, memo: Memo | None = None
+) -> np.ndarray:
     """Per-row shift (``_NULL_SHIFT`` where the entity is null)."""
-    per_entity = date_shifts(entity, by, ring, max_days)
+    per_entity = date_shifts(entity, by, ring, max_days, memo)
     codes = entity.codes
     shift = np.full(len(codes), _NULL_SHIFT, dtype=np.int64)
     present = codes >= 0

@@ -17,6 +17,7 @@ import pandas as pd
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
 from airflow_privacy.core.deid.generalize import ColumnRef, Hierarchy
+from airflow_privacy.core.deid.memo import Memo
 from airflow_privacy.core.errors import InvalidParameterError
 
 __all__ = ["MISSING", "Applied", "Batch", "Params", "Rule", "header", "is_column_name", "plain"]
@@ -31,6 +32,8 @@ class Batch:
     :param rows: positions of the rows to release (all when None). Rules read their input
         through :meth:`series` / :meth:`distinct`, so suppressing rows costs a ``take`` of
         integer codes rather than a copy of every column.
+    :param memo: keyed results kept across the record batches of a streamed release
+        (:mod:`.memo`); None for a batch released alone.
     """
 
     def __init__(
@@ -39,9 +42,11 @@ class Batch:
         keyring: KeyRing | None,
         rows: np.ndarray | None = None,
         shared: dict[Hashable, Distinct] | None = None,
+        memo: Memo | None = None,
     ) -> None:
         self.df = df
         self.keyring = keyring
+        self.memo = memo
         self.rows = rows
         self.index = df.index if rows is None else df.index[rows]
         self._full: dict[Hashable, Distinct] = {} if shared is None else shared
@@ -51,7 +56,7 @@ class Batch:
 
     def select(self, rows: np.ndarray | None) -> Batch:
         """The same batch restricted to the rows at positions ``rows``."""
-        return self if rows is None else Batch(self.df, self.keyring, rows, self._full)
+        return self if rows is None else Batch(self.df, self.keyring, rows, self._full, self.memo)
 
     def series(self, column: Hashable) -> pd.Series:
         series = self.df[column]

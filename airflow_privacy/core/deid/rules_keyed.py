@@ -36,7 +36,7 @@ class Hash(Rule):
         ring = batch.ring()
         column = batch.distinct(self.column)
         tokens = keyed.hash_tokens(
-            column, str(self.column), ring, length=self.length, domain=self.domain
+            column, str(self.column), ring, length=self.length, domain=self.domain, memo=batch.memo
         )
         series = to_series(column.take(tokens), batch.index, self.column)
         return Applied(series, {"key_id": ring.primary_id, "algorithm": "HMAC-SHA256"})
@@ -49,7 +49,7 @@ class Tokenize(Rule):
     def apply(self, batch: Batch) -> Applied:
         ring = batch.ring()
         column = batch.distinct(self.column)
-        tokens, hint = keyed.tokenize(column, str(self.column), ring)
+        tokens, hint = keyed.tokenize(column, str(self.column), ring, batch.memo)
         hint["dtype"] = str(batch.df[self.column].dtype)
         series = to_series(column.take(tokens), batch.index, self.column)
         return Applied(
@@ -94,7 +94,7 @@ class ShiftDates(Rule):
         ring = batch.ring()
         series = batch.series(self.column)
         entity = batch.distinct(self.by)
-        shift = keyed.entity_shifts(entity, str(self.by), ring, self.max_days)
+        shift = keyed.entity_shifts(entity, str(self.by), ring, self.max_days, batch.memo)
         out = keyed.shift_dates(series, shift, str(self.column))
         report: dict[str, Any] = {"key_id": ring.primary_id, "algorithm": "HMAC-SHA256"}
         lost = int(((entity.codes < 0) & batch.notna(self.column)).sum())

@@ -48,13 +48,13 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
@@ -63,6 +63,8 @@ from airflow_privacy.core.deid.anonymity import climb, outcome
 from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress, connect, quote
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
 from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
+from airflow_privacy.core.deid.memo import Memo
+from airflow_privacy.core.deid.pipeline import ParquetSink, ordered
 from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
 from airflow_privacy.core.deid.rules import Batch, Keep, Rule
 from airflow_privacy.core.deid.rules_keyed import ShiftDates
@@ -196,28 +198,28 @@ def stream(
             result, bad, sections = _enforce(con, scan, arrow.schema, checked, ladders, keyring, ds.rows)
             for name, entry in sections["_levels"].items():
                 columns_report[name]["generalization"] = entry
+    for ladder in ladders.values():  # levels built before the worker threads share them
+        ladder.hierarchy.codes(ladder.level)
+    release = partial(_release_batch, keyring=keyring, parsed=parsed, ladders=ladders, bad=bad, qis=qis,
+                      memo=Memo())
     hints: dict[str, Any] = {}
     rows_out = 0
-    with io.open_atomic(destination) as fh:
-        writer = None
-        for part in _batches(arrow, batch_rows):
-            batch = Batch(part.to_pandas(), keyring)
-            rows = None
-            codes = {c: ladder.codes(batch, c) for c, ladder in ladders.items()}
-            if bad is not None:
-                drop = bad.holds([ladders[q].classes(codes[q]) for q in qis])
-                rows = np.flatnonzero(~drop) if drop.any() else None
-                if rows is not None and len(rows) == 0:
-                    continue
-            out = _release(batch, rows, parsed, ladders, codes, columns_report, hints)
-            table = pa.Table.from_pandas(out, preserve_index=False,
-                                         schema=None if writer is None else writer.schema)
-            if writer is None:
-                writer = pq.ParquetWriter(fh, table.schema, compression="zstd")
-            writer.write_table(table)
-            rows_out += table.num_rows
-        assert writer is not None, "at least one row is released (max_suppression < 1)"
-        writer.close()
+    with io.open_atomic(destination) as fh, ParquetSink(fh) as sink:
+        for released in ordered(release, _batches(arrow, batch_rows)):
+            if released is None:
+                continue
+            out, reports, attrs = released
+            for column, entry in reports:  # folded in the input's order: the sequential report
+                hint = entry.pop("_hint", None)
+                if hint:
+                    hints[str(column)] = hint
+                _add(columns_report[str(column)], entry)
+            if hints:
+                out.attrs = {**attrs, ATTRS_KEY: dict(hints)}
+            sink.write(out)
+            rows_out += len(out)
+        written = sink.close()
+        assert written, "at least one row is released (max_suppression < 1)"
         report = {**report_head(ds.rows, rows_out, result), "columns": columns_report,
                   **{k: v for k, v in sections.items() if k != "_levels"}}
         write_report(report, report_destination)
@@ -329,27 +331,41 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     return result, bad, sections
 
 
+def _release_batch(part: pa.RecordBatch, *, keyring: KeyRing | None, parsed: dict[Hashable, Rule],
+                   ladders: dict[Hashable, _Ladder], bad: Violating | None,
+                   qis: list[Hashable], memo: Memo) -> tuple[pd.DataFrame, list[tuple[Hashable, dict[str, Any]]], dict] | None:
+    """Step 3 for one record batch (in a worker thread of :func:`.pipeline.ordered`): the
+    released frame, each column's report entry, the frame's ``attrs`` -- None when every
+    row is suppressed."""
+    batch = Batch(part.to_pandas(), keyring, memo=memo)
+    rows = None
+    codes = {c: ladder.codes(batch, c) for c, ladder in ladders.items()}
+    if bad is not None:
+        drop = bad.holds([ladders[q].classes(codes[q]) for q in qis])
+        rows = np.flatnonzero(~drop) if drop.any() else None
+        if rows is not None and len(rows) == 0:
+            return None
+    out, reports = _release(batch, rows, parsed, ladders, codes)
+    return out, reports, batch.df.attrs
+
+
 def _release(batch: Batch, rows: np.ndarray | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, _Ladder],
-             codes: dict[Hashable, np.ndarray], columns_report: dict[str, dict[str, Any]], hints: dict[str, Any]) -> pd.DataFrame:
-    """Step 3 for one record batch: every column released, the report's counts added."""
+             codes: dict[Hashable, np.ndarray]) -> tuple[pd.DataFrame, list[tuple[Hashable, dict[str, Any]]]]:
+    """Every column of one record batch released, and each column's report entry."""
     kept = batch.select(rows)
     outputs: dict[Hashable, pd.Series] = {}
+    reports: list[tuple[Hashable, dict[str, Any]]] = []
     for column, rule in parsed.items():
         if column in ladders:
             series, report = ladders[column].release(batch, column, rows, codes[column])
         else:
             applied = rule.apply(kept)
             series, report = applied.series, dict(applied.report)
-        hint = report.pop("_hint", None)
-        if hint:
-            hints[str(column)] = hint
-        _add(columns_report[str(column)], report)
+        reports.append((column, report))
         if series is not None:
             outputs[column] = series
     out = pd.DataFrame({c: outputs[c] for c in batch.df.columns if c in outputs}, index=kept.index, copy=False)
-    if hints:
-        out.attrs = {**batch.df.attrs, ATTRS_KEY: dict(hints)}
-    return out
+    return out, reports
 
 
 def _add(entry: dict[str, Any], report: dict[str, Any]) -> None:

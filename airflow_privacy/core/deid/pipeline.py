@@ -1,0 +1,113 @@
+"""The second pass of :mod:`.streaming` as a bounded, ordered pipeline over threads.
+
+Three stages overlap: the Arrow scanner reads and decodes record batches ahead (its own
+C++ threads, ``batch_readahead``); :data:`WORKERS` threads release batches (``to_pandas``,
+the rules); one writer thread converts each released frame back to Arrow and writes it to
+the Parquet file, in the input's order.
+
+Why threads and not processes: the costly kernels release the GIL -- Arrow compute (RE2
+regexes, ``take``, dictionary encoding), the Parquet encoder and its zstd compression,
+pandas' hash tables on numeric codes -- so two threads use both cores of a small worker
+for much of a batch, with no pickling of frames and without handing the key ring to
+another process. What holds the GIL (per distinct value Python: HMAC, AES-SIV,
+``str.replace``) is kept small by dedupe-then-map and :mod:`.memo`.
+
+Why ordered and bounded: the output keeps the input's row order (the ``"pandas"`` engine's
+output row for row), and at most ``depth`` batches are released ahead of the one being
+folded, plus :data:`WRITE_BACKLOG` waiting to be written, so memory stays a small multiple
+of the record batch size whatever the dataset size. The reports of the batches are folded
+by the caller in the input's order too, so the audit report is the one a sequential pass
+gives.
+
+Failure: an exception of a worker is raised by :func:`ordered` when its batch's turn
+comes, one of the writer by :meth:`ParquetSink.write` / :meth:`ParquetSink.close`; both
+cancel what is queued and wait for what runs before raising, so nothing writes to the file
+after the caller's ``open_atomic`` block has failed (and discarded it).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Any, TypeVar
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["WORKERS", "WRITE_BACKLOG", "ParquetSink", "ordered"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+WORKERS = 2
+"""Threads releasing batches: the two cores the engine is sized for (DuckDB's ``threads``
+in :func:`.class_counts.connect` too)."""
+WRITE_BACKLOG = 2
+"""Released frames waiting for the writer at most."""
+
+
+def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int = WORKERS,
+            depth: int | None = None) -> Iterator[R]:
+    """``fn(item)`` for every item, yielded in the items' order, with ``workers`` threads and
+    at most ``depth`` (default ``workers + 1``) calls submitted and not yet yielded."""
+    depth = workers + 1 if depth is None else depth
+    pending: collections.deque[Future[R]] = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="deid-release") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # an error or an abandoned iteration: nothing queued starts
+            for future in pending:
+                future.cancel()
+
+
+class ParquetSink:
+    """One Parquet file written by one thread, frames in the order given (``zstd``, the
+    schema of the first frame; later frames are converted to it, as the sequential pass
+    did with ``pa.Table.from_pandas(..., schema=writer.schema)``)."""
+
+    def __init__(self, fh: IO[bytes], backlog: int = WRITE_BACKLOG) -> None:
+        self._fh = fh
+        self._backlog = backlog
+        self._writer: pq.ParquetWriter | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="deid-write")
+        self._pending: collections.deque[Future[None]] = collections.deque()
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Queue ``frame``; waits while :attr:`backlog` frames are queued already."""
+        self._pending.append(self._pool.submit(self._write, frame))
+        while len(self._pending) > self._backlog:
+            self._pending.popleft().result()
+
+    def _write(self, frame: pd.DataFrame) -> None:
+        schema = None if self._writer is None else self._writer.schema
+        table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._fh, table.schema, compression="zstd")
+        self._writer.write_table(table)
+
+    def close(self) -> bool:
+        """Wait for every queued frame, close the file's footer; whether any frame was
+        written."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._writer is None:
+            return False
+        self._writer.close()
+        return True
