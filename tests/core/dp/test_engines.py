@@ -212,15 +212,33 @@ def local_spark():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("by", "unit", "l0", "linf"), [(("g",), "u", 2, 3), (("g", "h"), None, 1, 1)])
-def test_spark_equals_pandas_and_duckdb(local_spark, tmp_path, by, unit, l0, linf):
+@pytest.mark.parametrize(("by", "unit", "l0", "linf", "public"), [
+    (("g",), "u", 2, 3, False), (("g", "h"), None, 1, 1, False), (("g", "h"), "u", 1, 1, False),
+    ((), "u", 1, 2, False), (("g",), "u", 1, 2, True), (("g",), "u", 3, 40, False)])
+def test_spark_equals_pandas_and_duckdb(local_spark, tmp_path, by, unit, l0, linf, public):
+    # every path of the Spark plan: min_by (L0 = 1) and the window (L0 > 1), pairs over Linf
+    # sent back to their rows (and none over Linf = 40), no unit, no group, public groups
     df = _data(5000)
     source = _write(df, tmp_path)
-    req = AggregateRequest(by=by, privacy_unit=unit, public_groups=None, l0=l0, linf=linf,
-                           private_selection=True, count_columns=("x",), sums=SUMS, key=ReleaseKey.fresh())
+    pub = pd.DataFrame({"g": ["a", "c", "zz"]}) if public else None
+    req = AggregateRequest(by=by, privacy_unit=unit, public_groups=pub, l0=l0, linf=linf,
+                           private_selection=not public, count_columns=("x",), sums=SUMS, key=ReleaseKey.fresh())
     spark = load_engine("spark").aggregate(source, req, None)
     _assert_same(pandas_engine.aggregate(df, req, None), spark, by)
     _assert_same(duckdb_engine.aggregate(source, req, None), spark, by)
+
+
+@pytest.mark.slow
+def test_spark_shuffle_join_of_pairs_over_linf_equals_pandas(local_spark, tmp_path, monkeypatch):
+    # more pairs over Linf than Spark may broadcast: the second scan joins them by a shuffle
+    from airflow_privacy.core.dp.engines import spark_engine
+
+    monkeypatch.setattr(spark_engine, "BROADCAST_PAIRS", 0)
+    df = _data(5000)
+    req = AggregateRequest(by=("g",), privacy_unit="u", public_groups=None, l0=2, linf=1, private_selection=True,
+                           count_columns=("x",), sums=SUMS, key=ReleaseKey.fresh())
+    _assert_same(pandas_engine.aggregate(df, req, None), spark_engine.aggregate(_write(df, tmp_path), req, None),
+                 ("g",))
 
 
 @pytest.mark.slow

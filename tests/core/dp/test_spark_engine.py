@@ -5,6 +5,8 @@ starts."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -58,8 +60,8 @@ def test_subkeys_never_appear_in_the_plan(spark, tmp_path):
     key = ReleaseKey.fresh()
     req = AggregateRequest(by=("g",), privacy_unit="u", public_groups=None, l0=1, linf=1, private_selection=True,
                            sums=(SumQuery("sum", "x", 0, 10, 2**-6, 0.0, 640),), key=key)
-    with spark_engine._wrapping(spark):
-        plan = spark_engine._plan(spark, resolve(str(tmp_path)), req, ["g0"])
+    with spark_engine._wrapping(spark), contextlib.ExitStack() as stack:
+        plan = spark_engine._plan(spark, resolve(str(tmp_path)), req, ["g0"], stack)
         text = plan._jdf.queryExecution().toString()  # parsed, analysed, optimised and physical plans
     secrets = [str(spark_engine._signed(k)) for d in ("groups", "rows", "round:sum:x") for k in key.subkeys(d)]
     assert "__k0_0" in text  # the keys' table is in the plan, its values are not
