@@ -66,7 +66,7 @@ from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
 from airflow_privacy.core.deid.memo import Memo
 from airflow_privacy.core.deid.pipeline import ParquetSink, ordered
 from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
-from airflow_privacy.core.deid.rules import Batch, Keep, Rule
+from airflow_privacy.core.deid.rules import Batch, Drop, Keep, Rule
 from airflow_privacy.core.deid.rules_keyed import ShiftDates
 from airflow_privacy.core.deid.rules_text import ScrubPII
 from airflow_privacy.core.dp.engines.dataset import ParquetDataset, dataset_bytes, resolve
@@ -205,7 +205,7 @@ def stream(
     hints: dict[str, Any] = {}
     rows_out = 0
     with io.open_atomic(destination) as fh, ParquetSink(fh) as sink:
-        for released in ordered(release, _batches(arrow, batch_rows)):
+        for released in ordered(release, _batches(arrow, batch_rows, _read_columns(arrow.schema, checked))):
             if released is None:
                 continue
             out, reports, attrs = released
@@ -231,11 +231,32 @@ def _scan(ds: ParquetDataset) -> str:
     return f"read_parquet([{files}], hive_partitioning={'true' if ds.partition_keys else 'false'})"
 
 
-def _batches(arrow: pads.Dataset, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _batches(arrow: pads.Dataset, batch_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
     # Ordered (files in sorted order, rows in file order): the output keeps the input's order.
-    for part in arrow.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1):
+    for part in arrow.to_batches(batch_size=batch_rows, columns=columns, batch_readahead=2,
+                                 fragment_readahead=1):
         if part.num_rows:
             yield part
+
+
+def _read_columns(schema: pa.Schema, checked: Plan) -> list[str] | None:
+    """The fields the second pass reads: all (None) but the columns released as ``drop`` that
+    no other rule (``shift_dates.by``, ``scrub_pii.known``) nor constraint reads: decoding a
+    column and converting it to Python objects (a ``date32`` column becomes ``datetime.date``
+    objects) only to drop it is wasted CPU time. The schema's pandas metadata stays with a
+    projection, so the frame's other columns convert exactly as before."""
+    read: set[Hashable] = set()
+    for rule in checked.rules.values():
+        if isinstance(rule, ShiftDates):
+            read.add(rule.by)
+        elif isinstance(rule, ScrubPII):
+            read.update(rule.known)
+    anonymity = checked.anonymity
+    if anonymity is not None:
+        read.update([*anonymity.quasi_identifiers, anonymity.entity, anonymity.sensitive])
+    skip = {str(c) for c, r in checked.rules.items() if isinstance(r, Drop) and c not in read}
+    kept = [name for name in schema.names if name not in skip]
+    return None if len(kept) == len(schema.names) or not kept else kept
 
 
 def _distinct_values(con: Any, scan: str, schema: pa.Schema, column: Hashable) -> tuple[pa.Array, pd.Series]:
