@@ -25,8 +25,11 @@ the hash is a bijection of 64-bit words, so distinct positions never tie and "th
 hashes" is the same set whichever way it is computed; integer sums do not depend on the order
 of addition. The hash and the rounding run as native SQL (``UHUGEINT`` products reduced
 mod 2^64 -- DuckDB's ``UBIGINT`` arithmetic refuses to wrap) and agree bit for bit with the
-numpy functions of :mod:`.keyed` (tested). The subkeys are bound as query parameters: they
-never appear in SQL text, in a profile or in an error message.
+numpy functions of :mod:`.keyed` (tested). The subkeys reach the query as the one row of a
+registered Arrow table, ``ap_keys``, cross-joined where a hash is computed: they are data, never
+SQL text nor a constant of the plan, so no ``EXPLAIN``, profile or error message can show them
+(bound as query parameters, DuckDB folded them into the plan's constants, where a profile
+printed them).
 """
 
 from __future__ import annotations
@@ -144,11 +147,20 @@ def _scan(ds: ParquetDataset) -> str:
 
 
 def _words(pos: str, domain: str, params: dict[str, int], key: ReleaseKey) -> str:
-    """SQL for ``keyed_words(key, domain, pos)``; the subkeys go to ``params`` (never the text)."""
+    """SQL for ``keyed_words(key, domain, pos)`` in a query cross-joined to ``ap_keys``; the
+    subkeys go to ``params``, the columns of that table (never the text)."""
     name = f"k{len(params) // 2}"
     k0, k1 = key.subkeys(domain)
     params[name + "_0"], params[name + "_1"] = int(k0), int(k1)
-    return f"ap_words({pos}, ${name}_0::UBIGINT, ${name}_1::UBIGINT)"
+    return f"ap_words({pos}, ap_keys.{name}_0, ap_keys.{name}_1)"
+
+
+def _key_table(params: dict[str, int]) -> Any:
+    """``ap_keys``: one row, a UBIGINT column per subkey of ``params`` (and ``one``: a
+    cross join with no key must keep the rows)."""
+    import pyarrow as pa
+
+    return pa.table({"one": [1], **{name: pa.array([value], pa.uint64()) for name, value in params.items()}})
 
 
 def _fixed_expr(q: SumQuery, words: str) -> str:
@@ -211,7 +223,7 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             src = f"SELECT src0.* FROM ({src}) src0 SEMI JOIN pub ON {on}"
 
         def contributions(rows: str) -> str:
-            return f"SELECT {gcols}u, pos{contrib} FROM (SELECT *{words} FROM ({rows}))"
+            return f"SELECT {gcols}u, pos{contrib} FROM (SELECT r.*{words} FROM ({rows}) r CROSS JOIN ap_keys)"
 
         rows = contributions(src)
         if not r.privacy_unit:  # each row is its own unit (L0 = Linf = 1): nothing to bound
@@ -225,12 +237,12 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             same_pair = " AND ".join([f"o.{x} IS NOT DISTINCT FROM t.{x}" for x in g] + ["o.u = t.u"])
             # the rows of the kept pairs over Linf only, their Linf of lowest kw(pos, "rows")
             linf_rows = (f"SELECT * EXCLUDE (h) FROM (SELECT t.*, {_words('pos', ROWS, params, key)} AS h "
-                         f"FROM ({src}) t SEMI JOIN over o ON {same_pair}) "
+                         f"FROM (SELECT * FROM ({src}) t SEMI JOIN over o ON {same_pair}) t CROSS JOIN ap_keys) "
                          f"QUALIFY row_number() OVER (PARTITION BY {gcols}u ORDER BY h) <= {r.linf}")
             sql = f"""
             WITH pairs AS (SELECT {gcols}u, min(pos) AS first, count(*) AS n{figures}
                            FROM ({rows}) GROUP BY {gcols}u),
-            hashed AS (SELECT *, {_words('first', GROUPS, params, key)} AS h FROM pairs),
+            hashed AS (SELECT pairs.*, {_words('first', GROUPS, params, key)} AS h FROM pairs CROSS JOIN ap_keys),
             kept AS (SELECT hashed.* EXCLUDE (h) FROM hashed JOIN
                      (SELECT u, {cut} AS cut FROM hashed GROUP BY u) USING (u) WHERE h <= cut),
             over AS (SELECT {gcols}u FROM kept WHERE n > {r.linf}),
@@ -240,8 +252,9 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
                       UNION ALL SELECT {gcols}u, n{names} FROM trimmed)
             SELECT {gcols}sum(n)::BIGINT AS rows, count(*) AS units{totals} FROM final {by_clause}
             """
+        con.register("ap_keys", _key_table(params))
         try:
-            table = con.execute(sql, params).df()
+            table = con.execute(sql).df()
         except duckdb.Error as exc:
             raise SchemaError(f"engine='duckdb' could not aggregate source {source!r}: {exc} -- nothing was charged") from exc
     return collect_table(table, r, g)
