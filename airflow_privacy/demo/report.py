@@ -55,7 +55,11 @@ def budget_lines() -> list[str]:
 
 
 def federated_lines() -> list[str]:
-    """Per-round accuracy and epsilon of the federated demo model (from its checkpoint)."""
+    """Per-round accuracy of the federated demo model and the epsilon its training plan
+    computed (from its checkpoint). That plan composes under its config's ``dp.accountant``
+    (``"rdp"`` by default, as in the demo); the ledger charges the same steps under the
+    dataset's accountant (PLD in the demo, which is tighter), so the budget lines may show a
+    smaller figure for the same rounds -- the ledger's is the one spent."""
     from airflow_privacy.core.io import exists
     from airflow_privacy.demo.data import demo_root
 
@@ -65,9 +69,12 @@ def federated_lines() -> list[str]:
     from airflow_privacy.core.federated import load_checkpoint
 
     ckpt = load_checkpoint(latest)
-    lines = [f"Federated model ({latest}):", "  round  sites  eval_accuracy  eval_auc  epsilon(max site)"]
+    lines = [f"Federated model ({latest}):",
+             "  (plan epsilon: the training's own bound (dp.accountant, RDP by default) for the most-charged site; the",
+             "   ledger charged the same rounds under its accountant -- its figure, in the budget lines above, is spent)",
+             "  round  sites  eval_accuracy  eval_auc  plan epsilon"]
     for h in ckpt.history:
         eps = h.get("epsilon")
         lines.append(f"  {h['round']:>5}  {len(h.get('sites', [])):>5}  {h.get('eval_accuracy', float('nan')):>13.4f}"
-                     f"  {h.get('eval_auc', float('nan')):>8.4f}  {'-' if eps is None else f'{eps:.3f}':>17}")
+                     f"  {h.get('eval_auc', float('nan')):>8.4f}  {'-' if eps is None else f'{eps:.3f}':>12}")
     return lines
