@@ -1,9 +1,11 @@
 """The second pass of :mod:`.streaming` as a bounded, ordered pipeline over threads.
 
-Three stages overlap: the Arrow scanner reads and decodes record batches ahead (its own
-C++ threads, ``batch_readahead``); :data:`WORKERS` threads release batches (``to_pandas``,
-the rules); one writer thread converts each released frame back to Arrow and writes it to
-the Parquet file, in the input's order.
+Three stages overlap: the calling thread reads the dataset one Parquet row group at a time
+(:func:`row_groups`; Arrow decodes the columns on its own C++ threads) and gathers batches
+of up to ``batch_rows`` rows (:func:`batches`) of the columns the release needs
+(:func:`read_columns`); :data:`WORKERS` threads release batches (``to_pandas``, the rules);
+one writer thread (:class:`ParquetSink`) converts each released frame back to Arrow and
+writes it to the Parquet file, in the input's order.
 
 Why threads and not processes: the costly kernels release the GIL -- Arrow compute (RE2
 regexes, ``take``, dictionary encoding), the Parquet encoder and its zstd compression,
@@ -28,15 +30,21 @@ after the caller's ``open_atomic`` block has failed (and discarded it).
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-__all__ = ["WORKERS", "WRITE_BACKLOG", "ParquetSink", "ordered"]
+from airflow_privacy.core.deid.plan import Plan
+from airflow_privacy.core.deid.rules import Drop
+from airflow_privacy.core.deid.rules_keyed import ShiftDates
+from airflow_privacy.core.deid.rules_text import ScrubPII
+
+__all__ = ["WORKERS", "WRITE_BACKLOG", "ParquetSink", "batches", "ordered", "read_columns", "row_groups"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,6 +73,62 @@ def ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int = WORKERS,
         finally:  # an error or an abandoned iteration: nothing queued starts
             for future in pending:
                 future.cancel()
+
+
+def batches(arrow: pads.Dataset, batch_rows: int, columns: list[str] | None) -> Iterator[pa.Table]:
+    """The dataset in batches of at most ``batch_rows`` rows, in order (files in sorted order,
+    rows in file order: the output keeps the input's order).
+
+    Record batches come one Parquet row group at a time (:func:`row_groups`; 128 Ki rows
+    in the bench's files) and are gathered up to ``batch_rows``: per-distinct-value work
+    (keyed tokens, regexes, known identifiers, factorized uniques) is per *batch*. On the bench's data (128 Ki-row row
+    groups) 512 Ki rows hold the same ~18 k distinct notes as 128 Ki rows, and the release
+    threads' CPU time fell by ~20 %, the writer's too (larger pages per column)."""
+    parts: list[pa.RecordBatch] = []
+    rows = 0
+    for part in row_groups(arrow, batch_rows, columns):
+        if not part.num_rows:
+            continue
+        if rows + part.num_rows > batch_rows and parts:
+            yield pa.Table.from_batches(parts)
+            parts, rows = [], 0
+        parts.append(part)
+        rows += part.num_rows
+    if parts:
+        yield pa.Table.from_batches(parts)
+
+
+def row_groups(arrow: pads.Dataset, batch_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    """The dataset's record batches, scanned one row group at a time: a scanner over the
+    whole dataset decodes ahead of its consumer until Acero's backpressure stops it (~0.6 GB
+    decoded on the bench's 2e7 rows while the release threads were busy, ~3 GB peak RSS);
+    :func:`ordered` reads ahead as far as the release threads need. Each row group
+    is a fragment of the same dataset (schema, format, file system, partition values), so
+    the rows are those the dataset's own scan gives, in the same order."""
+    for fragment in arrow.get_fragments():
+        for piece in fragment.split_by_row_group():
+            one = pads.FileSystemDataset([piece], arrow.schema, arrow.format, arrow.filesystem)
+            yield from one.to_batches(batch_size=batch_rows, columns=columns, fragment_readahead=1)
+
+
+def read_columns(schema: pa.Schema, checked: Plan) -> list[str] | None:
+    """The fields the second pass reads: all (None) but the columns released as ``drop`` that
+    no other rule (``shift_dates.by``, ``scrub_pii.known``) nor constraint reads: decoding a
+    column and converting it to Python objects (a ``date32`` column becomes ``datetime.date``
+    objects) only to drop it is wasted CPU time. The schema's pandas metadata stays with a
+    projection, so the frame's other columns convert exactly as before."""
+    read: set[Hashable] = set()
+    for rule in checked.rules.values():
+        if isinstance(rule, ShiftDates):
+            read.add(rule.by)
+        elif isinstance(rule, ScrubPII):
+            read.update(rule.known)
+    anonymity = checked.anonymity
+    if anonymity is not None:
+        read.update([*anonymity.quasi_identifiers, anonymity.entity, anonymity.sensitive])
+    skip = {str(c) for c, r in checked.rules.items() if isinstance(r, Drop) and c not in read}
+    kept = [name for name in schema.names if name not in skip]
+    return None if len(kept) == len(schema.names) or not kept else kept
 
 
 class ParquetSink:
