@@ -1,9 +1,9 @@
 """The Spark engine: the relational plan of :mod:`..engines` as Spark DataFrame operations
 over a Parquet dataset, on the session of :mod:`.spark_session` (a standalone master, a Spark
-Connect server, or ``local[*]``) -- the same steps as :mod:`.duckdb_engine`: ``src`` (rows
-with their group keys, position = file offset + ``_metadata.row_index``), ``pairs`` (first
-position per (unit, group)), the L0 pairs per unit and the Linf rows per pair ranked by
-``row_number()`` windows ordered by the keyed hash, then per-group counts and fixed-point sums.
+Connect server, or ``local[*]``) -- the same steps as :mod:`.duckdb_engine` (rows with their
+group keys and position = file offset + ``_metadata.row_index``; one aggregate per (unit,
+group) pair; the L0 pairs of lowest keyed hash per unit; only the pairs over Linf back to
+their rows), arranged for Spark's exchanges as :func:`_plan` describes.
 
 The keyed hash and the stochastic rounding of :mod:`.keyed` run as native Spark expressions,
 so executors need no Python (a cluster's workers run only the JVM) and no row crosses into a
