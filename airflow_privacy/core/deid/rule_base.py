@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
@@ -34,6 +35,8 @@ class Batch:
         integer codes rather than a copy of every column.
     :param memo: keyed results kept across the record batches of a streamed release
         (:mod:`.memo`); None for a batch released alone.
+    :param source: the Arrow table ``df`` is the ``to_pandas`` of, column for column (a
+        streamed record batch), or None: see :meth:`arrow`.
     """
 
     def __init__(
@@ -43,10 +46,12 @@ class Batch:
         rows: np.ndarray | None = None,
         shared: dict[Hashable, Distinct] | None = None,
         memo: Memo | None = None,
+        source: pa.Table | None = None,
     ) -> None:
         self.df = df
         self.keyring = keyring
         self.memo = memo
+        self.source = source
         self.rows = rows
         self.index = df.index if rows is None else df.index[rows]
         self._full: dict[Hashable, Distinct] = {} if shared is None else shared
@@ -56,11 +61,20 @@ class Batch:
 
     def select(self, rows: np.ndarray | None) -> Batch:
         """The same batch restricted to the rows at positions ``rows``."""
-        return self if rows is None else Batch(self.df, self.keyring, rows, self._full, self.memo)
+        return self if rows is None else Batch(self.df, self.keyring, rows, self._full, self.memo, self.source)
 
     def series(self, column: Hashable) -> pd.Series:
         series = self.df[column]
         return series if self.rows is None else series.take(self.rows)
+
+    def arrow(self, column: Hashable) -> pa.ChunkedArray | None:
+        """The column as Arrow (this batch's rows), when the frame was converted from
+        :attr:`source`: a rule may read it rather than convert Python objects back (an
+        object column of ``datetime.date`` from ``date32``). None otherwise."""
+        if self.source is None or not isinstance(column, str) or column not in self.source.column_names:
+            return None
+        values = self.source.column(column)
+        return values if self.rows is None else values.take(pa.array(self.rows))
 
     def full_distinct(self, column: Hashable) -> Distinct:
         """The factorized column over *all* rows of the frame."""

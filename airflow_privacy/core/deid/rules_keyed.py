@@ -95,9 +95,11 @@ class ShiftDates(Rule):
         series = batch.series(self.column)
         entity = batch.distinct(self.by)
         shift = keyed.entity_shifts(entity, str(self.by), ring, self.max_days, batch.memo)
-        out = keyed.shift_dates(series, shift, str(self.column))
+        dates = keyed.date32_source(series, batch.arrow(self.column))
+        out = keyed.shift_dates(series, shift, str(self.column), dates)
         report: dict[str, Any] = {"key_id": ring.primary_id, "algorithm": "HMAC-SHA256"}
-        lost = int(((entity.codes < 0) & batch.notna(self.column)).sum())
+        present = batch.notna(self.column) if dates is None else dates.is_valid().to_numpy(zero_copy_only=False)
+        lost = int(((entity.codes < 0) & present).sum())
         if lost:
             report["nulled_without_entity"] = lost
         return Applied(out, report)

@@ -340,7 +340,10 @@ def _release_batch(part: pa.Table, *, keyring: KeyRing | None, parsed: dict[Hash
     """Step 3 for one record batch (in a worker thread of :func:`.pipeline.ordered`): the
     released frame, each column's report entry, the frame's ``attrs`` -- None when every
     row is suppressed."""
-    batch = Batch(part.to_pandas(), keyring, memo=memo)
+    frame = part.to_pandas()
+    # the frame's columns are the table's, one for one (no index restored from pandas metadata)
+    source = part if list(frame.columns) == part.column_names else None
+    batch = Batch(frame, keyring, memo=memo, source=source)
     rows = None
     codes = {c: ladder.codes(batch, c) for c, ladder in ladders.items()}
     if bad is not None:
