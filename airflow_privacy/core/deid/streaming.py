@@ -87,7 +87,8 @@ __all__ = ["ENGINES", "MEMORY_LIMIT", "PANDAS_MAX_BYTES", "choose_engine", "open
 ENGINES = ("pandas", "duckdb")
 """Engines of ``deidentify``; ``engine=None`` picks one by :func:`choose_engine`."""
 PANDAS_MAX_BYTES = 64 << 20
-BATCH_ROWS = 1 << 19
+BATCH_ROWS = 1 << 18
+"""Rows per batch of the second pass at most (:func:`.pipeline.batches` says why)."""
 MEMORY_LIMIT = os.environ.get("AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY", "1GB")
 """DuckDB's ``memory_limit`` for the class counts (override with
 ``AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY``)."""
