@@ -46,8 +46,9 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    release the GIL, so both cores work); one thread writes the released frames in the
    input's order. Keyed results (HMAC MACs, AES-SIV tokens) are kept across batches in a
    bounded :mod:`.memo`, so a patient's id seen in ten batches is encrypted once. Measured
-   with ``bench/deid_engines.py`` (2e6 rows, 2 cores): ~0.55 M rows/s for the sequential
-   pass, ~1 M rows/s for the pipeline on an otherwise idle machine.
+   with ``bench/deid_engines.py`` (2e6 rows, 2 cores): the sequential pass took 3.4x the
+   wall time per row of DuckDB reading and writing the same files (0.57 M rows/s, idle
+   machine); the pipeline 1.4-1.8x (on cores shared with a Spark benchmark).
 
 The output is one Parquet file written through :func:`airflow_privacy.core.io.open_atomic`:
 killed or failing at any point, the task leaves no partial output.
