@@ -210,8 +210,12 @@ def stream(
             result, bad, sections = _enforce(con, scan, arrow.schema, checked, ladders, keyring, ds.rows)
             for name, entry in sections["_levels"].items():
                 columns_report[name]["generalization"] = entry
-    for ladder in ladders.values():  # levels built before the worker threads share them
-        ladder.hierarchy.codes(ladder.level)
+    for ladder in ladders.values():  # state built lazily, built here before the worker threads share it:
+        ladder.hierarchy.codes(ladder.level)  # the level's classes and labels
+        # pandas' hash table of the distinct values: filled on the first lookup (not one of
+        # the index itself, which takes a shortcut), with the GIL released for numbers -- a
+        # second thread could look up a half-filled table
+        ladder.raw.uniques.get_indexer(ladder.raw.uniques[:1])
     release = partial(_release_batch, keyring=keyring, parsed=parsed, ladders=ladders, bad=bad, qis=qis,
                       memo=Memo())
     hints: dict[str, Any] = {}
