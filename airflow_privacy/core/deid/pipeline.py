@@ -14,8 +14,8 @@ for much of a batch, with no pickling of frames and without handing the key ring
 another process. What holds the GIL (per distinct value Python: HMAC, AES-SIV,
 ``str.replace``) is kept small by dedupe-then-map and :mod:`.memo`: on the bench's data
 (``bench/deid_engines.py``, 2e6 rows) ~40 % of the release threads' samples held the GIL
-(``py-spy --gil``), the writer's hardly any -- the writer is ~1/4 of the pass's CPU time,
-the release threads ~1/2.
+(``py-spy --gil``), the writer's hardly any; the release threads take ~1/2 of the pass's
+CPU time, the writer ~1/5 (per-thread CPU time from ``/proc/self/task``).
 
 Why ordered and bounded: the output keeps the input's row order (the ``"pandas"`` engine's
 output row for row), and at most ``depth`` batches are released ahead of the one being
