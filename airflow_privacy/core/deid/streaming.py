@@ -46,9 +46,11 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    release the GIL, so both cores work); one thread writes the released frames in the
    input's order. Keyed results (HMAC MACs, AES-SIV tokens) are kept across batches in a
    bounded :mod:`.memo`, so a patient's id seen in ten batches is encrypted once. Measured
-   with ``bench/deid_engines.py`` (2e6 rows, 2 cores): the sequential pass took 3.4x the
-   wall time per row of DuckDB reading and writing the same files (0.57 M rows/s, idle
-   machine); the pipeline 1.4-1.8x (on cores shared with a Spark benchmark).
+   with ``bench/deid_engines.py`` (2 cores): the sequential pass took 3.4x the wall time per
+   row of DuckDB reading and writing the same files (0.57 M rows/s at 2e6 rows, idle
+   machine); the pipeline 1.2-1.5x at 2e7-5e7 rows (1.25-1.28 M rows/s, peak RSS 1.27 GB)
+   and 1.4-2.3x at 2e6 rows (0.6-1.07 M rows/s), where the first pass and the pipeline's
+   start and end weigh more -- on a host shared with other benchmarks.
 
 The output is one Parquet file written through :func:`airflow_privacy.core.io.open_atomic`:
 killed or failing at any point, the task leaves no partial output.
