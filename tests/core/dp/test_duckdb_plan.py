@@ -178,3 +178,20 @@ def test_subkeys_never_in_sql_text_nor_in_the_profiled_plan(tmp_path, monkeypatc
     plan = profile.read_text()  # every operator, expression and constant of the executed plan
     assert not [s for s in secrets if s in plan]
     assert "ap_words" in plan or "UHUGEINT" in plan  # the hash's expressions are in it
+
+
+@pytest.mark.slow
+def test_pairs_beyond_memory_limit_spill_instead_of_failing(tmp_path, monkeypatch):
+    # ~1 M units, ~2 M (unit, group) pairs under a 128 MB memory_limit: the plan must stream
+    # and spill them and still give pandas' integers. The previous plan (a materialized pairs
+    # table read twice, a top-L0 list aggregate per unit joined back) failed here with DuckDB's
+    # out-of-memory error -- as it did at 200 M rows under the default 2 GB.
+    monkeypatch.setattr(duckdb_engine, "MEMORY_LIMIT", "128MB")
+    rng = np.random.default_rng(7)
+    n = 2_000_000
+    df = pd.DataFrame({"u": rng.integers(0, n // 2, n), "g": rng.integers(0, 1000, n).astype(np.int32),
+                       "x": rng.normal(3, 5, n)})
+    req = AggregateRequest(by=("g",), privacy_unit="u", public_groups=None, l0=4, linf=5, private_selection=True,
+                           count_columns=("x",), sums=SUMS, key=ReleaseKey.fresh())
+    spilled = duckdb_engine.aggregate(_write(df, tmp_path, parts=4), req, None)
+    _assert_identical(pandas_engine.aggregate(df, req, None), spilled)
