@@ -237,8 +237,6 @@ def aggregate(source: Any, request: AggregateRequest, rng: RandomSource) -> Boun
             as_pairs += "".join(f", f_{i} AS s_{i}" for i in range(len(r.sums)))
             sql = f"SELECT {gcols}count(*) AS rows, count(*) AS units{totals} FROM (SELECT *{as_pairs} FROM ({rows})) {by_clause}"
         else:
-            # a unit's L0-th lowest pair hash (a scalar min for L0 = 1: the top-L0 lists are the
-            # plan's costliest aggregate)
             same_pair = " AND ".join([f"o.{x} IS NOT DISTINCT FROM t.{x}" for x in g] + ["o.u = t.u"])
             # the rows of the kept pairs over Linf only, their Linf of lowest kw(pos, "rows")
             linf_rows = (f"SELECT * EXCLUDE (h) FROM (SELECT t.*, {_words('pos', ROWS, params, key)} AS h "
