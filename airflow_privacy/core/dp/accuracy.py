@@ -174,6 +174,16 @@ def round_to_noise(values: pd.Series, sd: np.ndarray) -> tuple[pd.Series, np.nda
     return pd.Series(out, index=values.index), step
 
 
+def round_with_bars(values: pd.Series, sd: np.ndarray, ci: np.ndarray) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """``values`` rounded to the standard deviation *as shown* (two significant digits), the
+    shown ``sd``, and the 95 % half-width rounded up and widened by half the rounding step.
+    Rounding to the unrounded ``sd`` disagreed with the shown one at a power of ten: an sd of
+    999.7 is shown as 1000, yet kept a digit (tens) below a tenth of it."""
+    shown = _two_significant(sd)
+    values, step = round_to_noise(values, shown)
+    return values, shown, _two_significant(ci + step / 2, up=True)
+
+
 def _two_significant(x: np.ndarray, up: bool = False) -> np.ndarray:
     """Two significant digits; ``up`` rounds away from zero (a half-width must not shrink).
     Vectorised: one ``np.round`` per distinct decimal count (a release may have 10^6 groups)."""
@@ -205,8 +215,7 @@ def attach(table: pd.DataFrame, errors: dict[str, MetricError], error_bars: Sequ
             summary[name] = {"basis": err.basis, "rank_error95": err.rank_error95}
             continue
         sd, ci = _bars(err, len(table))
-        table[name], step = round_to_noise(table[name], sd)
-        sd, ci = _two_significant(sd), _two_significant(ci + step / 2, up=True)
+        table[name], sd, ci = round_with_bars(table[name], sd, ci)
         if "sd" in error_bars:
             table[f"{name}_sd"] = sd
         if "ci95" in error_bars:
@@ -293,7 +302,7 @@ def ledger_error_bars(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
                          "ci95_times_n": float(_two_significant(ci, up=True)[0])}
             continue
         # widened by half the rounding step of the released value, as attach() does
-        _, step = round_to_noise(pd.Series([0] if kind.startswith("count") else [0.0]), sd)
+        _, step = round_to_noise(pd.Series([0] if kind.startswith("count") else [0.0]), _two_significant(sd))
         out[name] = {"kind": kind, "basis": err.basis, "sd": float(_two_significant(sd)[0]),
                      "ci95": float(_two_significant(ci + step / 2, up=True)[0])}
     return out

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from airflow_privacy.core.dp import dp_aggregate
-from airflow_privacy.core.dp.accuracy import noise_half_width, round_to_noise
+from airflow_privacy.core.dp.accuracy import noise_half_width, round_to_noise, round_with_bars
 from airflow_privacy.core.dp.plan import NoiseSpec
 from airflow_privacy.core.errors import InvalidParameterError
 
@@ -123,7 +123,7 @@ def test_quantile_rank_error_bound_holds():
 
 def test_released_numbers_carry_only_the_digits_the_noise_justifies():
     table, _, res = next(_releases("laplace", seeds=(5,), metrics={"m": ("mean", "x"), "n": "count"}))
-    for value, sd in zip(table["m"], table["m_sd"]):
+    for value, sd in zip(table["m"], table["m_sd"], strict=True):
         step = 10.0 ** math.floor(math.log10(sd / 10))
         assert abs(value / step - round(value / step)) < 1e-6, (value, sd)
         assert len(repr(value)) <= 10
@@ -140,3 +140,14 @@ def test_error_bars_are_validated_and_optional():
         dp_aggregate(df, epsilon=1, metrics={"n": "count", "n_sd": "count"}, error_bars="sd")
     res = dp_aggregate(df, epsilon=1, metrics={"n": "count"}, random_source=random.Random(0))
     assert list(res.table.columns) == ["n"] and res.accuracy["n"]["sd"] == pytest.approx(res.noise_sd["count"], rel=0.05)
+
+
+def test_values_round_to_the_sd_as_shown_at_a_power_of_ten():
+    # sd 999.7 is shown as 1000: the value keeps no digit below a tenth of that (hundreds)
+    values, sd, ci = round_with_bars(pd.Series([2020.3, 1951.0, -49.9]), np.full(3, 999.7), np.full(3, 1959.4))
+    assert list(sd) == [1000.0] * 3
+    assert list(values) == [2000.0, 2000.0, -0.0]
+    assert (ci >= 1959.4 + 50).all()  # widened by half the rounding step, rounded up
+    # below the boundary the step is the tens
+    values, sd, _ = round_with_bars(pd.Series([2024.9]), np.array([994.0]), np.array([1950.0]))
+    assert sd[0] == 990.0 and values[0] == 2020.0
