@@ -302,9 +302,8 @@ def ledger_error_bars(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
                          "ci95_times_n": float(_two_significant(ci, up=True)[0])}
             continue
         # widened by half the rounding step of the released value, as attach() does
-        _, step = round_to_noise(pd.Series([0] if kind.startswith("count") else [0.0]), _two_significant(sd))
-        out[name] = {"kind": kind, "basis": err.basis, "sd": float(_two_significant(sd)[0]),
-                     "ci95": float(_two_significant(ci + step / 2, up=True)[0])}
+        _, sd, ci = round_with_bars(pd.Series([0] if kind.startswith("count") else [0.0]), sd, ci)
+        out[name] = {"kind": kind, "basis": err.basis, "sd": float(sd[0]), "ci95": float(ci[0])}
     return out
 
 
