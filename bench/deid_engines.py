@@ -81,7 +81,7 @@ def _cpu() -> float:
 
 def step(name: str, folder: Path, slice_rows: int) -> dict:
     from airflow_privacy.core.crypto import KeyRing
-    from airflow_privacy.core.deid import deidentify, streaming
+    from airflow_privacy.core.deid import deidentify, duckdb_engine
 
     files = sorted(str(p) for p in (folder / "raw").glob("*.parquet"))
     if name != "duckdb" and slice_rows:
@@ -93,7 +93,7 @@ def step(name: str, folder: Path, slice_rows: int) -> dict:
         import duckdb
 
         listed = ", ".join(f"'{f}'" for f in files)
-        con = duckdb.connect(config={"memory_limit": streaming.MEMORY_LIMIT, "threads": 2})
+        con = duckdb.connect(config={"memory_limit": duckdb_engine.MEMORY_LIMIT, "threads": 2})
         con.execute(f"COPY (SELECT * FROM read_parquet([{listed}])) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
         rows, report = pq.read_metadata(out).num_rows, None
     else:

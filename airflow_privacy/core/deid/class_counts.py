@@ -25,7 +25,7 @@ import pyarrow as pa
 from airflow_privacy.core.deid.anonymity import Classes, judge
 from airflow_privacy.core.deid.generalize import Hierarchy
 
-__all__ = ["ClassCount", "Violating", "compress", "connect", "quote"]
+__all__ = ["ClassCount", "DuckSql", "Violating", "compress", "connect", "quote"]
 
 SPILL_PREFIX = "airflow_privacy_deid_spill-"
 
@@ -68,22 +68,42 @@ def quote(name: Hashable) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
-def compress(con: Any, scan: str, quasi_identifiers: Sequence[Coded], entity: Hashable | None,
-             sensitive: Coded | None) -> None:
-    """Create the temporary table ``combos(q0.., e?, s?, w)``: the rows of ``scan`` grouped
-    by their quasi-identifier codes, raw entity and sensitive code, ``w`` rows each."""
+def compress(db: Any, quasi_identifiers: Sequence[Coded], entity: Hashable | None, sensitive: Coded | None) -> None:
+    """Create the temporary table ``combos(q0.., e?, s?, w)``: the rows of ``db.scan``
+    grouped by their quasi-identifier codes, raw entity and sensitive code, ``w`` rows each.
+    ``db`` is the engine's SQL (:class:`DuckSql`, or :class:`.spark_engine.SparkSql`)."""
     select, joins = [], []
     coded = [(f"q{j}", f"m{j}", c) for j, c in enumerate(quasi_identifiers)]
     if sensitive is not None:
         coded.append(("s", "ms", sensitive))
     for alias, table, (column, values, codes) in coded:
-        con.register(table, pa.table({"v": values, "c": pa.array(codes, pa.int64())}))
+        db.register(table, pa.table({"v": values, "c": pa.array(codes, pa.int64())}))
         select.append(f"coalesce({table}.c, -1) AS {alias}")
-        joins.append(f"LEFT JOIN {table} ON src.{quote(column)} = {table}.v")
+        joins.append(f"LEFT JOIN {table} ON src.{db.quote(column)} = {table}.v")
     if entity is not None:
-        select.append(f"src.{quote(entity)} AS e")
-    con.execute(f"CREATE TEMP TABLE combos AS SELECT {', '.join(select)}, count(*) AS w "
-                f"FROM {scan} AS src {' '.join(joins)} GROUP BY ALL")
+        select.append(f"src.{db.quote(entity)} AS e")
+    db.create("combos", f"SELECT {', '.join(select)}, count(*) AS w FROM {db.scan} AS src {' '.join(joins)} "
+              "GROUP BY ALL")
+
+
+class DuckSql:
+    """The SQL this module runs, on DuckDB: ``scan`` is the dataset's ``read_parquet(...)``;
+    tables are registered Arrow tables, ``combos`` a temporary table (spilled beyond the
+    connection's ``memory_limit``)."""
+
+    quote = staticmethod(quote)
+
+    def __init__(self, con: Any, scan: str) -> None:
+        self.con, self.scan = con, scan
+
+    def register(self, name: str, table: pa.Table) -> None:
+        self.con.register(name, table)
+
+    def query(self, sql: str) -> pa.Table:
+        return self.con.sql(sql).to_arrow_table()
+
+    def create(self, name: str, select: str) -> None:
+        self.con.execute(f"CREATE TEMP TABLE {name} AS {select}")
 
 
 class Violating:
@@ -126,12 +146,12 @@ class Violating:
 
 
 class ClassCount:
-    """The search's evaluation (levels -> :class:`.anonymity.Classes`) as one DuckDB
-    ``GROUP BY`` over the compressed table ``combos``."""
+    """The search's evaluation (levels -> :class:`.anonymity.Classes`) as one ``GROUP BY``
+    over the compressed table ``combos`` (``db`` as for :func:`compress`)."""
 
-    def __init__(self, con: Any, hierarchies: Sequence[Hierarchy], k: int | None, l_div: int | None,
+    def __init__(self, db: Any, hierarchies: Sequence[Hierarchy], k: int | None, l_div: int | None,
                  entity: bool, sensitive: bool) -> None:
-        self.con, self.hierarchies, self.k, self.l_div = con, hierarchies, k, l_div
+        self.db, self.hierarchies, self.k, self.l_div = db, hierarchies, k, l_div
         self.entity, self.sensitive = entity, sensitive
         self._registered: set[tuple[int, int]] = set()
 
@@ -139,7 +159,7 @@ class ClassCount:
         name = f"l{j}_{level}"
         if (j, level) not in self._registered:
             codes = np.asarray(self.hierarchies[j].codes(level), dtype=np.int64)
-            self.con.register(name, pa.table({"c": np.arange(-1, len(codes), dtype=np.int64),
+            self.db.register(name, pa.table({"c": np.arange(-1, len(codes), dtype=np.int64),
                                               "g": np.append(-1, codes)}))
             self._registered.add((j, level))
         return name
@@ -151,8 +171,8 @@ class ClassCount:
         entities = ("count(DISTINCT e) + max(CASE WHEN e IS NULL THEN 1 ELSE 0 END)" if self.entity
                     else "sum(w)")
         diversity = "count(DISTINCT CASE WHEN s >= 0 THEN s END)" if self.sensitive else "0"
-        table = self.con.sql(f"SELECT {keys}, sum(w)::BIGINT AS r, ({entities})::BIGINT AS n, "
-                             f"({diversity})::BIGINT AS d FROM combos {joins} GROUP BY ALL").to_arrow_table()
+        table = self.db.query(f"SELECT {keys}, sum(w)::BIGINT AS r, ({entities})::BIGINT AS n, "
+                              f"({diversity})::BIGINT AS d FROM combos {joins} GROUP BY ALL")
         rows = table.column("r").to_numpy()
         key_matrix = np.column_stack([table.column(f"k{j}").to_numpy() for j in range(len(levels))])
         return judge(rows, table.column("n").to_numpy(), table.column("d").to_numpy() if self.sensitive else None,
@@ -161,8 +181,8 @@ class ClassCount:
     def kept_counts(self, levels: Sequence[int], bad: Violating) -> list[np.ndarray]:
         """Per quasi-identifier, the released rows holding each of its distinct values."""
         q = len(levels)
-        table = self.con.sql(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
-                             "GROUP BY ALL").to_arrow_table()
+        table = self.db.query(f"SELECT {', '.join(f'q{j}' for j in range(q))}, sum(w)::BIGINT AS r FROM combos "
+                              "GROUP BY ALL")
         codes = [table.column(f"q{j}").to_numpy() for j in range(q)]
         weights = table.column("r").to_numpy()
         classes = [np.append(np.asarray(h.codes(lv), dtype=np.int64), -1)[c]

@@ -279,10 +279,10 @@ def deidentify_dataset(
     chosen = streaming.choose_engine(source, engine)
     ds, arrow = streaming.open_dataset(source)
     checked = plan(arrow.schema.empty_table().to_pandas(), rules, **options)
-    if chosen == "duckdb":
+    if chosen != "pandas":
         report = streaming.stream(ds, arrow, checked, keyring=options.get("keyring"), destination=destination,
                                   report_destination=report_destination, write_report=_write_report,
-                                  batch_rows=batch_rows or streaming.BATCH_ROWS)
+                                  batch_rows=batch_rows or streaming.BATCH_ROWS, engine=chosen)
         return destination, report
     out, report = deidentify(arrow.to_table().to_pandas(), rules, **options)
     _write_report(report, report_destination)

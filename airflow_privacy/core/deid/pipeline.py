@@ -33,6 +33,7 @@ after the caller's ``open_atomic`` block has failed (and discarded it).
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
@@ -156,15 +157,24 @@ class ParquetSink:
         if kind is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def write(self, frame: pd.DataFrame) -> None:
-        """Queue ``frame``; waits while :attr:`backlog` frames are queued already."""
-        self._pending.append(self._pool.submit(self._write, frame))
+    def write(self, frame: pd.DataFrame | pa.Table, attrs: dict[str, Any] | None = None) -> None:
+        """Queue ``frame`` (a frame, or a table converted from one by ``pa.Table.from_pandas``)
+        with ``attrs`` as its pandas ``attrs`` (None: its own); waits while :attr:`backlog`
+        frames are queued already."""
+        self._pending.append(self._pool.submit(self._write, frame, attrs))
         while len(self._pending) > self._backlog:
             self._pending.popleft().result()
 
-    def _write(self, frame: pd.DataFrame) -> None:
+    def _write(self, frame: pd.DataFrame | pa.Table, attrs: dict[str, Any] | None) -> None:
         schema = None if self._writer is None else self._writer.schema
-        table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema)
+        if isinstance(frame, pd.DataFrame):
+            if attrs is not None:
+                frame.attrs = attrs
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema)
+        else:
+            table = frame if attrs is None else _with_attrs(frame, attrs)
+            if schema is not None:
+                table = table.cast(schema)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._fh, table.schema, compression="zstd")
         self._writer.write_table(table)
@@ -181,3 +191,13 @@ class ParquetSink:
             return False
         self._writer.close()
         return True
+
+
+def _with_attrs(table: pa.Table, attrs: dict[str, Any]) -> pa.Table:
+    """``table`` whose pandas metadata holds ``attrs`` (what ``from_pandas`` stores of a
+    frame's ``attrs``)."""
+    metadata = dict(table.schema.metadata or {})
+    pandas = json.loads(metadata.get(b"pandas", b"{}"))
+    pandas["attributes"] = attrs
+    metadata[b"pandas"] = json.dumps(pandas).encode()
+    return table.replace_schema_metadata(metadata)

@@ -58,10 +58,9 @@ killed or failing at any point, the task leaves no partial output.
 
 from __future__ import annotations
 
-import os
+import importlib
 from collections.abc import Hashable
-from dataclasses import dataclass
-from functools import partial
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -73,29 +72,25 @@ from airflow_privacy.core.crypto import KeyRing
 from airflow_privacy.core.crypto.columns import ATTRS_KEY
 from airflow_privacy.core.deid import loss as loss_measure
 from airflow_privacy.core.deid.anonymity import climb, outcome
-from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress, connect, quote
+from airflow_privacy.core.deid.class_counts import ClassCount, Violating, compress
 from airflow_privacy.core.deid.dedupe import Distinct, distinct
-from airflow_privacy.core.deid.generalize import Hierarchy, default_hierarchy
-from airflow_privacy.core.deid.memo import Memo
-from airflow_privacy.core.deid.pipeline import ParquetSink, batches, ordered, read_columns
+from airflow_privacy.core.deid.generalize import default_hierarchy
+from airflow_privacy.core.deid.pipeline import ParquetSink, read_columns
 from airflow_privacy.core.deid.plan import Plan, anonymity_report, report_head
+from airflow_privacy.core.deid.release import Ladder, Release, fold
 from airflow_privacy.core.deid.rules import Batch, Keep, Rule
 from airflow_privacy.core.deid.rules_keyed import ShiftDates
 from airflow_privacy.core.deid.rules_text import ScrubPII
 from airflow_privacy.core.dp.engines.dataset import ParquetDataset, dataset_bytes, resolve
 from airflow_privacy.core.errors import InvalidParameterError, SchemaError
 
-__all__ = ["ENGINES", "MEMORY_LIMIT", "PANDAS_MAX_BYTES", "choose_engine", "open_dataset", "stream"]
+__all__ = ["ENGINES", "PANDAS_MAX_BYTES", "choose_engine", "open_dataset", "stream"]
 
-ENGINES = ("pandas", "duckdb")
+ENGINES = ("pandas", "duckdb", "spark")
 """Engines of ``deidentify``; ``engine=None`` picks one by :func:`choose_engine`."""
 PANDAS_MAX_BYTES = 64 << 20
 BATCH_ROWS = 1 << 18
 """Rows per batch of the second pass at most (:func:`.pipeline.batches` says why)."""
-MEMORY_LIMIT = os.environ.get("AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY", "1GB")
-"""DuckDB's ``memory_limit`` for the class counts (override with
-``AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY``)."""
-_SUMMED = ("known_replaced", "nulled_without_entity")
 
 
 def choose_engine(source: Any, engine: str | None) -> str:
@@ -104,8 +99,8 @@ def choose_engine(source: Any, engine: str | None) -> str:
         if engine not in ENGINES:
             raise InvalidParameterError("engine", engine, f"expected one of {list(ENGINES)} or None (chosen by "
                                         "input size)")
-        if engine == "duckdb":
-            _duckdb()
+        if engine != "pandas":
+            backend(engine).check()
         return engine
     uris = [source] if isinstance(source, str) else list(source)
     if any(str(u).lower().endswith(".csv") for u in uris):
@@ -113,13 +108,13 @@ def choose_engine(source: Any, engine: str | None) -> str:
     return "pandas" if dataset_bytes(source) <= PANDAS_MAX_BYTES else "duckdb"
 
 
-def _duckdb() -> Any:
-    try:
-        import duckdb
-    except ImportError as exc:
-        raise InvalidParameterError("engine", "duckdb", "duckdb is not installed: pip install duckdb (a "
-                                    "dependency of airflow-privacy; reinstall it)") from exc
-    return duckdb
+def backend(engine: str) -> ModuleType:
+    """The module running an out-of-core engine's passes (:mod:`.duckdb_engine`,
+    :mod:`.spark_engine`): ``check()`` (the engine is installed, else an error naming
+    ``engine``), ``counts(ds)`` (a context manager: the SQL of :mod:`.class_counts` over the
+    dataset) and ``released(ds, arrow, release, batch_rows, columns)`` (the released batches
+    in the input's order)."""
+    return importlib.import_module(f"airflow_privacy.core.deid.{engine}_engine")
 
 
 def open_dataset(source: Any) -> tuple[ParquetDataset, pads.Dataset]:
@@ -137,50 +132,6 @@ def open_dataset(source: Any) -> tuple[ParquetDataset, pads.Dataset]:
     return ds, arrow
 
 
-@dataclass
-class _Ladder:
-    """A column released through a ladder over its distinct values (all batches).
-
-    ``raw`` factorizes the column's distinct values; ``to_code`` maps a raw code to the
-    ladder's source code (the identity unless ``early``, a non-generalizing rule applied
-    before the ladder, merges values); ``level`` is the level released."""
-
-    raw: Distinct
-    to_code: np.ndarray
-    hierarchy: Hierarchy
-    early: Rule | None
-    values: pa.Array  # the distinct values as DuckDB read them (``raw`` factorizes them, row for row)
-    level: int = 0
-
-    def codes(self, batch: Batch, column: Hashable) -> np.ndarray:
-        """The ladder's source code of every row of ``batch`` (-1: null)."""
-        local = batch.full_distinct(column)
-        found = self.raw.uniques.get_indexer(local.uniques)
-        if (found < 0).any():
-            raise SchemaError(f"column {column!r} holds values the first pass did not see: the dataset changed "
-                              "while it was read -- nothing was written")
-        raw = np.append(found, -1)[local.codes]
-        return np.append(self.to_code, -1)[raw]
-
-    def classes(self, codes: np.ndarray) -> np.ndarray:
-        """The class at :attr:`level` of rows given by their source codes (-1: null)."""
-        return np.append(np.asarray(self.hierarchy.codes(self.level), dtype=np.int64), -1)[codes]
-
-    def release(self, batch: Batch, column: Hashable, rows: np.ndarray | None,
-                codes: np.ndarray) -> tuple[pd.Series, dict[str, Any]]:
-        """The column released at :attr:`level` for ``batch``'s rows at ``rows`` (``codes``:
-        :meth:`codes` of the batch), and the report of the ``early`` rule when there is one."""
-        kept = batch.select(rows)
-        applied = self.early.apply(kept) if self.early is not None else None
-        labels = self.hierarchy.release(self.level, codes if rows is None else codes[rows], kept.index)
-        if labels is not None:
-            return labels, {} if applied is None else applied.report
-        if applied is not None:
-            assert applied.series is not None
-            return applied.series, applied.report
-        return kept.series(column), {}
-
-
 def stream(
     ds: ParquetDataset,
     arrow: pads.Dataset,
@@ -191,25 +142,23 @@ def stream(
     report_destination: str | None,
     write_report: Any,
     batch_rows: int = BATCH_ROWS,
+    engine: str = "duckdb",
 ) -> dict[str, Any]:
-    """De-identify ``ds`` into ``destination`` (one Parquet file, atomically) and return the
-    report; ``write_report(report, report_destination)`` runs just before the output is
-    published. Parameters were checked by :func:`.plan.plan`."""
+    """De-identify ``ds`` into ``destination`` (one Parquet file, atomically) on ``engine``
+    and return the report; ``write_report(report, report_destination)`` runs just before the
+    output is published. Parameters were checked by :func:`.plan.plan`."""
     from airflow_privacy.core import io
 
-    duckdb = _duckdb()
+    run = backend(engine)
     parsed, anonymity = checked.rules, checked.anonymity
     columns_report = {str(c): rule.report() for c, rule in parsed.items()}
-    with connect(duckdb, MEMORY_LIMIT) as con:
-        if ds.protocol not in ("file", "local"):
-            con.register_filesystem(ds.filesystem)
-        scan = _scan(ds)
+    with run.counts(ds) as db:
         qis = list(anonymity.quasi_identifiers) if anonymity is not None else []
-        ladders = {c: _ladder(con, scan, arrow.schema, c, r, keyring, c in qis)
+        ladders = {c: _ladder(db, arrow.schema, c, r, keyring, c in qis, engine)
                    for c, r in parsed.items() if r.generalizing or c in qis}
         bad, sections, result = None, {}, None
         if anonymity is not None:
-            result, bad, sections = _enforce(con, scan, arrow.schema, checked, ladders, keyring, ds.rows)
+            result, bad, sections = _enforce(db, arrow.schema, checked, ladders, keyring, ds.rows, engine)
             for name, entry in sections["_levels"].items():
                 columns_report[name]["generalization"] = entry
     for ladder in ladders.values():  # state built lazily, built here before the worker threads share it:
@@ -218,23 +167,20 @@ def stream(
         # the index itself, which takes a shortcut), with the GIL released for numbers -- a
         # second thread could look up a half-filled table
         ladder.raw.uniques.get_indexer(ladder.raw.uniques[:1])
-    release = partial(_release_batch, keyring=keyring, parsed=parsed, ladders=ladders, bad=bad, qis=qis,
-                      memo=Memo())
+    release = Release(keyring, parsed, ladders, bad, qis)
     hints: dict[str, Any] = {}
     rows_out = 0
     with io.open_atomic(destination) as fh, ParquetSink(fh) as sink:
-        for released in ordered(release, batches(arrow, batch_rows, read_columns(arrow.schema, checked))):
+        for released in run.released(ds, arrow, release, batch_rows, read_columns(arrow.schema, checked)):
             if released is None:
                 continue
-            out, reports, attrs = released
+            out, reports, attrs = released  # a frame (this process's threads) or an Arrow table (Spark's)
             for column, entry in reports:  # folded in the input's order: the sequential report
                 hint = entry.pop("_hint", None)
                 if hint:
                     hints[str(column)] = hint
-                _add(columns_report[str(column)], entry)
-            if hints:
-                out.attrs = {**attrs, ATTRS_KEY: dict(hints)}
-            sink.write(out)
+                fold(columns_report[str(column)], entry)
+            sink.write(out, {**attrs, ATTRS_KEY: dict(hints)} if hints else None)
             rows_out += len(out)
         written = sink.close()
         assert written, "at least one row is released (max_suppression < 1)"
@@ -244,34 +190,29 @@ def stream(
     return report
 
 
-def _scan(ds: ParquetDataset) -> str:
-    files = ", ".join("'" + f.replace("'", "''") + "'" for f in ds.uris())
-    return f"read_parquet([{files}], hive_partitioning={'true' if ds.partition_keys else 'false'})"
-
-
-def _distinct_values(con: Any, scan: str, schema: pa.Schema, column: Hashable) -> tuple[pa.Array, pd.Series]:
-    """The column's distinct values as DuckDB returns them (to join on) and as pandas reads
-    them from Parquet (to build ladders on: same dtype as the in-memory engine's frame)."""
-    values = con.sql(f"SELECT DISTINCT {quote(column)} AS v FROM {scan}").to_arrow_table().column(0).combine_chunks()
+def _distinct_values(db: Any, schema: pa.Schema, column: Hashable) -> tuple[pa.Array, pd.Series]:
+    """The column's distinct values as the engine returns them (to join on) and as pandas
+    reads them from Parquet (to build ladders on: same dtype as the in-memory engine's frame)."""
+    values = db.query(f"SELECT DISTINCT {db.quote(column)} AS v FROM {db.scan}").column(0).combine_chunks()
     typed = values.cast(schema.field(str(column)).type)
     return values, pa.table({str(column): typed}).to_pandas()[str(column)].rename(column)
 
 
-def _ladder(con: Any, scan: str, schema: pa.Schema, column: Hashable, rule: Rule, keyring: KeyRing | None,
-            qi: bool) -> _Ladder:
-    values, series = _distinct_values(con, scan, schema, column)
+def _ladder(db: Any, schema: pa.Schema, column: Hashable, rule: Rule, keyring: KeyRing | None,
+            qi: bool, engine: str) -> Ladder:
+    values, series = _distinct_values(db, schema, column)
     raw = distinct(series)
     frame = Batch(pd.DataFrame({column: series}), keyring)
     if rule.generalizing:
-        return _Ladder(raw, _first_codes(raw, raw), rule.hierarchy(frame), None, values)
+        return Ladder(raw, _first_codes(raw, raw), rule.hierarchy(frame), None, values)
     if isinstance(rule, Keep):
-        return _Ladder(raw, _first_codes(raw, raw), default_hierarchy(series, raw), None, values)
+        return Ladder(raw, _first_codes(raw, raw), default_hierarchy(series, raw), None, values)
     assert qi
-    _one_value_at_a_time(column, rule, "a quasi-identifier")
+    _one_value_at_a_time(column, rule, "a quasi-identifier", engine)
     applied = rule.apply(frame)
     assert applied.series is not None
     hierarchy = default_hierarchy(applied.series)
-    return _Ladder(raw, _first_codes(raw, hierarchy.source), hierarchy, rule, values)
+    return Ladder(raw, _first_codes(raw, hierarchy.source), hierarchy, rule, values)
 
 
 def _first_codes(raw: Distinct, released: Distinct) -> np.ndarray:
@@ -283,15 +224,15 @@ def _first_codes(raw: Distinct, released: Distinct) -> np.ndarray:
     return out
 
 
-def _one_value_at_a_time(column: Hashable, rule: Rule, role: str) -> None:
+def _one_value_at_a_time(column: Hashable, rule: Rule, role: str, engine: str) -> None:
     if isinstance(rule, ShiftDates) or (isinstance(rule, ScrubPII) and rule.known):
         raise InvalidParameterError(
-            "engine", "duckdb", f"column {column!r} is {role} with rule {rule.name!r}, which reads other columns; "
+            "engine", engine, f"column {column!r} is {role} with rule {rule.name!r}, which reads other columns; "
             "out of core only rules that release one value at a time are supported there -- use engine='pandas'")
 
 
-def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dict[Hashable, _Ladder],
-             keyring: KeyRing | None, rows_in: int) -> tuple[Any, Violating, dict[str, Any]]:
+def _enforce(db: Any, schema: pa.Schema, checked: Plan, ladders: dict[Hashable, Ladder],
+             keyring: KeyRing | None, rows_in: int, engine: str) -> tuple[Any, Violating, dict[str, Any]]:
     """Steps 2 of the module docstring: levels, the violating classes, the report sections."""
     anonymity = checked.anonymity
     assert anonymity is not None
@@ -305,18 +246,18 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     coded_sensitive = None
     if sensitive is not None:
         rule = checked.rules[sensitive]
-        raw_values, series = _distinct_values(con, scan, schema, sensitive)
+        raw_values, series = _distinct_values(db, schema, sensitive)
         if isinstance(rule, Keep):
             codes = distinct(series).codes
         else:
-            _one_value_at_a_time(sensitive, rule, "the sensitive column")
+            _one_value_at_a_time(sensitive, rule, "the sensitive column", engine)
             applied = rule.apply(Batch(pd.DataFrame({sensitive: series}), keyring))
             assert applied.series is not None
             codes = distinct(applied.series).codes
         coded_sensitive = (sensitive, raw_values, codes)
-    compress(con, scan, columns, entity, coded_sensitive)
+    compress(db, columns, entity, coded_sensitive)
     hierarchies = [ladders[c].hierarchy for c in qis]
-    count = ClassCount(con, hierarchies, anonymity.k, anonymity.l_div, entity is not None, sensitive is not None)
+    count = ClassCount(db, hierarchies, anonymity.k, anonymity.l_div, entity is not None, sensitive is not None)
     levels, state, steps = climb(
         count.evaluate, hierarchies, names, rows_in=rows_in, k=anonymity.k, l_div=anonymity.l_div,
         max_suppression=anonymity.max_suppression,
@@ -342,54 +283,3 @@ def _enforce(con: Any, scan: str, schema: pa.Schema, checked: Plan, ladders: dic
     return result, bad, sections
 
 
-def _release_batch(part: pa.Table, *, keyring: KeyRing | None, parsed: dict[Hashable, Rule],
-                   ladders: dict[Hashable, _Ladder], bad: Violating | None,
-                   qis: list[Hashable], memo: Memo) -> tuple[pd.DataFrame, list[tuple[Hashable, dict[str, Any]]], dict] | None:
-    """Step 3 for one record batch (in a worker thread of :func:`.pipeline.ordered`): the
-    released frame, each column's report entry, the frame's ``attrs`` -- None when every
-    row is suppressed."""
-    frame = part.to_pandas()
-    # the frame's columns are the table's, one for one (no index restored from pandas metadata)
-    source = part if list(frame.columns) == part.column_names else None
-    batch = Batch(frame, keyring, memo=memo, source=source)
-    rows = None
-    codes = {c: ladder.codes(batch, c) for c, ladder in ladders.items()}
-    if bad is not None:
-        drop = bad.holds([ladders[q].classes(codes[q]) for q in qis])
-        rows = np.flatnonzero(~drop) if drop.any() else None
-        if rows is not None and len(rows) == 0:
-            return None
-    out, reports = _release(batch, rows, parsed, ladders, codes)
-    return out, reports, batch.df.attrs
-
-
-def _release(batch: Batch, rows: np.ndarray | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, _Ladder],
-             codes: dict[Hashable, np.ndarray]) -> tuple[pd.DataFrame, list[tuple[Hashable, dict[str, Any]]]]:
-    """Every column of one record batch released, and each column's report entry."""
-    kept = batch.select(rows)
-    outputs: dict[Hashable, pd.Series] = {}
-    reports: list[tuple[Hashable, dict[str, Any]]] = []
-    for column, rule in parsed.items():
-        if column in ladders:
-            series, report = ladders[column].release(batch, column, rows, codes[column])
-        else:
-            applied = rule.apply(kept)
-            series, report = applied.series, dict(applied.report)
-        reports.append((column, report))
-        if series is not None:
-            outputs[column] = series
-    out = pd.DataFrame({c: outputs[c] for c in batch.df.columns if c in outputs}, index=kept.index, copy=False)
-    return out, reports
-
-
-def _add(entry: dict[str, Any], report: dict[str, Any]) -> None:
-    """Fold one batch's rule report into the column's entry: counts are summed."""
-    for key, value in report.items():
-        if key == "found":
-            totals = entry.setdefault("found", {})
-            for entity, n in value.items():
-                totals[entity] = totals.get(entity, 0) + n
-        elif key in _SUMMED:
-            entry[key] = entry.get(key, 0) + value
-        else:
-            entry[key] = value

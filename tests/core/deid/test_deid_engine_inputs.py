@@ -118,10 +118,10 @@ def test_spill_folders_are_private_removed_and_swept(dataset, tmp_path, monkeypa
     seen = []
     real = class_counts.compress
 
-    def compress(con, *args):
-        spill = con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    def compress(db, *args):
+        spill = db.con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
         seen.append((spill, oct(os.stat(spill).st_mode & 0o777)))
-        return real(con, *args)
+        return real(db, *args)
 
     monkeypatch.setattr("airflow_privacy.core.deid.streaming.compress", compress)
     _, report = _run(dataset, tmp_path)
