@@ -308,7 +308,7 @@ def ledger_error_bars(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
 
 
 def _ledger_metric_error(kind: str, roles: dict[str, tuple[NoiseSpec, dict[str, Any]]]) -> MetricError | None:
-    """The metric's noise as :func:`.aggregate.dp_aggregate` assembles it, from its labelled roles."""
+    """The metric's noise as :func:`.release.draw_release` assembles it, from its labelled roles."""
     if kind in ("count", "count_units"):
         spec, label = roles.get("rows") or roles.get("units") or (None, None)
         if spec is None:
