@@ -25,7 +25,7 @@ which the tests use as the oracle):
 Record-level events are kept *per site*, by the site (each site's rows are a separate
 privacy unit scope): in its own ledger dataset. Their ``sampling_probability`` is
 ``batch_size / max_rows`` and their ``count`` ``local_epochs * ceil(max_rows / batch_size)``
-(:meth:`~.config.RecordDP.plan`): public values, never the site's row count -- the
+(:meth:`~.dp_config.RecordDP.plan`): public values, never the site's row count -- the
 Poisson-subsampled Gaussian's privacy curve depends on ``q``, ``z`` and ``T`` only, not on
 how many rows were sampled from. The shared checkpoint records each site's reported
 ``{"epsilon", "delta"}`` (:func:`recorded_site_epsilon`). Site-level events (public

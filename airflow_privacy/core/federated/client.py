@@ -18,7 +18,7 @@
 
 Under record-level DP nothing that leaves a site depends on its row count ``n``: DP-SGD's
 sampling rate and step count are planned from the declared ``max_rows``
-(:meth:`~.config.RecordDP.plan`), not from ``n``, so the events, the calibrated noise, the
+(:meth:`~.dp_config.RecordDP.plan`), not from ``n``, so the events, the calibrated noise, the
 reported epsilon and the checkpoint's record of it are identical for sites of 1,000 and
 1,001 rows; the weight is 1 (``weighting="examples"`` is refused). An empty batch trains
 too (noise only), so a site's success does not depend on ``n`` either.
@@ -26,13 +26,13 @@ too (noise only), so a site's success does not depend on ``n`` either.
 Privacy of the update itself:
 
 - no DP: none beyond what secure aggregation hides (the aggregator sees only the sum).
-- record-level DP (:class:`~.config.RecordDP`): DP-SGD (Abadi et al., CCS 2016) with
+- record-level DP (:class:`~.dp_config.RecordDP`): DP-SGD (Abadi et al., CCS 2016) with
   Poisson sampling at the public rate ``q`` and per-example clipping computed with
   ``torch.func`` (``vmap(grad)``); (epsilon, delta)-DP for add/remove-one row of this site
   over all rounds, accounted per site (:mod:`.accounting`). The Gaussian noise comes from torch's generator seeded with 63
   bits of the CSPRNG: standard DP-SGD practice (like Opacus without ``secure_mode``), not
   hardened against floating-point attacks on the noise.
-- site-level DP (:class:`~.config.SiteDP`): clip, round to the lattice, add a distributed
+- site-level DP (:class:`~.dp_config.SiteDP`): clip, round to the lattice, add a distributed
   discrete Gaussian share (:mod:`.distributed_dp`).
 
 The training loops (SGD, DP-SGD) are in :mod:`.training`, with why DP-SGD uses
@@ -89,7 +89,7 @@ class ClientUpdate:
     :ivar noise_share: site-level DP only: int64 ``(d,)`` noise in fixed-point units.
     :ivar metrics: the site's training diagnostics (site-local; see the module docstring).
     :ivar events: record-level DP: this round's mechanism events, charged to the site's own
-        ledger dataset; public values only (the plan of :meth:`~.config.RecordDP.plan`).
+        ledger dataset; public values only (the plan of :meth:`~.dp_config.RecordDP.plan`).
     :ivar privacy: record-level DP: ``{"epsilon", "delta"}`` this site has spent over all
         rounds, this one included -- the only privacy figure it publishes.
     """

@@ -117,7 +117,7 @@ def simulate(
 
     Guarantees are those of the configuration (:class:`FederatedConfig`): with ``secure=True``
     the aggregator's view is the secure sum's (the sum of the round's updates); with ``dp``
-    see :class:`~.config.RecordDP` / :class:`~.config.SiteDP`.
+    see :class:`~.dp_config.RecordDP` / :class:`~.dp_config.SiteDP`.
 
     :param sites: ``{site: batch}``; every batch needs the features and the label.
     :param features: input columns (or a :class:`FeatureSpec`), declared with ``ranges``
