@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -57,10 +58,18 @@ class DeidentifyOperator(BaseOperator):
     :param asset: an :class:`~airflow.sdk.Asset` (or its URI) updated on success, so
         downstream DAGs can be asset-scheduled on de-identified data.
     :param unlisted: columns without a rule: ``"keep"``, ``"drop"`` or ``"error"``.
-    :param engine: ``"pandas"`` (the batch in memory) or ``"duckdb"`` (Parquet streamed in
+    :param engine: ``"pandas"`` (the batch in memory), ``"duckdb"`` (Parquet streamed in
         record batches, k-anonymity classes counted by DuckDB: memory does not grow with the
-        batch; same output and report); None (default) picks by size: up to 64 MiB of
-        Parquet, and CSV, run on pandas (:mod:`airflow_privacy.core.deid.streaming`).
+        batch) or ``"spark"`` (the cluster of ``spark_conn_id`` counts the classes and runs the
+        rules on its executors; this task writes the file) -- the same output and report on
+        each; None (default) picks by size: up to 64 MiB of Parquet, and CSV, run on pandas,
+        larger Parquet on duckdb (:mod:`airflow_privacy.core.deid.streaming`).
+    :param spark_conn_id: with ``engine="spark"``: the Airflow connection naming the cluster
+        (type ``spark`` or ``spark_connect``, as for ``DPAggregateOperator``). The task is the
+        driver; the executors read ``source`` and receive the key ring with their tasks (turn
+        on Spark's RPC encryption on a shared cluster). ``None``: ``AIRFLOW_PRIVACY_SPARK_MASTER``,
+        else ``local[*]``. A cluster that cannot be reached fails the task at once, without
+        retries, before anything is read or written.
     """
 
     template_fields: Sequence[str] = ("source", "destination", "report_destination", "rules")
@@ -80,6 +89,7 @@ class DeidentifyOperator(BaseOperator):
         unlisted: str = "keep",
         information_loss: Mapping[str, Any] | None = None,
         engine: str | None = None,
+        spark_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
@@ -97,6 +107,11 @@ class DeidentifyOperator(BaseOperator):
             raise InvalidParameterError("engine", engine, f"expected one of {list(ENGINES)} or None (chosen by "
                                         "input size)")
         self.engine = engine
+        if spark_conn_id is not None and (engine != "spark" or not isinstance(spark_conn_id, str)
+                                          or not spark_conn_id.strip()):
+            raise InvalidParameterError("spark_conn_id", spark_conn_id, "expected a connection id, with "
+                                        f"engine='spark' (engine is {engine!r})")
+        self.spark_conn_id = spark_conn_id
         self.source = check_uri("source", source, many=True)
         self.destination = check_uri("destination", destination)
         self.rules = dict(rules)
@@ -131,8 +146,10 @@ class DeidentifyOperator(BaseOperator):
                     out, report = deidentify(io.read_batch(self.source), self.rules, **options)
                 else:
                     out = None  # written by deidentify, the report just before it, each atomically
-                    _, report = deidentify(self.source, self.rules, engine=self.engine, destination=self.destination,
-                                           report_destination=report_uri, **options)
+                    with self._engine_scope():
+                        _, report = deidentify(self.source, self.rules, engine=self.engine,
+                                               destination=self.destination, report_destination=report_uri,
+                                               **options)
         except PrivacyError as exc:
             raise AirflowFailException(str(exc)) from exc
         loss = report.get("information_loss")
@@ -161,6 +178,18 @@ class DeidentifyOperator(BaseOperator):
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = {"output": self.destination, "rows": rows}
         return summary
+
+
+    def _engine_scope(self) -> contextlib.AbstractContextManager:
+        """With ``spark_conn_id``: a session on that connection's cluster, reached (or refused,
+        naming ``spark_conn_id``) before a row is read."""
+        if self.spark_conn_id is None:
+            return contextlib.nullcontext()
+        from airflow_privacy.core.dp.engines.spark_session import spark_on
+        from airflow_privacy.hooks.spark import SparkEngineHook
+
+        return spark_on(SparkEngineHook(self.spark_conn_id).get_url(), parameter="spark_conn_id",
+                        value=self.spark_conn_id)
 
 
 def _holds_template(value: Any) -> bool:

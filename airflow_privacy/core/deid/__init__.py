@@ -11,9 +11,10 @@ scrubbing of free text.
   suppressed, k and l achieved, generalization levels, information loss -- NCP and
   discernibility, :mod:`.loss` -- against a warn-or-fail policy). :func:`check_request`
   runs its parameter checks without data, as a DAG file is parsed (:mod:`.spec`).
-* ``engine=``: a Parquet dataset runs in memory (``"pandas"``) or streamed out of core with
-  the classes counted by DuckDB (``"duckdb"``, :mod:`.streaming`), chosen by size when not
-  given; both release the same rows and report.
+* ``engine=``: a Parquet dataset runs in memory (``"pandas"``), streamed out of core with
+  the classes counted by DuckDB (``"duckdb"``, :mod:`.streaming`), or on a Spark cluster
+  (``"spark"``, :mod:`.spark_engine`); pandas or DuckDB is chosen by size when not given;
+  all release the same rows and report.
 * :func:`needs_keyring` -- whether a rules mapping uses ``hash``, ``tokenize`` or
   ``shift_dates`` (so an operator fetches keys only when needed).
 * :func:`scrub_pii` -- validated regex recognizers for e-mail, phone, SSN, card, IP and

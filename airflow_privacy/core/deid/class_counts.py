@@ -1,8 +1,13 @@
-"""The equivalence classes of k-anonymity / l-diversity counted by DuckDB, out of core.
+"""The equivalence classes of k-anonymity / l-diversity counted in SQL, out of core.
+
+The SQL is the same for every engine; ``db`` runs it: :class:`DuckSql` (DuckDB, embedded)
+or :class:`.spark_engine.SparkSql` (Spark SQL) -- ``register`` an Arrow table, ``query``,
+``create`` a table from a query, ``quote`` a column, ``scan`` the dataset.
 
 :func:`compress` reduces a Parquet dataset to one row per distinct (quasi-identifier codes,
 entity, sensitive code) with its row count -- a temporary table DuckDB keeps within its
-``memory_limit``, spilling beyond it. :class:`ClassCount` answers each state of the search of
+``memory_limit``, spilling beyond it (Spark: a table cached in executor memory).
+:class:`ClassCount` answers each state of the search of
 :mod:`.anonymity` (levels -> per class: rows, distinct entities, distinct sensitive values)
 with one ``GROUP BY`` over it, the classes being the quasi-identifiers' codes mapped through
 their ladders' level tables; :class:`Violating` then tells, per row of a record batch,

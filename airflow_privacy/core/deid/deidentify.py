@@ -108,10 +108,12 @@ def deidentify(
         ``{"max_ncp": fraction or None (default 0.5), "max_discernibility": fraction or None
         (default None), "on_exceed": "warn" (default, :class:`~.loss.InformationLossWarning`)
         or "fail" (:class:`~.loss.InformationLossError`, nothing returned)}``.
-    :param engine: for a dataset: ``"pandas"`` (in memory) or ``"duckdb"`` (streamed in record
-        batches, classes counted by DuckDB: memory does not grow with the table; same rows,
-        values and report as ``"pandas"``); None picks by size (:mod:`.streaming`). A
-        DataFrame always runs on ``"pandas"``.
+    :param engine: for a dataset: ``"pandas"`` (in memory), ``"duckdb"`` (streamed in record
+        batches, classes counted by DuckDB: memory does not grow with the table) or
+        ``"spark"`` (classes counted and rules run on the Spark session of
+        :mod:`airflow_privacy.core.dp.engines.spark_session`; :mod:`.spark_engine`) -- the
+        same rows, values and report on each; None picks pandas or DuckDB by size
+        (:mod:`.streaming`). A DataFrame always runs on ``"pandas"``.
     :param destination: for a dataset: URI of the de-identified Parquet file (required),
         written atomically -- nothing appears there unless the whole release succeeds.
     :param report_destination: for a dataset: URI of the JSON audit report, written

@@ -1,13 +1,18 @@
 """De-identification out of core: a Parquet dataset streamed through record batches, the
-equivalence classes of k-anonymity / l-diversity counted by DuckDB.
+equivalence classes of k-anonymity / l-diversity counted by an engine's SQL.
 
 Engines (``engine=`` of :func:`~airflow_privacy.core.deid.deidentify` and
 ``DeidentifyOperator``):
 
 * ``"pandas"`` -- the whole batch in memory (:mod:`.deidentify`).
-* ``"duckdb"`` -- this module; memory bounded by the record batch size and DuckDB's
-  ``memory_limit`` (:data:`MEMORY_LIMIT`; DuckDB spills to disk beyond it), not by the
-  table.
+* ``"duckdb"`` -- this module with :mod:`.duckdb_engine`; memory bounded by the record batch
+  size and DuckDB's ``memory_limit`` (:data:`.duckdb_engine.MEMORY_LIMIT`; DuckDB spills to
+  disk beyond it), not by the table.
+* ``"spark"`` -- this module with :mod:`.spark_engine`: the SQL runs on Spark, the second
+  pass on its executors; only chosen when asked for.
+
+Each out-of-core engine is one module behind :func:`backend`; this module holds what they
+share (the ladders, the level search, the report, the writing of the file).
 
 When ``engine`` is not given (:func:`choose_engine`): a DataFrame or a CSV file runs on
 ``"pandas"``; a Parquet dataset runs on ``"pandas"`` when its files total at most
@@ -23,7 +28,7 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    generalize (``keep``, ``mask``, ``hash``...) is released through that rule first, applied
    to the distinct values -- which is why such a rule must be one value at a time
    (not ``shift_dates``, nor ``scrub_pii`` with ``known``: those read other columns).
-2. With k-anonymity or l-diversity, DuckDB (:mod:`.class_counts`) compresses the dataset
+2. With k-anonymity or l-diversity, the engine (:mod:`.class_counts`) compresses the dataset
    to one row per distinct (quasi-identifier codes, entity, sensitive code) with its row
    count, and answers each
    state of the search of :mod:`.anonymity` with one ``GROUP BY`` over the classes at
@@ -38,9 +43,9 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    batch: row-wise and keyed rules are stateless per value or entity (an HMAC token, an
    AES-SIV token, a date shift keyed by the entity), so a batch gives what the whole table
    gives. Report counts (``found``, ``known_replaced``, ``nulled_without_entity``) are
-   summed over the batches, in their order.
+   summed over the batches, in their order (:func:`.release.fold`).
 
-   The pass is a bounded, ordered pipeline (:mod:`.pipeline`): the calling thread reads one
+   On DuckDB the pass is a bounded, ordered pipeline (:mod:`.pipeline`): the calling thread reads one
    Parquet row group at a time, only the columns the release needs, and gathers batches;
    two threads release batches (Arrow kernels, the Parquet encoder and pandas' hash tables
    release the GIL, so both cores work); one thread writes the released frames in the
@@ -50,7 +55,8 @@ How (same output as ``"pandas"``, row for row, value for value, and the same aud
    row of DuckDB reading and writing the same files (0.57 M rows/s at 2e6 rows, idle
    machine); the pipeline 1.2-1.5x at 2e7-5e7 rows (1.25-1.28 M rows/s, peak RSS 1.27 GB)
    and 1.4-2.3x at 2e6 rows (0.6-1.07 M rows/s), where the first pass and the pipeline's
-   start and end weigh more -- on a host shared with other benchmarks.
+   start and end weigh more -- on a host shared with other benchmarks. On Spark the
+   executors release the batches (:mod:`.spark_engine`) and this process writes them.
 
 The output is one Parquet file written through :func:`airflow_privacy.core.io.open_atomic`:
 killed or failing at any point, the task leaves no partial output.

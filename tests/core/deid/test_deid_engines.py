@@ -55,14 +55,13 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """~3,000 demo rows in 6 hive folders (day=...) of 3 files each, with nulls planted."""
-    root = tmp_path_factory.mktemp("deid-engines") / "raw"
-    rng = np.random.default_rng(15)
+def write_dataset(root, seed, start, row_group_size=None):
+    """Demo batches of 2 days x 3 sites as hive folders (day=...) of 3 files each, with nulls
+    planted; the folder's path."""
+    rng = np.random.default_rng(seed)
     rows = 0
     for d in range(2):
-        day = dt.date(2026, 3, 1) + dt.timedelta(days=d)
+        day = start + dt.timedelta(days=d)
         for site in ("site_a", "site_b", "site_c"):
             df = generate_batch(site, day)
             for column in ("zip", "diagnosis", "patient_id"):
@@ -70,10 +69,16 @@ def dataset(tmp_path_factory):
             df.loc[rng.random(len(df)) < 0.02, "cost"] = np.nan
             folder = root / f"day={day}"
             folder.mkdir(parents=True, exist_ok=True)
-            df.to_parquet(folder / f"{site}.parquet", index=False)
+            df.to_parquet(folder / f"{site}.parquet", index=False, row_group_size=row_group_size)
             rows += len(df)
     assert rows > 2500
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """~3,000 demo rows in 2 hive folders of 3 files each, with nulls planted."""
+    return write_dataset(tmp_path_factory.mktemp("deid-engines") / "raw", 15, dt.date(2026, 3, 1))
 
 
 def _run(dataset, out, engine, case):

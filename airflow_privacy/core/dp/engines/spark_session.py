@@ -31,6 +31,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -125,9 +126,13 @@ def _start(target: SparkTarget, parameter: str, value: Any = None) -> Any:
     try:
         if target.kind == "connect":
             return SparkSession.builder.remote(target.url).create()
+        # Python tasks (de-identification's second pass) run this interpreter, which has this
+        # package, unless PYSPARK_PYTHON names another; shuffle, spill and cached blocks hold
+        # raw rows: written encrypted, under a key of this application that never leaves it
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (SparkSession.builder.master(target.url).appName("airflow-privacy")
                    .config("spark.ui.enabled", "false").config("spark.driver.memory", memory)
-                   .config("spark.executor.memory", memory))
+                   .config("spark.executor.memory", memory).config("spark.io.encryption.enabled", "true"))
         if target.kind == "local":
             builder = builder.config("spark.sql.shuffle.partitions", "8")
         return builder.getOrCreate()

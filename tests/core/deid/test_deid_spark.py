@@ -1,0 +1,109 @@
+"""engine="spark" of deidentify: Spark SQL counts the classes, Spark's executors release the
+batches, this process writes them in order -- and the file, its schema metadata (the
+decryption hints) and the audit report are those of engine="duckdb" (itself equal to
+"pandas", test_deid_engines), over every rule set of test_deid_engines, with row groups,
+Spark tasks and batches far smaller than the dataset so that every rule, class and report
+count crosses them. Real Spark (local[2]), real Parquet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pickle
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_privacy.core.crypto import KeyRing
+from airflow_privacy.core.deid import deidentify, spark_engine, streaming
+from airflow_privacy.core.deid.release import Release
+from airflow_privacy.core.errors import InvalidParameterError
+from airflow_privacy.demo.data import generate_batch
+from tests.core.deid.test_deid_engines import CASES, RING, _run, write_dataset
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark")
+    import os
+
+    os.environ.setdefault("AIRFLOW_PRIVACY_SPARK_MASTER", "local[2]")
+    session = spark_engine._session()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """~3,000 demo rows in 2 hive folders of 3 files each, row groups of 128 rows, nulls
+    planted."""
+    return write_dataset(tmp_path_factory.mktemp("deid-spark") / "raw", 16, dt.date(2026, 4, 1), row_group_size=128)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_spark_engine_releases_what_duckdb_releases(spark, dataset, tmp_path, monkeypatch, name):
+    monkeypatch.setattr(streaming, "BATCH_ROWS", 200)  # batches of a few row groups
+    monkeypatch.setattr(spark_engine, "UNIT_ROWS", 300)  # Spark tasks of 2 row groups: ~14 per file
+    case = CASES[name]
+    expected, expected_report, expected_file = _run(dataset, tmp_path, "duckdb", case)
+    released, report, report_file = _run(dataset, tmp_path, "spark", case)
+    assert released.schema.equals(expected.schema, check_metadata=True)  # the decryption hints too
+    assert released.num_rows == expected.num_rows > 0
+    for column in expected.column_names:
+        assert released.column(column).equals(expected.column(column)), column
+    assert json.loads(json.dumps(report, default=str)) == json.loads(json.dumps(expected_report, default=str))
+    assert report_file == expected_file
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()  # combos and the results: released
+    print(f"{name}: {report['rows_in']} rows in, {report['rows_out']} out, k {report['k_achieved']}")
+
+
+@pytest.mark.slow
+def test_units_keep_the_input_order_and_cover_every_row_group(dataset):
+    ds, arrow = streaming.open_dataset(dataset)
+    cut = spark_engine.units(arrow, unit_rows=300)
+    groups = [(f.path, f.row_groups[0].id) for unit in cut for f in unit.get_fragments()]
+    expected = [(f.path, rg.id) for f in arrow.get_fragments() for rg in f.split_by_row_group()
+                for rg in rg.row_groups]
+    assert groups == expected and len(cut) > len(list(arrow.get_fragments()))
+    assert sum(unit.to_table().num_rows for unit in cut) == ds.rows
+
+
+@pytest.mark.slow
+def test_a_quasi_identifier_reading_other_columns_is_refused_naming_spark(spark, dataset, tmp_path):
+    with pytest.raises(InvalidParameterError, match=r"invalid engine='spark'.*'visit_date' is a quasi-identifier "
+                                                    r"with rule 'shift_dates'"):
+        deidentify(dataset, {"visit_date": {"shift_dates": {"max_days": 9, "by": "patient_id"}}}, keyring=RING,
+                   engine="spark", destination=str(tmp_path / "out.parquet"),
+                   k_anonymity={"quasi_identifiers": ["visit_date"], "k": 2})
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_release_ships_the_ring_as_json_and_never_shows_it():
+    """Spark pickles the release into its tasks: a KeyRing refuses pickling, the release
+    carries the ring's JSON and rebuilds it; its repr holds no key."""
+    ring = KeyRing.generate()
+    release = Release(ring, {}, {}, None, [])
+    again = pickle.loads(pickle.dumps(release))
+    assert again.keyring.to_json() == ring.to_json() and again.memo is not release.memo
+    secret = json.loads(ring.to_json())["keys"][0]["key"]
+    assert secret not in repr(release) and secret not in repr(again)
+    assert pickle.loads(pickle.dumps(Release(None, {}, {}, None, []))).keyring is None
+
+
+def test_spark_not_installed_is_named_with_its_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark raises ImportError
+    with pytest.raises(InvalidParameterError, match=r"invalid engine='spark': pyspark is not installed: pip install "
+                                                    r"'airflow-privacy\[spark\]'"):
+        streaming.choose_engine(str(tmp_path), "spark")
+
+
+def test_an_empty_dataset_is_refused_before_spark_starts(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    generate_batch("site_a", "2026-04-01").head(0).to_parquet(folder / "part.parquet", index=False)
+    with pytest.raises(InvalidParameterError, match="source"):
+        deidentify(str(folder), {"name": "drop"}, engine="spark", destination=str(tmp_path / "out.parquet"))
+    assert not (tmp_path / "out.parquet").exists()
+    assert pq.read_metadata(folder / "part.parquet").num_rows == 0
