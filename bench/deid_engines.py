@@ -18,12 +18,16 @@ fresh subprocess so its peak RSS (``ru_maxrss``, DuckDB's memory included) is it
 * ``--baseline-rows N`` runs the baseline on the first files holding ~N rows only (the
   comparison is then per row), to keep a 50 M-row run within a shared machine's time;
 * with ``--pandas-rows N`` also ``engine="pandas"`` on the first files holding ~N rows (the
-  in-memory path, for its rate and memory).
+  in-memory path, for its rate and memory);
+* with ``--spark`` also ``engine="spark"`` on ``local[2]`` (all rows) next to Spark's own
+  read + write of the same files (zstd part files, in parallel; on the baseline's slice) --
+  each with its session started before the clock; CPU time and peak RSS then include the
+  JVM and its Python workers (peak RSS as the sum of each process's own peak).
 
 Targets (issue 15): peak RSS <= 4 GB and >= 1 M rows/s at 50 M rows.
 
 ``python bench/deid_engines.py [--rows 5e7] [--files 100] [--dir /tmp/deid_engines_bench]
-[--baseline-rows 5e6] [--pandas-rows 1e6] [--keep]`` -- the generated data is deleted afterwards unless ``--keep``.
+[--baseline-rows 5e6] [--pandas-rows 1e6] [--spark] [--keep]`` -- the generated data is deleted afterwards unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from deidentify import K_ANONYMITY, L_DIVERSITY, RULES, _demo_pool  # noqa: E402  (the DAG's rules, once)
 
 LABELS = {"baseline": "DuckDB read + write, no transformation", "duckdb": "deidentify(engine='duckdb')",
-          "pandas": "deidentify(engine='pandas')"}
+          "pandas": "deidentify(engine='pandas')", "spark_baseline": "Spark read + write, no transformation",
+          "spark": "deidentify(engine='spark')"}
 
 
 def generate(folder: Path, rows: int, files: int) -> None:
@@ -70,13 +75,46 @@ def generate(folder: Path, rows: int, files: int) -> None:
     stamp.touch()
 
 
+def _spark():
+    """A ``local[2]`` session as the engine starts it (AIRFLOW_PRIVACY_SPARK_MASTER, default)."""
+    os.environ.setdefault("AIRFLOW_PRIVACY_SPARK_MASTER", "local[2]")
+    os.environ.setdefault("AIRFLOW_PRIVACY_SPARK_MEMORY", "2g")
+    from airflow_privacy.core.dp.engines.spark_session import current
+
+    return current()
+
+
+def _tree() -> list:
+    """This process and its descendants (Spark's JVM, its Python workers)."""
+    import psutil
+
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """Peak RSS of this process plus each live descendant's own peak (``VmHWM``; the JVM of a
+    Spark step) -- an upper bound when their peaks did not coincide."""
+    total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for proc in _tree()[1:]:
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total / 2**30
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process and its descendants, reaped ones included."""
+    total = 0.0
+    for proc in _tree():
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except Exception:  # gone meanwhile
+            pass
+    return total
 
 
 def step(name: str, folder: Path, slice_rows: int) -> dict:
@@ -88,8 +126,13 @@ def step(name: str, folder: Path, slice_rows: int) -> dict:
         sizes = np.cumsum([pq.read_metadata(f).num_rows for f in files])
         files = files[: int(np.searchsorted(sizes, slice_rows)) + 1]
     out = folder / f"out-{name}.parquet"
+    spark = _spark() if name.startswith("spark") else None  # started before the clock, as imports
     t0, cpu0 = time.perf_counter(), _cpu()  # imports excluded
-    if name == "baseline":
+    if name == "spark_baseline":
+        spark.read.parquet(*files).write.mode("overwrite").option("compression", "zstd").parquet(str(out))
+        rows, report = spark.read.parquet(str(out)).count(), None
+        shutil.rmtree(out)
+    elif name == "baseline":
         import duckdb
 
         listed = ", ".join(f"'{f}'" for f in files)
@@ -123,7 +166,9 @@ def main() -> None:
                     "about this many rows (default: all)")
     ap.add_argument("--slice", type=float, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the generated dataset")
-    ap.add_argument("--step", choices=["baseline", "duckdb", "pandas"], help=argparse.SUPPRESS)
+    ap.add_argument("--spark", action="store_true", help="also engine='spark' (local[2]) and Spark's own read + "
+                    "write of the same files")
+    ap.add_argument("--step", choices=list(LABELS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     folder = Path(args.dir)
     if args.step:
@@ -137,11 +182,13 @@ def main() -> None:
         print(f"dataset: {rows:,} rows in {args.files} Parquet files, {size / 2**30:.2f} GiB (ready in "
               f"{time.perf_counter() - t0:.1f} s); DuckDB memory_limit "
               f"{os.environ.get('AIRFLOW_PRIVACY_DEID_DUCKDB_MEMORY', '1GB')}; load average {os.getloadavg()[0]:.1f}", flush=True)
-        steps = ["duckdb", "baseline"] + (["pandas"] if args.pandas_rows else [])
+        steps = ["duckdb", "baseline"] + (["pandas"] if args.pandas_rows else []) + (
+            ["spark", "spark_baseline"] if args.spark else [])
         figures = {}
         for name in steps:
             out = subprocess.run([sys.executable, __file__, "--step", name, "--dir", str(folder),
-                                  "--slice", str(args.pandas_rows if name == "pandas" else args.baseline_rows)],
+                                  "--slice", str(args.pandas_rows if name == "pandas" else
+                                                 0 if name == "spark" else args.baseline_rows)],
                                  check=True, capture_output=True, text=True)
             figures[name] = f = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{LABELS[name]:<40}: {f['rows']:>12,} rows {f['seconds']:8.1f} s  {f['rows'] / f['seconds']:>10,.0f} "
@@ -157,6 +204,12 @@ def main() -> None:
     print(f"ours / baseline per row: {per_row:.1f}x wall time, {per_cpu:.1f}x CPU time; rate {rate:,.0f} rows/s (target >= 1,000,000: "
           f"{'met' if rate >= 1e6 else f'MISSED, {1e6 / rate:.1f}x short'}); peak RSS {o['peak_rss_gb']:.2f} GB "
           f"(target <= 4 GB: {'met' if o['peak_rss_gb'] <= 4 else 'MISSED'})")
+    if "spark" in figures:
+        b, o = figures["spark_baseline"], figures["spark"]
+        print(f"spark / Spark read + write per row: {(o['seconds'] / o['rows']) / (b['seconds'] / b['rows']):.1f}x wall "
+              f"time, {(o['cpu_seconds'] / o['rows']) / (b['cpu_seconds'] / b['rows']):.1f}x CPU time; rate "
+              f"{o['rows'] / o['seconds']:,.0f} rows/s; spark / duckdb engine per row: "
+              f"{(o['seconds'] / o['rows']) / (figures['duckdb']['seconds'] / figures['duckdb']['rows']):.1f}x")
 
 
 if __name__ == "__main__":

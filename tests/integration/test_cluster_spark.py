@@ -13,6 +13,10 @@ driver, the cluster's worker runs the executors that read the Parquet batches. T
 * it charged exactly once: one ledger row; clearing the task runs it again (try 2), which
   returns the stored release -- same file, same figures, no new charge, no new Spark job.
 
+And a de-identification with ``engine="spark"`` (``deidentify_spark_batches``): the cluster's
+executor runs the rules in its Python workers with the key ring the task shipped; the file
+and report equal those of ``engine="duckdb"`` run here with the worker's key ring.
+
 Skipped only when the machine has no Java runtime and ``scripts/install_java.sh`` cannot
 install one (the cluster then starts without Spark).
 """
@@ -20,7 +24,9 @@ install one (the cluster then starts without Spark).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import runpy
 import subprocess
 
 import pytest
@@ -66,6 +72,20 @@ def spark_apps(cluster: Cluster) -> set[str]:
     return {p.name for p in work.iterdir() if p.name.startswith("app-")} if work.exists() else set()
 
 
+def new_spark_app(cluster: Cluster, apps_before: set[str]) -> tuple[str, str]:
+    """The one application the master registered since ``apps_before``, whose executor on
+    the cluster's worker finished tasks; its id and the executor's log."""
+    apps = spark_apps(cluster) - apps_before
+    assert len(apps) == 1, apps
+    app = apps.pop()
+    master_log = cluster.service_log("spark-master")
+    assert re.search(rf"Registered app {APP_NAME} with ID {app}\b", master_log), master_log[-3000:]
+    executor_log = "".join(p.read_text(errors="replace")
+                           for p in (cluster.state / "spark" / "work" / app).rglob("stderr"))
+    assert "Finished task" in executor_log, executor_log[-3000:]
+    return app, executor_log
+
+
 def test_dp_release_with_engine_spark_on_the_cluster(cluster: Cluster, spark_master: str):
     api = cluster.api
     api.wait_for_dags([DAG_ID])
@@ -82,14 +102,7 @@ def test_dp_release_with_engine_spark_on_the_cluster(cluster: Cluster, spark_mas
 
     # The cluster ran the plan: the master registered the task's application, and its
     # executor, on the cluster's worker, ran tasks of it.
-    apps = spark_apps(cluster) - apps_before
-    assert len(apps) == 1, apps
-    app = apps.pop()
-    master_log = cluster.service_log("spark-master")
-    assert re.search(rf"Registered app {APP_NAME} with ID {app}\b", master_log), master_log[-3000:]
-    executor_log = "".join(p.read_text(errors="replace")
-                           for p in (cluster.state / "spark" / "work" / app).rglob("stderr"))
-    assert "Finished task" in executor_log, executor_log[-3000:]
+    app, _ = new_spark_app(cluster, apps_before)
 
     # XCom and the Postgres ledger agree on the release.
     result = api.xcom(DAG_ID, run_id, TASK_ID)
@@ -130,3 +143,40 @@ def test_dp_release_with_engine_spark_on_the_cluster(cluster: Cluster, spark_mas
     assert ledger(cluster).status(DATASET).spent_epsilon == pytest.approx(spent)
     assert spark_apps(cluster) - apps_before == {app}
     cluster.timings[f"{DAG_ID}: Spark application"] = app
+
+
+DEID_DAG_ID = "deidentify_spark_batches"
+DEID_TASK_ID = "deidentify_day"
+
+
+def test_deidentify_with_engine_spark_on_the_cluster(cluster: Cluster, spark_master: str, tmp_path):
+    from airflow_privacy.core.crypto import KeyRing
+    from airflow_privacy.core.deid import deidentify
+
+    api = cluster.api
+    api.wait_for_dags([DEID_DAG_ID])
+    date = "2026-06-02"
+    write_raw_batches(cluster, [date])
+    apps_before = spark_apps(cluster)
+
+    run_id, state = run_dag(cluster, DEID_DAG_ID, date, "spark", timeout=900)
+    ti = api.task_instances(DEID_DAG_ID, run_id)[DEID_TASK_ID]
+    assert state == "success", api.task_log(DEID_DAG_ID, run_id, DEID_TASK_ID, ti["try_number"])[-5000:]
+    assert executed_on(cluster, DEID_DAG_ID, run_id, "airflow-worker") == {DEID_TASK_ID}
+    app, executor_log = new_spark_app(cluster, apps_before)
+    assert "PythonRunner" in executor_log, executor_log[-3000:]  # the rules ran in the executor's Python
+
+    # The same release, computed here on DuckDB with the worker's key ring.
+    summary = api.xcom(DEID_DAG_ID, run_id, DEID_TASK_ID)
+    task = runpy.run_path(str(REPO / "dags" / f"{DEID_DAG_ID}.py"))["deidentify_spark_batches"]().get_task(DEID_TASK_ID)
+    ring = KeyRing.from_json(json.loads((cluster.state / "keys" / "privacy_keys_default.conn").read_text())["password"])
+    sources = [f"{cluster.demo_root}/raw/site={site}/date={date}.parquet" for site in SITES]
+    _, expected = deidentify(sources, task.rules, keyring=ring, k_anonymity=task.k_anonymity, engine="duckdb",
+                             destination=str(tmp_path / "duckdb.parquet"))
+    released = io.read_batch(summary["output"])
+    assert released.equals(io.read_batch(str(tmp_path / "duckdb.parquet")))
+    report = json.loads(local_path(summary["report"]).read_text()) if summary["report"].startswith("file://") \
+        else json.loads(open(summary["report"]).read())
+    assert report == json.loads(json.dumps(expected, default=str))
+    assert summary["rows_out"] == len(released) == expected["rows_out"] > 0 and summary["k_achieved"] >= 5
+    cluster.timings[f"{DEID_DAG_ID}: Spark application"] = app

@@ -47,8 +47,8 @@ def counts(ds: ParquetDataset) -> Iterator[DuckSql]:
         yield DuckSql(con, _scan(ds))
 
 
-def released(ds: ParquetDataset, arrow: pads.Dataset, release: Release, batch_rows: int,
-             columns: list[str] | None) -> Iterator[Released | None]:
+def released(ds: ParquetDataset, arrow: pads.Dataset, release: Release, *, batch_rows: int,
+             columns: list[str] | None, destination: str) -> Iterator[Released | None]:
     """The dataset's batches released by :data:`.pipeline.WORKERS` threads, in order."""
     return ordered(release, batches(arrow, batch_rows, columns))
 

@@ -118,8 +118,8 @@ def backend(engine: str) -> ModuleType:
     """The module running an out-of-core engine's passes (:mod:`.duckdb_engine`,
     :mod:`.spark_engine`): ``check()`` (the engine is installed, else an error naming
     ``engine``), ``counts(ds)`` (a context manager: the SQL of :mod:`.class_counts` over the
-    dataset) and ``released(ds, arrow, release, batch_rows, columns)`` (the released batches
-    in the input's order)."""
+    dataset) and ``released(ds, arrow, release, batch_rows=, columns=, destination=)`` (the
+    released batches in the input's order)."""
     return importlib.import_module(f"airflow_privacy.core.deid.{engine}_engine")
 
 
@@ -177,7 +177,8 @@ def stream(
     hints: dict[str, Any] = {}
     rows_out = 0
     with io.open_atomic(destination) as fh, ParquetSink(fh) as sink:
-        for released in run.released(ds, arrow, release, batch_rows, read_columns(arrow.schema, checked)):
+        for released in run.released(ds, arrow, release, batch_rows=batch_rows,
+                                     columns=read_columns(arrow.schema, checked), destination=destination):
             if released is None:
                 continue
             out, reports, attrs = released  # a frame (this process's threads) or an Arrow table (Spark's)
