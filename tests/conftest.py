@@ -6,8 +6,10 @@ import time -- hence module level, not a fixture.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 # would have the tests migrate, fill and charge a user's metadata DB and ledger.
 scrub_environment(os.environ, keep=())
 _HOME = Path(tempfile.mkdtemp(prefix="airflow-privacy-tests-"))
+atexit.register(shutil.rmtree, _HOME, True)  # the session's metadata DB, ledger and demo data
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

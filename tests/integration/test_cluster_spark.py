@@ -164,7 +164,7 @@ def test_deidentify_with_engine_spark_on_the_cluster(cluster: Cluster, spark_mas
     assert state == "success", api.task_log(DEID_DAG_ID, run_id, DEID_TASK_ID, ti["try_number"])[-5000:]
     assert executed_on(cluster, DEID_DAG_ID, run_id, "airflow-worker") == {DEID_TASK_ID}
     app, executor_log = new_spark_app(cluster, apps_before)
-    assert "PythonRunner" in executor_log, executor_log[-3000:]  # the rules ran in the executor's Python
+    assert "Starting Python task execution" in executor_log, executor_log[-3000:]  # the rules ran in its Python
 
     # The same release, computed here on DuckDB with the worker's key ring.
     summary = api.xcom(DEID_DAG_ID, run_id, DEID_TASK_ID)

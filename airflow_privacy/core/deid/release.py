@@ -11,6 +11,7 @@ to be pickled by accident), inside Spark's task closure.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -83,17 +84,20 @@ class Ladder:
 
 class Release:
     """Step 3 of :mod:`.streaming` for one record batch: ``release(part)`` is the released
-    batch, or None when every row of it is suppressed. One :class:`.memo.Memo` per instance
-    (shared by the threads that call it; a fresh one where it is unpickled)."""
+    batch, or None when every row of it is suppressed. One :class:`.memo.Memo` per instance,
+    shared by the threads that call it -- and, where it is unpickled, by every task of the
+    same release in that process: a Spark Python worker runs many tasks of one release, and
+    unpickling returns the instance it already holds (:data:`_LIVE`, the last release only)."""
 
     def __init__(self, keyring: KeyRing | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, Ladder],
-                 bad: Violating | None, qis: list[Hashable]) -> None:
+                 bad: Violating | None, qis: list[Hashable], token: str | None = None) -> None:
         self.keyring, self.parsed, self.ladders, self.bad, self.qis = keyring, parsed, ladders, bad, qis
+        self.token = token or uuid.uuid4().hex
         self.memo = Memo()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         ring = None if self.keyring is None else self.keyring.to_json()
-        return _unpickled, (ring, self.parsed, self.ladders, self.bad, self.qis)
+        return _unpickled, (ring, self.parsed, self.ladders, self.bad, self.qis, self.token)
 
     def __repr__(self) -> str:  # never the ring
         return f"Release(columns={len(self.parsed)}, ladders={len(self.ladders)})"
@@ -103,9 +107,18 @@ class Release:
                               qis=self.qis, memo=self.memo)
 
 
+_LIVE: dict[str, Release] = {}
+"""The release last unpickled in this process, by token."""
+
+
 def _unpickled(ring: str | None, parsed: dict[Hashable, Rule], ladders: dict[Hashable, Ladder],
-               bad: Violating | None, qis: list[Hashable]) -> Release:
-    return Release(None if ring is None else KeyRing.from_json(ring), parsed, ladders, bad, qis)
+               bad: Violating | None, qis: list[Hashable], token: str) -> Release:
+    live = _LIVE.get(token)
+    if live is None:
+        live = Release(None if ring is None else KeyRing.from_json(ring), parsed, ladders, bad, qis, token)
+        _LIVE.clear()
+        _LIVE[token] = live
+    return live
 
 
 def _release_batch(part: pa.Table, *, keyring: KeyRing | None, parsed: dict[Hashable, Rule],

@@ -154,7 +154,10 @@ def counts(ds: ParquetDataset) -> Iterator[SparkSql]:
     """Spark SQL over ``ds`` for the block."""
     check()
     with _own_session() as spark:
-        reader = spark.read.option("basePath", ds.base) if ds.partition_keys else spark.read
+        # partition values only from a partitioned folder, as Arrow and DuckDB read it (listed files
+        # of sibling hive folders are read as they are: no partition discovery)
+        reader = (spark.read.option("basePath", ds.base) if ds.partition_keys
+                  else spark.read.option("recursiveFileLookup", "true"))
         reader.parquet(*ds.uris()).createOrReplaceTempView("ap_deid_rows")
         db = SparkSql(spark, "ap_deid_rows")
         try:

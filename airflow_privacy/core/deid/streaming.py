@@ -133,8 +133,11 @@ def open_dataset(source: Any) -> tuple[ParquetDataset, pads.Dataset]:
         ds = resolve(source)
     except SchemaError as exc:  # its message speaks of DP charges; here nothing is written
         raise SchemaError(str(exc).replace("nothing was charged", "nothing was written")) from None
-    arrow = pads.dataset(list(ds.files), filesystem=ds.filesystem, format="parquet", partitioning="hive",
-                         partition_base_dir=ds.base)
+    # hive partition values only when the source names a partitioned folder: files listed
+    # from sibling folders (site=a/x.parquet, site=b/x.parquet) are read as they are, as
+    # DuckDB's scan reads them (their paths may repeat a column: site=a holding column site)
+    arrow = pads.dataset(list(ds.files), filesystem=ds.filesystem, format="parquet",
+                         partitioning="hive" if ds.partition_keys else None, partition_base_dir=ds.base)
     return ds, arrow
 
 

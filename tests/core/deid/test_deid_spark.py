@@ -87,6 +87,9 @@ def test_release_ships_the_ring_as_json_and_never_shows_it():
     release = Release(ring, {}, {}, None, [])
     again = pickle.loads(pickle.dumps(release))
     assert again.keyring.to_json() == ring.to_json() and again.memo is not release.memo
+    assert pickle.loads(pickle.dumps(release)) is again  # the next task of the release in this worker
+    other = pickle.loads(pickle.dumps(Release(ring, {}, {}, None, [])))
+    assert other is not again and pickle.loads(pickle.dumps(release)) is not again  # only the last one kept
     secret = json.loads(ring.to_json())["keys"][0]["key"]
     assert secret not in repr(release) and secret not in repr(again)
     assert pickle.loads(pickle.dumps(Release(None, {}, {}, None, []))).keyring is None
@@ -107,3 +110,26 @@ def test_an_empty_dataset_is_refused_before_spark_starts(tmp_path):
         deidentify(str(folder), {"name": "drop"}, engine="spark", destination=str(tmp_path / "out.parquet"))
     assert not (tmp_path / "out.parquet").exists()
     assert pq.read_metadata(folder / "part.parquet").num_rows == 0
+
+
+@pytest.mark.slow
+def test_files_listed_from_sibling_hive_folders_are_read_as_they_are(spark, tmp_path):
+    """The demo's layout (raw/site=<site>/date=<day>.parquet, each file holding its site in
+    a column ``site``) named file by file, as the example DAGs do: no engine adds (or
+    clashes with) a partition column; all three release the same file and report."""
+    sources = []
+    for site in ("site_a", "site_b", "site_c"):
+        folder = tmp_path / "raw" / f"site={site}"
+        folder.mkdir(parents=True)
+        generate_batch(site, "2026-04-03").to_parquet(folder / "date=2026-04-03.parquet", index=False)
+        sources.append(str(folder / "date=2026-04-03.parquet"))
+    case = {"rules": {"name": "drop", "email": {"hash": {}}, "zip": {"generalize": {"prefix": 3}}},
+            "k_anonymity": {"quasi_identifiers": ["zip", "sex"], "k": 3, "entity": "patient_id"}}
+    out = {}
+    for engine in ("pandas", "duckdb", "spark"):
+        _, report = deidentify(sources, keyring=RING, engine=engine, destination=str(tmp_path / f"{engine}.parquet"),
+                               **case)
+        out[engine] = (pq.read_table(tmp_path / f"{engine}.parquet"), json.loads(json.dumps(report, default=str)))
+    assert "site" in out["pandas"][0].column_names and out["pandas"][0].num_rows > 0
+    for engine in ("duckdb", "spark"):
+        assert out[engine][0].equals(out["pandas"][0]) and out[engine][1] == out["pandas"][1], engine
