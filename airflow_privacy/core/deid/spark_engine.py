@@ -9,9 +9,10 @@ server, or ``local[*]``); this process only plans, searches the levels and write
    search -- are the SQL of :mod:`.class_counts` run by Spark SQL (:class:`SparkSql`) over
    the Parquet files, in a session of their own (``newSession``: its temporary views and its
    settings are not the caller's): time zone UTC, so timestamps cross to Arrow unchanged,
-   and partition values read as text, as Arrow's reader types them before they are cast to
-   the dataset's schema. ``combos`` is cached in executor memory only (``MEMORY_ONLY``: it
-   holds raw entities), uncached at the end.
+   partition values read as text, as Arrow's reader types them before they are cast to
+   the dataset's schema, and shuffle partitions sized to the data
+   (:func:`_shuffle_partitions`). ``combos`` is cached in executor memory only
+   (``MEMORY_ONLY``: it holds raw entities), uncached at the end.
 2. The second pass runs on the executors: the dataset's row groups are cut into units of
    about :data:`UNIT_ROWS` rows (consecutive row groups of one file), one Spark task per
    unit, in the input's order. A task reads its row groups with Arrow (the executors read
@@ -74,6 +75,8 @@ UNIT_ROWS = 1 << 18
 is a unit of its own)."""
 JOB_ROWS = 1 << 22
 """Rows of one Spark job of the second pass at most (:func:`_jobs`)."""
+SHUFFLE_ROWS = 1 << 20
+"""Rows per shuffle partition of the class counts at least (:func:`_shuffle_partitions`)."""
 _SETTINGS = {"spark.sql.session.timeZone": "UTC", "spark.sql.sources.partitionColumnTypeInference.enabled": "false"}
 _RESULT = "unit BIGINT, seq BIGINT, path STRING, meta BINARY"
 
@@ -125,18 +128,19 @@ class SparkSql:
 
 
 @contextlib.contextmanager
-def _own_session() -> Iterator[Any]:
+def _own_session(rows: int) -> Iterator[Any]:
     """A session sharing the cluster but not the caller's views and settings, with
-    :data:`_SETTINGS` (Spark Connect has one session per client: its settings are set and
-    restored instead)."""
+    :data:`_SETTINGS` and :func:`_shuffle_partitions` (Spark Connect has one session per
+    client: its settings are set and restored instead)."""
     spark = _session()
     try:
         own = spark.newSession()
     except Exception:  # Spark Connect: no new session on the same client
         own = None
     session = own or spark
-    before = {key: session.conf.get(key, None) for key in _SETTINGS}
-    for key, value in _SETTINGS.items():
+    settings = {**_SETTINGS, "spark.sql.shuffle.partitions": str(_shuffle_partitions(session, rows))}
+    before = {key: session.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
         session.conf.set(key, value)
     try:
         yield session
@@ -149,11 +153,23 @@ def _own_session() -> Iterator[Any]:
                     session.conf.set(key, value)
 
 
+def _shuffle_partitions(spark: Any, rows: int) -> int:
+    """The class counts' shuffle partitions: the session's setting (Spark's default 200), but
+    no more than one per :data:`SHUFFLE_ROWS` rows nor fewer than two per task slot -- a day's
+    batch of a few thousand rows on a standalone cluster ran ~1,450 tasks with 200."""
+    try:
+        slots = int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect
+        slots = 2
+    configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or 200)
+    return max(1, min(configured, max(2 * slots, -(-rows // SHUFFLE_ROWS))))
+
+
 @contextlib.contextmanager
 def counts(ds: ParquetDataset) -> Iterator[SparkSql]:
     """Spark SQL over ``ds`` for the block."""
     check()
-    with _own_session() as spark:
+    with _own_session(ds.rows) as spark:
         # partition values only from a partitioned folder, as Arrow and DuckDB read it (listed files
         # of sibling hive folders are read as they are: no partition discovery)
         reader = (spark.read.option("basePath", ds.base) if ds.partition_keys

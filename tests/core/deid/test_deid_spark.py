@@ -133,3 +133,15 @@ def test_files_listed_from_sibling_hive_folders_are_read_as_they_are(spark, tmp_
     assert "site" in out["pandas"][0].column_names and out["pandas"][0].num_rows > 0
     for engine in ("duckdb", "spark"):
         assert out[engine][0].equals(out["pandas"][0]) and out[engine][1] == out["pandas"][1], engine
+
+
+@pytest.mark.slow
+def test_the_class_counts_session_sizes_its_shuffle_and_leaves_the_caller_s_alone(spark):
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    slots = spark.sparkContext.defaultParallelism
+    with spark_engine._own_session(3_000) as own:  # a small batch: two partitions per slot
+        assert own is not spark and own.conf.get("spark.sql.shuffle.partitions") == str(2 * slots)
+        assert own.conf.get("spark.sql.session.timeZone") == "UTC"
+    with spark_engine._own_session(10**12) as own:  # huge: the session's own setting caps it
+        assert own.conf.get("spark.sql.shuffle.partitions") == before
+    assert spark.conf.get("spark.sql.shuffle.partitions") == before
