@@ -57,6 +57,7 @@ def staging(destination: str) -> Iterator[tuple[Any, str]]:
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(folder, recursive=True)
         return
+    os.makedirs(parent, exist_ok=True)  # as open_atomic will for the destination
     _sweep(parent, name)
     os.mkdir(folder, 0o700)
     held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

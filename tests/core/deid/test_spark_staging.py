@@ -41,6 +41,12 @@ def test_a_staged_batch_reads_back_exactly_and_the_folder_is_private_and_removed
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_destination_s_folder_is_made_when_missing(tmp_path):
+    with staging(str(tmp_path / "new" / "day" / "out.parquet")) as (fs, folder):
+        assert os.path.isdir(folder) and os.path.dirname(folder) == str(tmp_path / "new" / "day")
+    assert os.listdir(tmp_path / "new" / "day") == []
+
+
 def test_the_folder_is_removed_when_the_release_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"), staging(str(tmp_path / "out.parquet")) as (fs, folder):
         stage(fs, folder, 0, 0, pa.table({"x": [1]}))
