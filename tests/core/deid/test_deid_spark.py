@@ -171,3 +171,27 @@ def test_hostile_column_names_are_quoted_in_spark_sql(spark, tmp_path):
         out[engine] = (pq.read_table(tmp_path / f"{engine}.parquet"), json.loads(json.dumps(report, default=str)))
     assert out["spark"][0].equals(out["duckdb"][0]) and out["spark"][1] == out["duckdb"][1]
     assert out["spark"][0].num_rows > 0
+
+
+@pytest.mark.slow
+def test_the_key_ring_never_reaches_a_debug_log(spark, tmp_path, caplog):
+    """py4j logs each command to the JVM at DEBUG, arguments included: the pickled release
+    task (key ring inside) was in the log whenever the level was DEBUG."""
+    import base64
+    import logging
+    import re
+
+    import pandas as pd
+
+    ring = KeyRing.generate()
+    key = json.loads(ring.to_json())["keys"][0]["key"].encode()
+    pd.DataFrame({"email": [f"a{i}@x.org" for i in range(50)]}).to_parquet(tmp_path / "in.parquet")
+    with caplog.at_level(logging.DEBUG):
+        deidentify(str(tmp_path / "in.parquet"), {"email": {"hash": {}}}, keyring=ring, engine="spark",
+                   destination=str(tmp_path / "out.parquet"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 50
+    assert not [r for r in caplog.records if r.name.startswith(("py4j", "pyspark")) and r.levelno < logging.INFO]
+    chunks = re.findall(r"[A-Za-z0-9+/]{64,}", text)  # base64 of any payload, at any alignment
+    decoded = [base64.b64decode(c[off:][: (len(c) - off) // 4 * 4]) for c in chunks for off in range(4)]
+    assert key not in text.encode() and not any(key in raw for raw in decoded)

@@ -28,6 +28,7 @@ drops the parameters.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -47,6 +48,14 @@ CONNECT_PORT = 15002
 _LOCAL = re.compile(r"^local(\[(\*|\d+)(,\d+)?\])?$")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _current: ContextVar[Any] = ContextVar("airflow_privacy_spark_session", default=None)
+
+# py4j logs every command it sends to the JVM at DEBUG, arguments included -- a pickled Python
+# task among them, and de-identification's tasks carry the key ring: with Airflow's logging at
+# DEBUG the ring reached the task log (tests/core/deid/test_deid_spark.py). Neither py4j nor
+# pyspark (whose Spark Connect client logs plans at DEBUG) logs below INFO.
+for _name in ("py4j", "pyspark"):
+    if logging.getLogger(_name).level < logging.INFO:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 
 @dataclass(frozen=True)
