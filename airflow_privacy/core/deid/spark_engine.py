@@ -157,10 +157,7 @@ def _shuffle_partitions(spark: Any, rows: int) -> int:
     """The class counts' shuffle partitions: the session's setting (Spark's default 200), but
     no more than one per :data:`SHUFFLE_ROWS` rows nor fewer than two per task slot -- a day's
     batch of a few thousand rows on a standalone cluster ran ~1,450 tasks with 200."""
-    try:
-        slots = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect
-        slots = 2
+    slots = _slots(spark)
     configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or 200)
     return max(1, min(configured, max(2 * slots, -(-rows // SHUFFLE_ROWS))))
 
@@ -247,12 +244,17 @@ def _jobs(spark: Any, n: int) -> list[tuple[int, int]]:
     """Units ``[first, stop)`` per Spark job: four per task slot of the cluster (its default
     parallelism), at most :data:`JOB_ROWS` rows' worth -- staged batches wait on disk for
     this process until their job's turn."""
-    try:
-        slots = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect: no SparkContext
-        slots = int(spark.conf.get("spark.default.parallelism", "2") or 2)
-    per = max(1, min(4 * slots, JOB_ROWS // UNIT_ROWS))
+    per = max(1, min(4 * _slots(spark), JOB_ROWS // UNIT_ROWS))
     return [(first, min(first + per, n)) for first in range(0, n, per)]
+
+
+def _slots(spark: Any) -> int:
+    """Tasks the cluster runs at once: its default parallelism (Spark Connect has no
+    SparkContext: ``spark.default.parallelism`` when set, else 2)."""
+    try:
+        return int(spark.sparkContext.defaultParallelism)
+    except Exception:
+        return int(spark.conf.get("spark.default.parallelism", "2") or 2)
 
 
 def _tag(spark: Any, group: str) -> None:
